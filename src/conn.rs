@@ -1,0 +1,1004 @@
+//! One accelerated connection: negotiation, the per-direction switch from the
+//! socket to the ring, and the kernel's stream semantics on top of the rings.
+//!
+//! Each direction switches separately (DESIGN-NOTES 3). Until its writer
+//! publishes `switch_at` (the count of plain bytes it sent), a direction is
+//! an ordinary socket stream. The reader consumes exactly that many plain
+//! bytes, then reads the ring. After the switch the socket carries only
+//! one-byte doorbells in that direction; it stays open for the connection's
+//! life as readiness source, liveness signal and fallback.
+//!
+//! Waking (Dekker style, SeqCst on both sides):
+//! - readers and poll/epoll waiters set a `*_waiting` flag, re-check the
+//!   ring, and sleep on the socket; the other side swaps the flag to 0 and
+//!   sends one doorbell byte;
+//! - blocking writers sleep on a shared futex (`space_seq`), so draining
+//!   doorbells on the socket can never steal a writer's wake-up.
+
+use crate::config;
+use crate::layout::{CLIENT_ATTACHED, Dir, RingFlags, SWITCHED};
+use crate::ring::{DstCursor, Ring, SrcCursor};
+use crate::segment::Segment;
+use crate::sync::Ordering::{AcqRel, Acquire, Relaxed, Release, SeqCst};
+use crate::sync::fence;
+use crate::sys;
+use crate::wire::{self, FirstBytes, HELLO_LEN};
+use rustix::event::{PollFd, PollFlags};
+use rustix::fd::{BorrowedFd, RawFd};
+use rustix::io::Errno;
+use rustix::net::{RecvFlags, SendFlags};
+use std::io::{IoSlice, IoSliceMut};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64};
+use std::sync::{Mutex, MutexGuard, OnceLock};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    Client,
+    Server,
+}
+
+/// Client: waiting for the server's first bytes (HELLO or data).
+const PENDING: u8 = 0;
+/// Server: HELLO sent, client not attached yet.
+const OFFERED: u8 = 1;
+/// Segment mapped on this side.
+const ATTACHED: u8 = 2;
+/// Not accelerated: every call passes straight to the kernel.
+const PLAIN: u8 = 3;
+/// The shared header was corrupted: every call fails.
+const BROKEN: u8 = 4;
+
+/// A blocked writer re-checks liveness at least this often.
+const WRITER_NAP_NS: u64 = 100_000_000;
+/// How often a writer polls the socket for a dead peer.
+const LIVENESS_NS: u64 = 20_000_000;
+/// How often a pending client peeks for HELLO from its write path.
+const HELLO_PEEK_NS: u64 = 200_000;
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RecvOpts {
+    pub peek: bool,
+    pub waitall: bool,
+    pub dontwait: bool,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SendOpts {
+    pub dontwait: bool,
+    pub nosignal: bool,
+    /// The caller's flags, forwarded as they are while the direction is
+    /// still a plain socket.
+    pub raw: u32,
+}
+
+/// Poll-style readiness of an accelerated connection.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Ready {
+    pub readable: bool,
+    pub writable: bool,
+    pub rdhup: bool,
+    pub hup: bool,
+    pub err: bool,
+}
+
+#[derive(Default)]
+struct RxState {
+    /// Plain bytes consumed in this direction (after HELLO for s2c).
+    plain_read: u64,
+    /// The writer's published `switch_at`, once seen.
+    limit: Option<u64>,
+}
+
+#[derive(Default)]
+struct TxState {
+    /// Plain bytes sent in this direction (after HELLO for s2c).
+    plain_written: u64,
+}
+
+pub struct Conn {
+    fd: RawFd,
+    role: Role,
+    state: AtomicU8,
+    nonblock: AtomicBool,
+    seg: OnceLock<Segment>,
+    rx: Mutex<RxState>,
+    tx: Mutex<TxState>,
+    /// All plain bytes of the incoming direction consumed: ring phase.
+    rx_ring: AtomicBool,
+    /// Our writes go to the ring.
+    tx_ring: AtomicBool,
+    /// The client attached; its switch waits for the tx lock.
+    tx_switch_due: AtomicBool,
+    /// The real socket reported EOF: the peer is gone.
+    sock_eof: AtomicBool,
+    shut_rd: AtomicBool,
+    shut_wr: AtomicBool,
+    /// Our side has been marked closed in the segment.
+    closed: AtomicBool,
+    next_hello_peek: AtomicU64,
+    next_live_check: AtomicU64,
+}
+
+/// What one non-blocking pass over the incoming direction found.
+enum Step {
+    Data,
+    Eof,
+    Empty,
+}
+
+impl Conn {
+    /// A client socket that connected with the marker bound; HELLO may follow.
+    pub fn client(fd: RawFd, nonblock: bool) -> Conn {
+        Self::new(fd, Role::Client, PENDING, nonblock)
+    }
+
+    /// A server socket whose peer carries the marker: creates the segment and
+    /// sends HELLO. On error the connection stays plain; the reason is returned
+    /// for the log.
+    pub fn server(fd: RawFd, nonblock: bool, peer_uid: u32) -> Result<Conn, String> {
+        let cap = config::ring_size();
+        let me = rustix::process::geteuid().as_raw();
+        let grant = (peer_uid != me).then_some(peer_uid);
+        let (seg, hello) = Segment::create(cap, cap, grant).map_err(|e| format!("cannot create segment: {e}"))?;
+        let c = Self::new(fd, Role::Server, OFFERED, nonblock);
+        match rustix::net::send(c.sock(), &hello.encode(), SendFlags::DONTWAIT | SendFlags::NOSIGNAL) {
+            Ok(HELLO_LEN) => {}
+            // A fresh socket's buffer is empty, so 40 bytes never split.
+            Ok(n) => return Err(format!("HELLO send was short ({n} bytes)")),
+            Err(e) => return Err(format!("cannot send HELLO: {e}")),
+        }
+        let _ = c.seg.set(seg);
+        crate::log!(
+            crate::log::DEBUG,
+            "fd {fd}: offered shmid {} ({} KiB per direction)",
+            hello.shmid,
+            cap >> 10
+        );
+        Ok(c)
+    }
+
+    fn new(fd: RawFd, role: Role, state: u8, nonblock: bool) -> Conn {
+        Conn {
+            fd,
+            role,
+            state: AtomicU8::new(state),
+            nonblock: AtomicBool::new(nonblock),
+            seg: OnceLock::new(),
+            rx: Mutex::new(RxState::default()),
+            tx: Mutex::new(TxState::default()),
+            rx_ring: AtomicBool::new(false),
+            tx_ring: AtomicBool::new(false),
+            tx_switch_due: AtomicBool::new(false),
+            sock_eof: AtomicBool::new(false),
+            shut_rd: AtomicBool::new(false),
+            shut_wr: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
+            next_hello_peek: AtomicU64::new(0),
+            next_live_check: AtomicU64::new(0),
+        }
+    }
+
+    pub fn fd(&self) -> RawFd {
+        self.fd
+    }
+
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    /// No longer accelerated: the caller should forget this connection and
+    /// pass every call to the kernel.
+    pub fn is_plain(&self) -> bool {
+        self.state.load(Acquire) == PLAIN
+    }
+
+    /// Both directions run over the ring.
+    pub fn is_accelerated(&self) -> bool {
+        self.rx_ring.load(Acquire) && self.tx_ring.load(Acquire)
+    }
+
+    pub fn set_nonblocking(&self, on: bool) {
+        self.nonblock.store(on, Relaxed);
+    }
+
+    pub fn nonblocking(&self) -> bool {
+        self.nonblock.load(Relaxed)
+    }
+
+    pub fn shmid(&self) -> Option<i32> {
+        self.seg.get().map(Segment::shmid)
+    }
+
+    fn sock(&self) -> BorrowedFd<'_> {
+        // SAFETY: the fd stays open while this Conn is reachable: the shim
+        // unregisters it before the real close.
+        unsafe { BorrowedFd::borrow_raw(self.fd) }
+    }
+
+    fn rx_dir(&self) -> Dir {
+        match self.role {
+            Role::Client => Dir::ServerToClient,
+            Role::Server => Dir::ClientToServer,
+        }
+    }
+
+    fn tx_dir(&self) -> Dir {
+        match self.role {
+            Role::Client => Dir::ClientToServer,
+            Role::Server => Dir::ServerToClient,
+        }
+    }
+
+    fn side(&self) -> usize {
+        match self.role {
+            Role::Client => 0,
+            Role::Server => 1,
+        }
+    }
+
+    fn lock_rx(&self) -> MutexGuard<'_, RxState> {
+        self.rx.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn lock_tx(&self) -> MutexGuard<'_, TxState> {
+        self.tx.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn go_plain(&self, why: core::fmt::Arguments<'_>) {
+        self.state.store(PLAIN, Release);
+        crate::log!(crate::log::INFO, "fd {}: plain: {}", self.fd, why);
+    }
+
+    fn broken(&self) -> Errno {
+        if self.state.swap(BROKEN, AcqRel) != BROKEN {
+            crate::log!(
+                crate::log::INFO,
+                "fd {}: shared segment corrupted by the peer; connection reset",
+                self.fd
+            );
+        }
+        Errno::CONNRESET
+    }
+
+    // ---------------------------------------------------------------- negotiation
+
+    /// Client, rx lock held: looks at the first bytes from the server.
+    fn resolve_hello(&self, rx: &mut RxState) {
+        if self.state.load(Acquire) != PENDING {
+            return;
+        }
+        let mut buf = [0u8; HELLO_LEN];
+        let n = match rustix::net::recv(self.sock(), &mut buf, RecvFlags::PEEK | RecvFlags::DONTWAIT) {
+            Ok((_, n)) => n,
+            Err(Errno::AGAIN | Errno::INTR) => return,
+            Err(e) => return self.go_plain(format_args!("socket error before HELLO: {e}")),
+        };
+        if n == 0 {
+            return self.go_plain(format_args!("peer closed before offering"));
+        }
+        let hello = match wire::classify_first_bytes(&buf[..n]) {
+            FirstBytes::Plain => {
+                return self.go_plain(format_args!("server does not run tsss (first bytes are application data)"));
+            }
+            FirstBytes::Hello(h) => h,
+        };
+        // HELLO is not application data whatever happens next: consume it.
+        match rustix::net::recv(self.sock(), &mut buf, RecvFlags::DONTWAIT) {
+            Ok((_, HELLO_LEN)) => {}
+            _ => {
+                self.state.store(BROKEN, Release);
+                return;
+            }
+        }
+        let hello = match hello {
+            Ok(h) => h,
+            Err(e) => return self.go_plain(format_args!("invalid HELLO ({e})")),
+        };
+        if self.shut_wr.load(Acquire) {
+            return self.go_plain(format_args!("already shut down for writing"));
+        }
+        let me = rustix::process::geteuid().as_raw();
+        let seg = match Segment::attach(&hello, me) {
+            Ok(s) => s,
+            Err(e) => return self.go_plain(format_args!("cannot use segment {}: {e}", hello.shmid)),
+        };
+        let _ = self.seg.set(seg);
+        rx.plain_read = 0;
+        self.state.store(ATTACHED, Release);
+        self.tx_switch_due.store(true, Release);
+        if let Ok(mut tx) = self.tx.try_lock() {
+            self.progress_tx(&mut tx);
+        }
+        crate::log!(
+            crate::log::INFO,
+            "fd {}: accelerated (client, shmid {}, rings {}+{} KiB)",
+            self.fd,
+            hello.shmid,
+            hello.cap_c2s >> 10,
+            hello.cap_s2c >> 10
+        );
+    }
+
+    /// Tx lock held: switches our writes to the ring once allowed.
+    fn progress_tx(&self, tx: &mut TxState) {
+        if self.tx_ring.load(Relaxed) || self.shut_wr.load(Relaxed) {
+            return;
+        }
+        let Some(seg) = self.seg.get() else { return };
+        match self.role {
+            Role::Client => {
+                if !self.tx_switch_due.load(Acquire) {
+                    return;
+                }
+            }
+            Role::Server => {
+                if seg.header().client_state.load(Acquire) != CLIENT_ATTACHED {
+                    return;
+                }
+                if self.state.compare_exchange(OFFERED, ATTACHED, AcqRel, Relaxed).is_ok() {
+                    crate::log!(
+                        crate::log::INFO,
+                        "fd {}: accelerated (server, shmid {})",
+                        self.fd,
+                        seg.shmid()
+                    );
+                }
+            }
+        }
+        let flags = &seg.ring(self.tx_dir()).ctrl().flags;
+        // Published before any control byte goes out on the socket.
+        flags.switch_at.store(tx.plain_written | SWITCHED, SeqCst);
+        if self.role == Role::Client {
+            seg.header().client_state.store(CLIENT_ATTACHED, SeqCst);
+        }
+        self.tx_ring.store(true, Release);
+        // Wakes a reader sleeping on the socket so it sees the switch.
+        self.bell();
+    }
+
+    /// Rx lock held: enters the ring phase once every plain byte is read.
+    fn progress_rx(&self, rx: &mut RxState) {
+        if self.rx_ring.load(Relaxed) {
+            return;
+        }
+        if self.role == Role::Client && self.state.load(Acquire) == PENDING {
+            self.resolve_hello(rx);
+        }
+        let Some(seg) = self.seg.get() else { return };
+        if rx.limit.is_none() {
+            let v = seg.ring(self.rx_dir()).ctrl().flags.switch_at.load(SeqCst);
+            if v & SWITCHED != 0 {
+                rx.limit = Some(v & !SWITCHED);
+            }
+        }
+        if rx.limit == Some(rx.plain_read) {
+            self.rx_ring.store(true, Release);
+            // The server switches its writes before reading the ring, so
+            // that space doorbells have a switched socket to travel on.
+            if let Ok(mut tx) = self.tx.try_lock() {
+                self.progress_tx(&mut tx);
+            }
+        }
+    }
+
+    /// Runs whatever negotiation step is due, without blocking.
+    pub fn progress(&self) {
+        if let Ok(mut rx) = self.rx.try_lock() {
+            self.progress_rx(&mut rx);
+        }
+        if let Ok(mut tx) = self.tx.try_lock() {
+            self.progress_tx(&mut tx);
+        }
+    }
+
+    // ---------------------------------------------------------------- doorbells
+
+    /// One control byte to the peer; only once our direction is switched, so
+    /// it can never land in the application's stream.
+    fn bell(&self) {
+        if self.tx_ring.load(Acquire) {
+            let _ = rustix::net::send(self.sock(), &[0u8], SendFlags::DONTWAIT | SendFlags::NOSIGNAL);
+        }
+    }
+
+    /// After producing: wake a reader that declared itself waiting.
+    fn data_bell(&self, f: &RingFlags) {
+        fence(SeqCst);
+        if f.reader_waiting.load(Relaxed) != 0 && f.reader_waiting.swap(0, SeqCst) != 0 {
+            self.bell();
+        }
+    }
+
+    /// After consuming: wake writers waiting for space.
+    fn space_bell(&self, ring: &Ring<'_>) {
+        let f = &ring.ctrl().flags;
+        fence(SeqCst);
+        if f.writer_sleeping.load(Relaxed) != 0 && f.writer_sleeping.swap(0, SeqCst) != 0 {
+            f.space_seq.fetch_add(1, SeqCst);
+            let _ = rustix::thread::futex::wake(&f.space_seq, rustix::thread::futex::Flags::empty(), i32::MAX as u32);
+        }
+        if f.writer_waiting.load(Relaxed) != 0
+            && ring.writable().is_ok_and(|n| n >= ring.capacity() / 2)
+            && f.writer_waiting.swap(0, SeqCst) != 0
+        {
+            self.bell();
+        }
+    }
+
+    /// Rx ring phase, rx lock held: reads and discards control bytes.
+    fn drain_bells(&self) {
+        let mut buf = [0u8; 64];
+        loop {
+            match rustix::net::recv(self.sock(), &mut buf, RecvFlags::DONTWAIT) {
+                Ok((_, 0)) => {
+                    self.sock_eof.store(true, Release);
+                    return;
+                }
+                Ok((_, n)) if n == buf.len() => {}
+                Ok(_) | Err(Errno::AGAIN) => return,
+                Err(Errno::INTR) => {}
+                Err(_) => {
+                    self.sock_eof.store(true, Release);
+                    return;
+                }
+            }
+        }
+    }
+
+    // ---------------------------------------------------------------- receive
+
+    /// `recv`-family semantics. `None` means "not accelerated (any more):
+    /// call the real function".
+    pub fn recv(&self, bufs: &mut [IoSliceMut<'_>], o: RecvOpts) -> Option<Result<usize, Errno>> {
+        let mut dst = DstCursor::new(bufs);
+        let nonblock = o.dontwait || self.nonblocking();
+        let target = if o.waitall && !o.peek { dst.remaining() } else { 1 };
+        loop {
+            match self.state.load(Acquire) {
+                PLAIN => return if dst.filled() == 0 { None } else { Some(Ok(dst.filled())) },
+                BROKEN => return Some(Err(Errno::CONNRESET)),
+                _ => {}
+            }
+            if dst.remaining() == 0 {
+                return Some(Ok(dst.filled()));
+            }
+            let step = {
+                let mut rx = self.lock_rx();
+                self.progress_rx(&mut rx);
+                match self.state.load(Acquire) {
+                    PENDING => Ok(Step::Empty),
+                    PLAIN => continue,
+                    _ => self.rx_step(&mut rx, &mut dst, o.peek),
+                }
+            };
+            match step {
+                Err(e) => return Some(if dst.filled() > 0 { Ok(dst.filled()) } else { Err(e) }),
+                Ok(Step::Eof) => return Some(Ok(dst.filled())),
+                Ok(Step::Data) if dst.filled() >= target => return Some(Ok(dst.filled())),
+                Ok(Step::Data) => continue,
+                Ok(Step::Empty) => {}
+            }
+            if nonblock {
+                return Some(if dst.filled() > 0 { Ok(dst.filled()) } else { Err(Errno::AGAIN) });
+            }
+            if let Err(e) = self.wait_rx() {
+                return Some(if dst.filled() > 0 { Ok(dst.filled()) } else { Err(e) });
+            }
+        }
+    }
+
+    /// One non-blocking pass: plain bytes below the limit, then the ring.
+    fn rx_step(&self, rx: &mut RxState, dst: &mut DstCursor<'_, '_>, peek: bool) -> Result<Step, Errno> {
+        let seg = self.seg.get().ok_or(Errno::CONNRESET)?;
+        let ring = seg.ring(self.rx_dir());
+        let flags = &ring.ctrl().flags;
+        let start = dst.filled();
+        let data_or = |dst: &DstCursor<'_, '_>, s: Step| if dst.filled() > start { Step::Data } else { s };
+        while !self.rx_ring.load(Relaxed) {
+            self.progress_rx(rx);
+            if self.rx_ring.load(Relaxed) {
+                break;
+            }
+            if dst.remaining() == 0 || (peek && dst.filled() > start) {
+                return Ok(Step::Data);
+            }
+            let known = rx.limit;
+            let cur = dst.current();
+            let want = match known {
+                Some(l) if rx.plain_read > l => return Err(self.broken()),
+                Some(l) => cur.len().min((l - rx.plain_read) as usize),
+                None => cur.len(),
+            };
+            // With the limit unknown, peek first: bytes seen before the
+            // limit is published are data, because the writer publishes
+            // before it sends any control byte.
+            let first = if known.is_some() && !peek {
+                RecvFlags::DONTWAIT
+            } else {
+                RecvFlags::DONTWAIT | RecvFlags::PEEK
+            };
+            let mut n = match rustix::net::recv(self.sock(), &mut cur[..want], first) {
+                Ok((_, 0)) => {
+                    self.progress_rx(rx);
+                    if rx.limit.is_some() && rx.limit != known {
+                        continue;
+                    }
+                    self.sock_eof.store(true, Release);
+                    return Ok(data_or(dst, Step::Eof));
+                }
+                Ok((_, n)) => n,
+                Err(Errno::AGAIN) => {
+                    self.progress_rx(rx);
+                    if rx.limit.is_some() && rx.limit != known {
+                        continue;
+                    }
+                    return Ok(data_or(dst, Step::Empty));
+                }
+                Err(Errno::INTR) => continue,
+                Err(e) => return Err(e),
+            };
+            if known.is_none() {
+                fence(SeqCst);
+                let v = flags.switch_at.load(SeqCst);
+                if v & SWITCHED != 0 {
+                    let l = v & !SWITCHED;
+                    rx.limit = Some(l);
+                    if rx.plain_read > l {
+                        return Err(self.broken());
+                    }
+                    n = n.min((l - rx.plain_read) as usize);
+                }
+                if !peek && n > 0 {
+                    match rustix::net::recv(self.sock(), &mut cur[..n], RecvFlags::DONTWAIT) {
+                        Ok((_, k)) if k == n => {}
+                        _ => return Err(self.broken()),
+                    }
+                }
+            }
+            dst.advance(n);
+            if !peek {
+                rx.plain_read += n as u64;
+            }
+            if peek || (rx.limit.is_none() && n < want) {
+                return Ok(data_or(dst, Step::Empty));
+            }
+        }
+        // Ring phase.
+        for _ in 0..2 {
+            let n = ring.pop(dst, peek).map_err(|_| self.broken())?;
+            if n > 0 {
+                if !peek {
+                    self.space_bell(&ring);
+                }
+                return Ok(Step::Data);
+            }
+            if dst.filled() > start || dst.remaining() == 0 {
+                return Ok(Step::Data);
+            }
+            if flags.wr_closed.load(Acquire) != 0 || self.shut_rd.load(Acquire) {
+                if ring.readable().map_err(|_| self.broken())? > 0 {
+                    continue;
+                }
+                return Ok(Step::Eof);
+            }
+            self.drain_bells();
+            if self.sock_eof.load(Acquire) {
+                if ring.readable().map_err(|_| self.broken())? > 0 {
+                    continue;
+                }
+                return Ok(Step::Eof);
+            }
+            return Ok(Step::Empty);
+        }
+        Ok(data_or(dst, Step::Empty))
+    }
+
+    fn rx_quick_ready(&self, ring: &Ring<'_>) -> bool {
+        ring.readable().map_or(true, |n| n > 0)
+            || ring.ctrl().flags.wr_closed.load(Acquire) != 0
+            || self.shut_rd.load(Relaxed)
+            || self.sock_eof.load(Relaxed)
+    }
+
+    /// Blocks until the incoming direction may have progressed: spins on the
+    /// ring briefly, then sleeps in a blocking one-byte MSG_PEEK on the real
+    /// socket, which honours SO_RCVTIMEO and SA_RESTART exactly as the
+    /// kernel would for this very read.
+    fn wait_rx(&self) -> Result<(), Errno> {
+        let ring_phase = self.rx_ring.load(Acquire);
+        let seg = self.seg.get();
+        if let (true, Some(seg)) = (ring_phase, seg) {
+            let ring = seg.ring(self.rx_dir());
+            if spin_until(|| self.rx_quick_ready(&ring)) {
+                return Ok(());
+            }
+            let f = &ring.ctrl().flags;
+            f.reader_waiting.store(1, SeqCst);
+            fence(SeqCst);
+            if self.rx_quick_ready(&ring) {
+                return Ok(());
+            }
+        }
+        let mut b = [0u8; 1];
+        match rustix::net::recv(self.sock(), &mut b, RecvFlags::PEEK) {
+            Ok(_) => Ok(()),
+            Err(e @ (Errno::AGAIN | Errno::INTR)) => Err(e),
+            // Errors surface from the next pass.
+            Err(_) => Ok(()),
+        }
+    }
+
+    // ---------------------------------------------------------------- send
+
+    /// `send`-family semantics. `None`: call the real function.
+    pub fn send(&self, bufs: &[IoSlice<'_>], o: SendOpts) -> Option<Result<usize, Errno>> {
+        match self.state.load(Acquire) {
+            PLAIN => return None,
+            BROKEN => return Some(Err(Errno::CONNRESET)),
+            _ => {}
+        }
+        let mut tx = self.lock_tx();
+        if self.role == Role::Client && self.state.load(Acquire) == PENDING {
+            let now = sys::now_ns();
+            if now >= self.next_hello_peek.load(Relaxed) {
+                self.next_hello_peek.store(now + HELLO_PEEK_NS, Relaxed);
+                if let Ok(mut rx) = self.rx.try_lock() {
+                    self.resolve_hello(&mut rx);
+                }
+                if self.state.load(Acquire) == PLAIN {
+                    return None;
+                }
+            }
+        }
+        self.progress_tx(&mut tx);
+        if !self.tx_ring.load(Relaxed) {
+            let flags = SendFlags::from_bits_retain(o.raw);
+            let r = rustix::net::sendmsg(self.sock(), bufs, &mut Default::default(), flags);
+            if let Ok(n) = r {
+                tx.plain_written += n as u64;
+            }
+            return Some(r);
+        }
+        let seg = self.seg.get()?;
+        let ring = seg.ring(self.tx_dir());
+        let mut src = SrcCursor::new(bufs);
+        let nonblock = o.dontwait || self.nonblocking();
+        let mut sent = 0;
+        let fail = |e: Errno, sent: usize| {
+            if sent > 0 {
+                return Ok(sent);
+            }
+            if e == Errno::PIPE && !o.nosignal {
+                sys::raise_sigpipe();
+            }
+            Err(e)
+        };
+        if src.remaining() == 0 {
+            return Some(Ok(0));
+        }
+        loop {
+            if let Some(e) = self.tx_error(&ring) {
+                return Some(fail(e, sent));
+            }
+            let n = match ring.push(&mut src) {
+                Ok(n) => n,
+                Err(_) => return Some(fail(self.broken(), sent)),
+            };
+            if n > 0 {
+                sent += n;
+                self.data_bell(&ring.ctrl().flags);
+            }
+            if src.remaining() == 0 {
+                return Some(Ok(sent));
+            }
+            if nonblock {
+                return Some(if sent > 0 { Ok(sent) } else { Err(Errno::AGAIN) });
+            }
+            if let Err(e) = self.wait_tx(&ring) {
+                return Some(fail(e, sent));
+            }
+        }
+    }
+
+    /// Why a write must fail now (EPIPE), if it must.
+    fn tx_error(&self, ring: &Ring<'_>) -> Option<Errno> {
+        if self.shut_wr.load(Relaxed) || ring.ctrl().flags.rd_closed.load(Acquire) != 0 || self.sock_eof.load(Relaxed) {
+            return Some(Errno::PIPE);
+        }
+        // A killed peer sets no flag: look at the socket now and then.
+        let now = sys::now_ns();
+        if now >= self.next_live_check.load(Relaxed) {
+            self.next_live_check.store(now + LIVENESS_NS, Relaxed);
+            if self.peer_hung_up() {
+                return Some(Errno::PIPE);
+            }
+        }
+        None
+    }
+
+    fn peer_hung_up(&self) -> bool {
+        let sock = self.sock();
+        let mut p = [PollFd::new(&sock, PollFlags::empty())];
+        let zero = rustix::time::Timespec { tv_sec: 0, tv_nsec: 0 };
+        if let Ok(1) = rustix::event::poll(&mut p, Some(&zero))
+            && p[0].revents().intersects(PollFlags::HUP | PollFlags::ERR)
+        {
+            self.sock_eof.store(true, Release);
+            return true;
+        }
+        false
+    }
+
+    fn tx_quick_ready(&self, ring: &Ring<'_>) -> bool {
+        ring.writable().map_or(true, |n| n >= ring.capacity() / 2)
+            || ring.ctrl().flags.rd_closed.load(Acquire) != 0
+            || self.sock_eof.load(Relaxed)
+    }
+
+    /// Blocks until the ring has room (half of it), the peer is gone, or a
+    /// signal interrupts, on a shared futex with a bounded nap so that a
+    /// killed peer is noticed.
+    fn wait_tx(&self, ring: &Ring<'_>) -> Result<(), Errno> {
+        if spin_until(|| self.tx_quick_ready(ring)) {
+            return Ok(());
+        }
+        let f = &ring.ctrl().flags;
+        let seq = f.space_seq.load(SeqCst);
+        f.writer_sleeping.store(1, SeqCst);
+        fence(SeqCst);
+        if self.tx_quick_ready(ring) {
+            return Ok(());
+        }
+        let nap = rustix::time::Timespec {
+            tv_sec: 0,
+            tv_nsec: WRITER_NAP_NS as _,
+        };
+        match rustix::thread::futex::wait(&f.space_seq, rustix::thread::futex::Flags::empty(), seq, Some(&nap)) {
+            Err(Errno::INTR) if !sys::all_handlers_restart() => Err(Errno::INTR),
+            Err(Errno::TIMEDOUT) => {
+                if self.peer_hung_up() {
+                    Err(Errno::PIPE)
+                } else {
+                    Ok(())
+                }
+            }
+            _ => Ok(()),
+        }
+    }
+
+    // ---------------------------------------------------------------- shutdown / close
+
+    /// `shutdown(2)`. `None`: call the real function.
+    pub fn shutdown(&self, how: i32) -> Option<Result<(), Errno>> {
+        let (rd, wr) = match how {
+            libc::SHUT_RD => (true, false),
+            libc::SHUT_WR => (false, true),
+            libc::SHUT_RDWR => (true, true),
+            _ => return Some(Err(Errno::INVAL)),
+        };
+        match self.state.load(Acquire) {
+            PLAIN => return None,
+            BROKEN => return Some(Err(Errno::CONNRESET)),
+            _ => {}
+        }
+        let seg = self.seg.get();
+        let mut real = false;
+        if wr {
+            let mut tx = self.lock_tx();
+            self.progress_tx(&mut tx);
+            if let (true, Some(seg)) = (self.tx_ring.load(Relaxed), seg) {
+                let f = &seg.ring(self.tx_dir()).ctrl().flags;
+                f.wr_closed.store(1, SeqCst);
+                self.data_bell(f);
+            } else {
+                // Still a plain stream: the kernel's own EOF does the job.
+                real = true;
+            }
+            self.shut_wr.store(true, Release);
+        }
+        if rd {
+            self.shut_rd.store(true, Release);
+            if let Some(seg) = seg {
+                let ring = seg.ring(self.rx_dir());
+                ring.ctrl().flags.rd_closed.store(1, SeqCst);
+                self.wake_writers(&ring);
+            }
+        }
+        if rd && wr {
+            real = true;
+        }
+        if real {
+            let how = match (rd, wr) {
+                (true, true) => rustix::net::Shutdown::Both,
+                (true, false) => rustix::net::Shutdown::Read,
+                _ => rustix::net::Shutdown::Write,
+            };
+            if let Err(e) = rustix::net::shutdown(self.sock(), how) {
+                return Some(Err(e));
+            }
+        }
+        Some(Ok(()))
+    }
+
+    fn wake_writers(&self, ring: &Ring<'_>) {
+        let f = &ring.ctrl().flags;
+        f.space_seq.fetch_add(1, SeqCst);
+        let _ = rustix::thread::futex::wake(&f.space_seq, rustix::thread::futex::Flags::empty(), i32::MAX as u32);
+        if f.writer_waiting.swap(0, SeqCst) != 0 {
+            self.bell();
+        }
+    }
+
+    /// This process drops its last descriptor of the connection. Marks our
+    /// side closed in the segment if no other process shares it; the real
+    /// close that follows gives the peer EOF/HUP on the socket as well.
+    pub fn close(&self) {
+        if self.closed.swap(true, AcqRel) {
+            return;
+        }
+        let Some(seg) = self.seg.get() else { return };
+        if seg.header().sharers[self.side()].fetch_sub(1, SeqCst) > 1 {
+            return;
+        }
+        let tx = seg.ring(self.tx_dir());
+        tx.ctrl().flags.wr_closed.store(1, SeqCst);
+        self.data_bell(&tx.ctrl().flags);
+        let rx = seg.ring(self.rx_dir());
+        rx.ctrl().flags.rd_closed.store(1, SeqCst);
+        self.wake_writers(&rx);
+    }
+
+    /// A forked child now shares this connection.
+    pub fn on_fork_child(&self) {
+        if let Some(seg) = self.seg.get() {
+            seg.header().sharers[self.side()].fetch_add(1, SeqCst);
+        }
+    }
+
+    // ---------------------------------------------------------------- readiness
+
+    /// Whether computing readiness needs the kernel's view of the socket
+    /// (some direction is still a plain stream).
+    pub fn needs_kernel(&self) -> bool {
+        !(self.rx_ring.load(Relaxed) && self.tx_ring.load(Relaxed))
+    }
+
+    /// Poll-style readiness. `kernel` holds revents of a zero-timeout poll of
+    /// the real socket for POLLIN|POLLOUT|POLLRDHUP, if one was made (it
+    /// must be when [`needs_kernel`](Self::needs_kernel)). `None`: the
+    /// connection is plain now; ask the kernel.
+    pub fn readiness(&self, kernel: Option<PollFlags>) -> Option<Ready> {
+        let k = kernel.unwrap_or(PollFlags::empty());
+        if kernel.is_some_and(|k| k.intersects(PollFlags::IN | PollFlags::HUP | PollFlags::ERR))
+            && let Ok(mut rx) = self.rx.try_lock()
+        {
+            self.progress_rx(&mut rx);
+            if self.rx_ring.load(Relaxed) && self.state.load(Acquire) != PLAIN {
+                self.drain_bells();
+            }
+        }
+        if let Ok(mut tx) = self.tx.try_lock() {
+            self.progress_tx(&mut tx);
+        }
+        match self.state.load(Acquire) {
+            PLAIN => return None,
+            BROKEN => {
+                return Some(Ready {
+                    readable: true,
+                    writable: true,
+                    hup: true,
+                    err: true,
+                    ..Ready::default()
+                });
+            }
+            _ => {}
+        }
+        let mut r = Ready::default();
+        let eof = self.sock_eof.load(Acquire) || k.contains(PollFlags::HUP) && self.rx_ring.load(Relaxed);
+        let seg = self.seg.get();
+        let mut peer_wr_closed = false;
+        let mut peer_rd_closed = false;
+        match (self.rx_ring.load(Acquire), seg) {
+            (true, Some(seg)) => {
+                let ring = seg.ring(self.rx_dir());
+                peer_wr_closed = ring.ctrl().flags.wr_closed.load(Acquire) != 0;
+                r.readable = self.rx_quick_ready(&ring) || eof;
+                r.rdhup = peer_wr_closed || eof;
+            }
+            _ => {
+                // HELLO still unread (pending client) is not data.
+                let pending = self.state.load(Acquire) == PENDING;
+                r.readable = k.intersects(PollFlags::IN | PollFlags::HUP | PollFlags::ERR) && !pending;
+                r.rdhup = k.contains(PollFlags::RDHUP);
+            }
+        }
+        match (self.tx_ring.load(Acquire), seg) {
+            (true, Some(seg)) => {
+                let ring = seg.ring(self.tx_dir());
+                peer_rd_closed = ring.ctrl().flags.rd_closed.load(Acquire) != 0;
+                r.writable = self.tx_quick_ready(&ring) || eof;
+            }
+            _ => r.writable = k.contains(PollFlags::OUT),
+        }
+        let rcv_shut = self.shut_rd.load(Relaxed) || peer_wr_closed;
+        let snd_shut = self.shut_wr.load(Relaxed) || peer_rd_closed;
+        r.hup = eof || k.contains(PollFlags::HUP) || (rcv_shut && snd_shut);
+        r.err = k.contains(PollFlags::ERR);
+        Some(r)
+    }
+
+    /// Ring-only readiness for spinning (atomics, no syscalls). False when
+    /// unsure.
+    pub fn quick_ready(&self, want_read: bool, want_write: bool) -> bool {
+        let Some(seg) = self.seg.get() else { return false };
+        (want_read && self.rx_ring.load(Relaxed) && self.rx_quick_ready(&seg.ring(self.rx_dir())))
+            || (want_write && self.tx_ring.load(Relaxed) && self.tx_quick_ready(&seg.ring(self.tx_dir())))
+    }
+
+    /// Before a poll/epoll sleep: ask the peer for doorbells. The caller
+    /// re-checks [`quick_ready`](Self::quick_ready) afterwards.
+    pub fn arm(&self, want_read: bool, want_write: bool) {
+        let Some(seg) = self.seg.get() else { return };
+        if want_read && self.rx_ring.load(Relaxed) {
+            seg.ring(self.rx_dir()).ctrl().flags.reader_waiting.store(1, SeqCst);
+        }
+        if want_write && self.tx_ring.load(Relaxed) {
+            seg.ring(self.tx_dir()).ctrl().flags.writer_waiting.store(1, SeqCst);
+        }
+        fence(SeqCst);
+    }
+
+    /// Whether the peer can ring our doorbell for both directions (else a
+    /// poll/epoll sleep must be bounded).
+    pub fn bells_work(&self) -> bool {
+        self.rx_ring.load(Relaxed)
+    }
+
+    /// Bytes readable now (FIONREAD / SIOCINQ). `None`: ask the kernel.
+    pub fn bytes_readable(&self) -> Option<usize> {
+        self.progress();
+        if self.state.load(Acquire) == PLAIN {
+            return None;
+        }
+        let seg = self.seg.get();
+        let plain = if self.rx_ring.load(Acquire) {
+            0
+        } else {
+            let k = rustix::io::ioctl_fionread(self.sock()).unwrap_or(0) as usize;
+            if self.state.load(Acquire) == PENDING {
+                return Some(0);
+            }
+            let rx = self.lock_rx();
+            match rx.limit {
+                Some(l) => k.min((l - rx.plain_read.min(l)) as usize),
+                None => k,
+            }
+        };
+        let ring = match (self.rx_ring.load(Acquire), seg) {
+            (true, Some(seg)) => seg.ring(self.rx_dir()).readable().unwrap_or(0),
+            _ => 0,
+        };
+        Some(plain + ring)
+    }
+}
+
+/// Spins (bounded by TSSS_SPIN_US) until `ready`; true if it became ready.
+fn spin_until(mut ready: impl FnMut() -> bool) -> bool {
+    let budget = config::spin_ns();
+    if budget == 0 {
+        return ready();
+    }
+    let start = sys::now_ns();
+    let backoff = crossbeam_utils::Backoff::new();
+    loop {
+        for _ in 0..16 {
+            if ready() {
+                return true;
+            }
+            backoff.spin();
+        }
+        if sys::now_ns() - start >= budget {
+            return false;
+        }
+    }
+}

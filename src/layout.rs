@@ -1,0 +1,139 @@
+//! Layout of the per-connection SysV segment.
+//!
+//! ```text
+//! 0          HDR_SIZE            HDR_SIZE + cap_c2s
+//! | SegHeader | ring c2s data      | ring s2c data      |
+//! ```
+//! Every field is an atomic: the peer writes this memory concurrently and may
+//! be hostile, so nothing here is trusted without validation.
+
+use crate::sync::{AtomicU32, AtomicU64};
+use crossbeam_utils::CachePadded;
+
+/// Bytes reserved for the header; the first ring starts here.
+pub const HDR_SIZE: usize = 4096;
+
+/// Written by the creator into [`SegHeader::magic`].
+pub const SEG_MAGIC: u64 = u64::from_le_bytes(*b"tsss-seg");
+
+/// Index of a direction's ring in [`SegHeader::rings`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dir {
+    ClientToServer = 0,
+    ServerToClient = 1,
+}
+
+/// Set in [`RingFlags::switch_at`] once the writer has published it.
+pub const SWITCHED: u64 = 1 << 63;
+
+/// [`SegHeader::client_state`] values.
+pub const CLIENT_NONE: u32 = 0;
+/// The client attached and its writes now go to the c2s ring.
+pub const CLIENT_ATTACHED: u32 = 1;
+/// The client saw HELLO but will stay plain.
+pub const CLIENT_REFUSED: u32 = 2;
+
+/// Producer/consumer state of one direction.
+///
+/// Invariant (checked on every use, never assumed):
+/// `tail <= head <= tail + cap`, both counting bytes since the switch, so
+/// `head - tail` is the fill level and `index & (cap - 1)` the position.
+#[repr(C)]
+pub struct RingCtrl {
+    /// Bytes ever written. Stored only by the producer (Release).
+    pub head: CachePadded<AtomicU64>,
+    /// Bytes ever consumed. Stored only by the consumer (Release).
+    pub tail: CachePadded<AtomicU64>,
+    pub flags: CachePadded<RingFlags>,
+}
+
+/// Rarely written words of one direction, apart from the hot indices.
+#[repr(C)]
+pub struct RingFlags {
+    /// The consumer is about to sleep on the socket and wants a doorbell
+    /// byte when `head` moves (SeqCst against `head`, Dekker style).
+    pub reader_waiting: AtomicU32,
+    /// A poll/epoll waiter wants a doorbell once half the ring is free.
+    pub writer_waiting: AtomicU32,
+    /// A blocked writer sleeps on the `space_seq` futex.
+    pub writer_sleeping: AtomicU32,
+    /// Bumped (and futex-woken) by the consumer when it frees space for a
+    /// sleeping writer, or when the consumer side closes.
+    pub space_seq: AtomicU32,
+    /// Plain bytes the producer sent over the socket before switching to the
+    /// ring, with [`SWITCHED`] set once published. The producer publishes it
+    /// before it sends any control byte on the socket.
+    pub switch_at: AtomicU64,
+    /// Producer side will write no more (shutdown(SHUT_WR) or last close):
+    /// the consumer reads EOF once the ring is empty.
+    pub wr_closed: AtomicU32,
+    /// Consumer side is gone (shutdown(SHUT_RD) or last close): the producer
+    /// gets EPIPE.
+    pub rd_closed: AtomicU32,
+}
+
+/// The start of every segment.
+#[repr(C)]
+pub struct SegHeader {
+    pub magic: AtomicU64,
+    pub nonce: AtomicU64,
+    pub version: AtomicU32,
+    /// One of `CLIENT_*`; stored by the client.
+    pub client_state: AtomicU32,
+    /// Processes holding each side open (0 client, 1 server); bumped on fork
+    /// so that only the last close marks the side closed.
+    pub sharers: [AtomicU32; 2],
+    pub rings: [RingCtrl; 2],
+}
+
+#[cfg(not(loom))]
+const _: () = assert!(core::mem::size_of::<SegHeader>() <= HDR_SIZE);
+
+impl RingFlags {
+    #[cfg(not(loom))]
+    pub const fn new() -> Self {
+        RingFlags {
+            reader_waiting: AtomicU32::new(0),
+            writer_waiting: AtomicU32::new(0),
+            writer_sleeping: AtomicU32::new(0),
+            space_seq: AtomicU32::new(0),
+            switch_at: AtomicU64::new(0),
+            wr_closed: AtomicU32::new(0),
+            rd_closed: AtomicU32::new(0),
+        }
+    }
+    #[cfg(loom)]
+    pub fn new() -> Self {
+        RingFlags {
+            reader_waiting: AtomicU32::new(0),
+            writer_waiting: AtomicU32::new(0),
+            writer_sleeping: AtomicU32::new(0),
+            space_seq: AtomicU32::new(0),
+            switch_at: AtomicU64::new(0),
+            wr_closed: AtomicU32::new(0),
+            rd_closed: AtomicU32::new(0),
+        }
+    }
+}
+
+impl Default for RingFlags {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl RingCtrl {
+    pub fn new() -> Self {
+        RingCtrl {
+            head: CachePadded::new(AtomicU64::new(0)),
+            tail: CachePadded::new(AtomicU64::new(0)),
+            flags: CachePadded::new(RingFlags::new()),
+        }
+    }
+}
+
+impl Default for RingCtrl {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,22 @@
+//! tsss core: the shared-memory transport behind libtsss.so.
+//!
+//! Safe API, no symbol overrides (those live in the `shim` crate). Modules:
+//! - [`wire`]: marker address and HELLO frame;
+//! - [`layout`], [`segment`]: the SysV segment and its header;
+//! - [`ring`]: the byte ring, validated against a hostile peer;
+//! - [`conn`]: negotiation and kernel stream semantics on top of the rings;
+//! - [`readiness`]: poll/select/epoll emulation for accelerated sockets.
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(clippy::undocumented_unsafe_blocks)]
+
+pub mod config;
+#[macro_use]
+pub mod log;
+pub mod conn;
+pub mod copy;
+pub mod layout;
+pub mod ring;
+pub mod segment;
+pub mod sync;
+pub mod sys;
+pub mod wire;

@@ -1,0 +1,457 @@
+//! A single-producer single-consumer byte ring over memory shared with a
+//! possibly hostile peer.
+//!
+//! Indices count bytes since the switch and never wrap in practice (u64);
+//! positions are `index & (cap - 1)`, so every access stays inside the data
+//! area whatever the peer stores. A fill level outside `0..=cap` means the
+//! peer corrupted the header: the caller gets [`Corrupt`] and ends the
+//! connection (EIO), it never reads or writes out of bounds.
+
+use crate::copy::copy;
+use crate::layout::RingCtrl;
+use crate::sync::Ordering::{Acquire, Relaxed, Release};
+use std::io::{IoSlice, IoSliceMut};
+use std::marker::PhantomData;
+use std::ptr::NonNull;
+
+/// The shared indices broke the ring invariant.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Corrupt;
+
+/// One direction's ring: control words plus `cap` data bytes.
+pub struct Ring<'a> {
+    ctrl: &'a RingCtrl,
+    data: NonNull<u8>,
+    /// Power of two.
+    cap: u64,
+    _data: PhantomData<&'a [u8]>,
+}
+
+impl<'a> Ring<'a> {
+    /// # Safety
+    /// `data` is valid for reads and writes of `cap` bytes for `'a` (other
+    /// processes may write it concurrently), and `cap` is a power of two.
+    pub unsafe fn new(ctrl: &'a RingCtrl, data: NonNull<u8>, cap: usize) -> Self {
+        debug_assert!(cap.is_power_of_two());
+        Ring {
+            ctrl,
+            data,
+            cap: cap as u64,
+            _data: PhantomData,
+        }
+    }
+
+    pub fn ctrl(&self) -> &'a RingCtrl {
+        self.ctrl
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.cap as usize
+    }
+
+    fn fill(&self, head: u64, tail: u64) -> Result<u64, Corrupt> {
+        let n = head.wrapping_sub(tail);
+        if n > self.cap { Err(Corrupt) } else { Ok(n) }
+    }
+
+    /// Bytes the consumer can read now.
+    pub fn readable(&self) -> Result<usize, Corrupt> {
+        let tail = self.ctrl.tail.load(Relaxed);
+        let head = self.ctrl.head.load(Acquire);
+        self.fill(head, tail).map(|n| n as usize)
+    }
+
+    /// Bytes the producer can write now.
+    pub fn writable(&self) -> Result<usize, Corrupt> {
+        let head = self.ctrl.head.load(Relaxed);
+        let tail = self.ctrl.tail.load(Acquire);
+        self.fill(head, tail).map(|n| (self.cap - n) as usize)
+    }
+
+    /// Total bytes ever written (for edge-triggered readiness).
+    pub fn head(&self) -> u64 {
+        self.ctrl.head.load(Acquire)
+    }
+
+    /// Total bytes ever consumed (for edge-triggered readiness).
+    pub fn tail(&self) -> u64 {
+        self.ctrl.tail.load(Acquire)
+    }
+
+    /// Producer: copies as much of `src` as fits and publishes it.
+    pub fn push(&self, src: &mut SrcCursor<'_, '_>) -> Result<usize, Corrupt> {
+        let head = self.ctrl.head.load(Relaxed);
+        let tail = self.ctrl.tail.load(Acquire);
+        let free = (self.cap - self.fill(head, tail)?) as usize;
+        let want = free.min(src.remaining());
+        if want == 0 {
+            return Ok(0);
+        }
+        let mut done = 0;
+        while done < want {
+            let pos = ((head + done as u64) & (self.cap - 1)) as usize;
+            let contiguous = (self.cap as usize - pos).min(want - done);
+            // SAFETY: pos + contiguous <= cap, inside the data area.
+            let dst = unsafe { self.data.as_ptr().add(pos) };
+            done += src.take_into(dst, contiguous);
+        }
+        self.ctrl.head.store(head + want as u64, Release);
+        Ok(want)
+    }
+
+    /// Consumer: copies up to `dst.remaining()` bytes out; consumes them
+    /// unless `peek`.
+    pub fn pop(&self, dst: &mut DstCursor<'_, '_>, peek: bool) -> Result<usize, Corrupt> {
+        let tail = self.ctrl.tail.load(Relaxed);
+        let head = self.ctrl.head.load(Acquire);
+        let avail = self.fill(head, tail)? as usize;
+        let want = avail.min(dst.remaining());
+        if want == 0 {
+            return Ok(0);
+        }
+        let mut done = 0;
+        while done < want {
+            let pos = ((tail + done as u64) & (self.cap - 1)) as usize;
+            let contiguous = (self.cap as usize - pos).min(want - done);
+            // SAFETY: pos + contiguous <= cap, inside the data area.
+            let src = unsafe { self.data.as_ptr().add(pos) };
+            done += dst.put_from(src, contiguous);
+        }
+        if !peek {
+            self.ctrl.tail.store(tail + want as u64, Release);
+        }
+        Ok(want)
+    }
+}
+
+/// Reads from a list of caller buffers in order.
+pub struct SrcCursor<'s, 'b> {
+    bufs: &'s [IoSlice<'b>],
+    idx: usize,
+    off: usize,
+    remaining: usize,
+}
+
+impl<'s, 'b> SrcCursor<'s, 'b> {
+    pub fn new(bufs: &'s [IoSlice<'b>]) -> Self {
+        let remaining = bufs.iter().map(|b| b.len()).sum();
+        SrcCursor {
+            bufs,
+            idx: 0,
+            off: 0,
+            remaining,
+        }
+    }
+
+    pub fn remaining(&self) -> usize {
+        self.remaining
+    }
+
+    /// The buffers not yet consumed, when the cursor sits on a buffer
+    /// boundary (the common case); `None` in the middle of one.
+    pub fn rest(&self) -> Option<&'s [IoSlice<'b>]> {
+        (self.off == 0).then(|| &self.bufs[self.idx..])
+    }
+
+    /// The unconsumed part of the current buffer.
+    pub fn current(&self) -> &'b [u8] {
+        let mut i = self.idx;
+        while i < self.bufs.len() {
+            let b: &'b [u8] = slice_of(&self.bufs[i]);
+            let off = if i == self.idx { self.off } else { 0 };
+            if off < b.len() {
+                return &b[off..];
+            }
+            i += 1;
+        }
+        &[]
+    }
+
+    pub fn advance(&mut self, mut n: usize) {
+        self.remaining -= n;
+        while n > 0 {
+            let left = self.bufs[self.idx].len() - self.off;
+            if n < left {
+                self.off += n;
+                return;
+            }
+            n -= left;
+            self.idx += 1;
+            self.off = 0;
+        }
+        while self.idx < self.bufs.len() && self.bufs[self.idx].len() == self.off {
+            self.idx += 1;
+            self.off = 0;
+        }
+    }
+
+    /// Copies up to `n` bytes to `dst`; returns how many.
+    fn take_into(&mut self, dst: *mut u8, n: usize) -> usize {
+        let mut done = 0;
+        while done < n {
+            let cur = self.current();
+            let k = cur.len().min(n - done);
+            // SAFETY: the caller guarantees dst has room for n bytes; cur
+            // holds k readable bytes; caller memory never overlaps the ring.
+            unsafe { copy(dst.add(done), cur.as_ptr(), k) };
+            self.advance(k);
+            done += k;
+        }
+        done
+    }
+}
+
+fn slice_of<'b>(s: &IoSlice<'b>) -> &'b [u8] {
+    // SAFETY: an IoSlice<'b> is a shared borrow of 'b bytes; this only
+    // re-expresses that lifetime, which Deref shortens to the IoSlice's.
+    unsafe { std::slice::from_raw_parts(s.as_ptr(), s.len()) }
+}
+
+/// Writes into a list of caller buffers in order.
+pub struct DstCursor<'s, 'b> {
+    bufs: &'s mut [IoSliceMut<'b>],
+    idx: usize,
+    off: usize,
+    remaining: usize,
+    filled: usize,
+}
+
+impl<'s, 'b> DstCursor<'s, 'b> {
+    pub fn new(bufs: &'s mut [IoSliceMut<'b>]) -> Self {
+        let remaining = bufs.iter().map(|b| b.len()).sum();
+        DstCursor {
+            bufs,
+            idx: 0,
+            off: 0,
+            remaining,
+            filled: 0,
+        }
+    }
+
+    pub fn remaining(&self) -> usize {
+        self.remaining
+    }
+
+    /// Bytes written so far.
+    pub fn filled(&self) -> usize {
+        self.filled
+    }
+
+    /// Whether nothing has been written yet (so the whole buffer list can be
+    /// handed to one recvmsg).
+    pub fn at_start(&self) -> bool {
+        self.filled == 0
+    }
+
+    pub fn bufs_mut(&mut self) -> &mut [IoSliceMut<'b>] {
+        self.bufs
+    }
+
+    /// The writable rest of the current buffer.
+    pub fn current(&mut self) -> &mut [u8] {
+        while self.idx < self.bufs.len() && self.bufs[self.idx].len() == self.off {
+            self.idx += 1;
+            self.off = 0;
+        }
+        if self.idx == self.bufs.len() {
+            return &mut [];
+        }
+        let off = self.off;
+        &mut self.bufs[self.idx][off..]
+    }
+
+    /// Records that `n` bytes were written at the cursor by someone else.
+    pub fn advance(&mut self, mut n: usize) {
+        self.remaining -= n;
+        self.filled += n;
+        while n > 0 {
+            let left = self.bufs[self.idx].len() - self.off;
+            if n < left {
+                self.off += n;
+                return;
+            }
+            n -= left;
+            self.idx += 1;
+            self.off = 0;
+        }
+    }
+
+    /// Copies `n` readable bytes at `src`; returns how many fit.
+    fn put_from(&mut self, src: *const u8, n: usize) -> usize {
+        let mut done = 0;
+        while done < n {
+            let cur = self.current();
+            let k = cur.len().min(n - done);
+            if k == 0 {
+                break;
+            }
+            // SAFETY: cur has k writable bytes, src has n readable ones;
+            // caller memory never overlaps the ring.
+            unsafe { copy(cur.as_mut_ptr(), src.add(done), k) };
+            self.advance(k);
+            done += k;
+        }
+        done
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use crate::layout::RingCtrl;
+
+    struct Heap {
+        ctrl: RingCtrl,
+        data: Vec<u8>,
+    }
+
+    impl Heap {
+        fn new(cap: usize) -> Self {
+            Heap {
+                ctrl: RingCtrl::new(),
+                data: vec![0; cap],
+            }
+        }
+        fn ring(&mut self) -> Ring<'_> {
+            let cap = self.data.len();
+            let p = NonNull::new(self.data.as_mut_ptr()).unwrap();
+            // SAFETY: the Vec outlives the ring and holds cap bytes.
+            unsafe { Ring::new(&self.ctrl, p, cap) }
+        }
+    }
+
+    fn push(r: &Ring<'_>, b: &[u8]) -> usize {
+        let s = [IoSlice::new(b)];
+        r.push(&mut SrcCursor::new(&s)).unwrap()
+    }
+
+    fn pop(r: &Ring<'_>, n: usize, peek: bool) -> Vec<u8> {
+        let mut v = vec![0u8; n];
+        let got = {
+            let mut d = [IoSliceMut::new(&mut v)];
+            r.pop(&mut DstCursor::new(&mut d), peek).unwrap()
+        };
+        v.truncate(got);
+        v
+    }
+
+    #[test]
+    fn empty_and_full() {
+        let mut h = Heap::new(16);
+        let r = h.ring();
+        assert_eq!(r.readable(), Ok(0));
+        assert_eq!(r.writable(), Ok(16));
+        assert_eq!(pop(&r, 8, false), b"");
+        assert_eq!(push(&r, &[1; 20]), 16);
+        assert_eq!(r.writable(), Ok(0));
+        assert_eq!(push(&r, &[2; 1]), 0);
+        assert_eq!(pop(&r, 100, false), vec![1; 16]);
+        assert_eq!(r.readable(), Ok(0));
+    }
+
+    #[test]
+    fn wrap_around_keeps_order() {
+        let mut h = Heap::new(16);
+        let r = h.ring();
+        let mut next = 0u8;
+        let mut expect = 0u8;
+        for round in 0..100 {
+            let n = 1 + round % 13;
+            let chunk: Vec<u8> = (0..n).map(|i| next.wrapping_add(i as u8)).collect();
+            let w = push(&r, &chunk);
+            next = next.wrapping_add(w as u8);
+            for b in pop(&r, 1 + round % 7, false) {
+                assert_eq!(b, expect);
+                expect = expect.wrapping_add(1);
+            }
+        }
+    }
+
+    #[test]
+    fn peek_does_not_consume() {
+        let mut h = Heap::new(16);
+        let r = h.ring();
+        push(&r, b"hello");
+        assert_eq!(pop(&r, 3, true), b"hel");
+        assert_eq!(pop(&r, 10, false), b"hello");
+    }
+
+    #[test]
+    fn scatter_gather() {
+        let mut h = Heap::new(16);
+        let r = h.ring();
+        push(&r, b"0123456789");
+        let src = [IoSlice::new(b"ab"), IoSlice::new(b""), IoSlice::new(b"cdefgh")];
+        assert_eq!(r.push(&mut SrcCursor::new(&src)).unwrap(), 6);
+        let (mut a, mut b, mut c) = ([0u8; 3], [0u8; 0], [0u8; 20]);
+        let mut d = [
+            IoSliceMut::new(&mut a),
+            IoSliceMut::new(&mut b),
+            IoSliceMut::new(&mut c),
+        ];
+        assert_eq!(r.pop(&mut DstCursor::new(&mut d), false).unwrap(), 16);
+        assert_eq!(&a, b"012");
+        assert_eq!(&c[..13], b"3456789abcdef");
+    }
+
+    #[test]
+    fn corrupt_indices_are_detected() {
+        let mut h = Heap::new(16);
+        h.ctrl.head.store(100, Relaxed);
+        h.ctrl.tail.store(10, Relaxed);
+        let r = h.ring();
+        assert_eq!(r.readable(), Err(Corrupt));
+        assert_eq!(r.writable(), Err(Corrupt));
+        let mut v = [0u8; 4];
+        let mut d = [IoSliceMut::new(&mut v)];
+        assert_eq!(r.pop(&mut DstCursor::new(&mut d), false), Err(Corrupt));
+        let s = [IoSlice::new(b"x")];
+        assert_eq!(r.push(&mut SrcCursor::new(&s)), Err(Corrupt));
+        // tail ahead of head is just as wrong.
+        h.ctrl.head.store(5, Relaxed);
+        let r = h.ring();
+        assert_eq!(r.readable(), Err(Corrupt));
+    }
+
+    proptest::proptest! {
+        /// Arbitrary header words never cause an out-of-bounds access (the
+        /// data Vec is exactly cap bytes, so an overrun would be caught by
+        /// the allocator checks under miri/ASan) nor a panic.
+        #[test]
+        fn hostile_indices_stay_in_bounds(head: u64, tail: u64, n in 0usize..64, peek: bool) {
+            let mut h = Heap::new(32);
+            h.ctrl.head.store(head, Relaxed);
+            h.ctrl.tail.store(tail, Relaxed);
+            let r = h.ring();
+            let mut v = vec![0u8; n];
+            let mut d = [IoSliceMut::new(&mut v)];
+            let res = r.pop(&mut DstCursor::new(&mut d), peek);
+            proptest::prop_assert_eq!(res.is_err(), head.wrapping_sub(tail) > 32);
+            let src = vec![7u8; n];
+            let s = [IoSlice::new(&src)];
+            let _ = r.push(&mut SrcCursor::new(&s));
+        }
+
+        /// A model check of the byte stream: any interleaving of pushes and
+        /// pops delivers exactly the bytes pushed, in order.
+        #[test]
+        fn stream_is_preserved(ops in proptest::collection::vec((proptest::prelude::any::<bool>(), 0usize..40), 1..200)) {
+            let mut h = Heap::new(64);
+            let r = h.ring();
+            let (mut sent, mut got) = (Vec::new(), Vec::new());
+            let mut k = 0u8;
+            for (is_push, n) in ops {
+                if is_push {
+                    let chunk: Vec<u8> = (0..n).map(|i| k.wrapping_add(i as u8)).collect();
+                    let w = push(&r, &chunk);
+                    sent.extend_from_slice(&chunk[..w]);
+                    k = k.wrapping_add(w as u8);
+                } else {
+                    got.extend(pop(&r, n, false));
+                }
+            }
+            got.extend(pop(&r, 64, false));
+            proptest::prop_assert_eq!(sent, got);
+        }
+    }
+}

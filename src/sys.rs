@@ -1,0 +1,114 @@
+//! The few OS calls rustix does not cover (SysV shared memory, tgkill,
+//! sigaction queries). All of them are raw syscalls or libc functions tsss
+//! never overrides, so calling them from inside an override cannot recurse.
+
+use rustix::io::Errno;
+
+/// Maps a -1 return to the errno, like mio's `syscall!`.
+macro_rules! syscall {
+    ($e:expr) => {{
+        // SAFETY: stated at each call site.
+        let r = unsafe { $e };
+        if r == -1 { Err(Errno::from_raw_os_error(std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO))) } else { Ok(r) }
+    }};
+}
+
+pub struct ShmStat {
+    pub size: usize,
+    pub mode: u32,
+    pub uid: u32,
+    pub cuid: u32,
+}
+
+/// Mode bit the kernel sets once IPC_RMID was called.
+pub const SHM_DEST: u32 = 0o1000;
+
+pub fn shm_create(size: usize) -> Result<i32, Errno> {
+    // IPC_PRIVATE + IPC_EXCL: always a fresh segment; 0600: owner only.
+    syscall!(libc::shmget(libc::IPC_PRIVATE, size, libc::IPC_CREAT | libc::IPC_EXCL | 0o600))
+}
+
+/// Attaches a whole segment read-write.
+pub fn shm_attach(id: i32) -> Result<*mut u8, Errno> {
+    // SAFETY: a NULL address lets the kernel choose where to map.
+    let p = unsafe { libc::shmat(id, std::ptr::null(), 0) };
+    if p as isize == -1 {
+        Err(Errno::from_raw_os_error(std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO)))
+    } else {
+        Ok(p.cast())
+    }
+}
+
+/// # Safety
+/// `p` came from [`shm_attach`] and nothing uses the mapping afterwards.
+pub unsafe fn shm_detach(p: *mut u8) {
+    // SAFETY: per the caller.
+    unsafe { libc::shmdt(p.cast()) };
+}
+
+pub fn shm_stat(id: i32) -> Result<ShmStat, Errno> {
+    // SAFETY: shmid_ds is plain old data.
+    let mut ds: libc::shmid_ds = unsafe { std::mem::zeroed() };
+    syscall!(libc::shmctl(id, libc::IPC_STAT, &mut ds))?;
+    Ok(ShmStat {
+        size: ds.shm_segsz,
+        mode: u32::from(ds.shm_perm.mode),
+        uid: ds.shm_perm.uid,
+        cuid: ds.shm_perm.cuid,
+    })
+}
+
+/// Makes `uid` the owner: with mode 0600 the kernel then grants access to
+/// exactly the creator (cuid) and `uid`.
+pub fn shm_grant(id: i32, uid: u32) -> Result<(), Errno> {
+    // SAFETY: shmid_ds is plain old data.
+    let mut ds: libc::shmid_ds = unsafe { std::mem::zeroed() };
+    syscall!(libc::shmctl(id, libc::IPC_STAT, &mut ds))?;
+    ds.shm_perm.uid = uid;
+    ds.shm_perm.mode = 0o600;
+    syscall!(libc::shmctl(id, libc::IPC_SET, &mut ds))?;
+    Ok(())
+}
+
+/// Marks the segment for removal; it lives until the last detach.
+pub fn shm_remove(id: i32) -> Result<(), Errno> {
+    syscall!(libc::shmctl(id, libc::IPC_RMID, std::ptr::null_mut()))?;
+    Ok(())
+}
+
+/// Sends SIGPIPE to the calling thread, as the kernel does on EPIPE.
+pub fn raise_sigpipe() {
+    let pid = rustix::process::getpid().as_raw_nonzero().get();
+    let tid = rustix::thread::gettid().as_raw_nonzero().get();
+    // SAFETY: tgkill takes integers only.
+    unsafe { libc::syscall(libc::SYS_tgkill, pid, tid, libc::SIGPIPE) };
+}
+
+/// Whether an interrupted wait should restart: true unless some installed
+/// handler lacks SA_RESTART. The kernel restarts by the signal that fired;
+/// we cannot tell which one did, so any non-restarting handler wins.
+pub fn all_handlers_restart() -> bool {
+    for sig in 1..=64 {
+        if sig == libc::SIGKILL || sig == libc::SIGSTOP {
+            continue;
+        }
+        // SAFETY: sigaction is plain old data; a NULL new action only queries.
+        let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
+        // SAFETY: valid pointers; query only.
+        let r = unsafe { libc::syscall(libc::SYS_rt_sigaction, sig, std::ptr::null::<libc::sigaction>(), &mut old, 8usize) };
+        if r != 0 {
+            continue;
+        }
+        let h = old.sa_sigaction;
+        if h != libc::SIG_DFL && h != libc::SIG_IGN && old.sa_flags & libc::SA_RESTART == 0 {
+            return false;
+        }
+    }
+    true
+}
+
+/// Monotonic clock in nanoseconds (vDSO, no syscall).
+pub fn now_ns() -> u64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
+}
