@@ -29,13 +29,16 @@ impl Config {
     /// process environment).
     pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Config {
         let mut warnings = Vec::new();
-        let disabled = get("TSSS_DISABLE").is_some_and(|v| !matches!(v.as_str(), "" | "0" | "no" | "false"));
+        let disabled =
+            get("TSSS_DISABLE").is_some_and(|v| !matches!(v.as_str(), "" | "0" | "no" | "false"));
         let log_level = match get("TSSS_LOG").as_deref() {
             None | Some("" | "0" | "off" | "none") => 0,
             Some("info" | "1") => 1,
             Some("debug" | "2") => 2,
             Some(v) => {
-                warnings.push(format!("TSSS_LOG={v} not understood (off, info, debug); using info"));
+                warnings.push(format!(
+                    "TSSS_LOG={v} not understood (off, info, debug); using info"
+                ));
                 1
             }
         };
@@ -57,7 +60,9 @@ impl Config {
             Some(v) => match v.parse::<u64>() {
                 Ok(n) if n <= 10_000 => n,
                 _ => {
-                    warnings.push(format!("TSSS_SPIN_US={v} must be 0..10000; using {DEFAULT_SPIN_US}"));
+                    warnings.push(format!(
+                        "TSSS_SPIN_US={v} must be 0..10000; using {DEFAULT_SPIN_US}"
+                    ));
                     DEFAULT_SPIN_US
                 }
             },
@@ -107,8 +112,10 @@ mod tests {
     use super::*;
 
     fn cfg(pairs: &[(&str, &str)]) -> Config {
-        let m: std::collections::HashMap<String, String> =
-            pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let m: std::collections::HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         Config::from_lookup(|k| m.get(k).cloned())
     }
 
@@ -116,13 +123,21 @@ mod tests {
     fn defaults() {
         let c = cfg(&[]);
         assert!(!c.disabled);
-        assert_eq!((c.log_level, c.ring_size, c.spin_us), (0, DEFAULT_RING_SIZE, DEFAULT_SPIN_US));
+        assert_eq!(
+            (c.log_level, c.ring_size, c.spin_us),
+            (0, DEFAULT_RING_SIZE, DEFAULT_SPIN_US)
+        );
         assert!(c.warnings.is_empty());
     }
 
     #[test]
     fn parses_values() {
-        let c = cfg(&[("TSSS_DISABLE", "1"), ("TSSS_LOG", "debug"), ("TSSS_RING_SIZE", "1M"), ("TSSS_SPIN_US", "0")]);
+        let c = cfg(&[
+            ("TSSS_DISABLE", "1"),
+            ("TSSS_LOG", "debug"),
+            ("TSSS_RING_SIZE", "1M"),
+            ("TSSS_SPIN_US", "0"),
+        ]);
         assert!(c.disabled);
         assert_eq!((c.log_level, c.ring_size, c.spin_us), (2, 1 << 20, 0));
         assert!(!cfg(&[("TSSS_DISABLE", "0")]).disabled);
@@ -130,7 +145,11 @@ mod tests {
 
     #[test]
     fn bad_values_warn_and_default() {
-        let c = cfg(&[("TSSS_RING_SIZE", "1000"), ("TSSS_LOG", "loud"), ("TSSS_SPIN_US", "x")]);
+        let c = cfg(&[
+            ("TSSS_RING_SIZE", "1000"),
+            ("TSSS_LOG", "loud"),
+            ("TSSS_SPIN_US", "x"),
+        ]);
         assert_eq!(c.ring_size, DEFAULT_RING_SIZE);
         assert_eq!(c.log_level, 1);
         assert_eq!(c.warnings.len(), 3);

@@ -139,9 +139,14 @@ impl Conn {
         let cap = config::ring_size();
         let me = rustix::process::geteuid().as_raw();
         let grant = (peer_uid != me).then_some(peer_uid);
-        let (seg, hello) = Segment::create(cap, cap, grant).map_err(|e| format!("cannot create segment: {e}"))?;
+        let (seg, hello) =
+            Segment::create(cap, cap, grant).map_err(|e| format!("cannot create segment: {e}"))?;
         let c = Self::new(fd, Role::Server, OFFERED, nonblock);
-        match rustix::net::send(c.sock(), &hello.encode(), SendFlags::DONTWAIT | SendFlags::NOSIGNAL) {
+        match rustix::net::send(
+            c.sock(),
+            &hello.encode(),
+            SendFlags::DONTWAIT | SendFlags::NOSIGNAL,
+        ) {
             Ok(HELLO_LEN) => {}
             // A fresh socket's buffer is empty, so 40 bytes never split.
             Ok(n) => return Err(format!("HELLO send was short ({n} bytes)")),
@@ -268,17 +273,20 @@ impl Conn {
             return;
         }
         let mut buf = [0u8; HELLO_LEN];
-        let n = match rustix::net::recv(self.sock(), &mut buf, RecvFlags::PEEK | RecvFlags::DONTWAIT) {
-            Ok((_, n)) => n,
-            Err(Errno::AGAIN | Errno::INTR) => return,
-            Err(e) => return self.go_plain(format_args!("socket error before HELLO: {e}")),
-        };
+        let n =
+            match rustix::net::recv(self.sock(), &mut buf, RecvFlags::PEEK | RecvFlags::DONTWAIT) {
+                Ok((_, n)) => n,
+                Err(Errno::AGAIN | Errno::INTR) => return,
+                Err(e) => return self.go_plain(format_args!("socket error before HELLO: {e}")),
+            };
         if n == 0 {
             return self.go_plain(format_args!("peer closed before offering"));
         }
         let hello = match wire::classify_first_bytes(&buf[..n]) {
             FirstBytes::Plain => {
-                return self.go_plain(format_args!("server does not run tsss (first bytes are application data)"));
+                return self.go_plain(format_args!(
+                    "server does not run tsss (first bytes are application data)"
+                ));
             }
             FirstBytes::Hello(h) => h,
         };
@@ -300,7 +308,9 @@ impl Conn {
         let me = rustix::process::geteuid().as_raw();
         let seg = match Segment::attach(&hello, me) {
             Ok(s) => s,
-            Err(e) => return self.go_plain(format_args!("cannot use segment {}: {e}", hello.shmid)),
+            Err(e) => {
+                return self.go_plain(format_args!("cannot use segment {}: {e}", hello.shmid));
+            }
         };
         let _ = self.seg.set(seg);
         rx.plain_read = 0;
@@ -335,7 +345,11 @@ impl Conn {
                 if seg.header().client_state.load(Acquire) != CLIENT_ATTACHED {
                     return;
                 }
-                if self.state.compare_exchange(OFFERED, ATTACHED, AcqRel, Relaxed).is_ok() {
+                if self
+                    .state
+                    .compare_exchange(OFFERED, ATTACHED, AcqRel, Relaxed)
+                    .is_ok()
+                {
                     crate::log!(
                         crate::log::INFO,
                         "fd {}: accelerated (server, shmid {})",
@@ -397,7 +411,11 @@ impl Conn {
     /// it can never land in the application's stream.
     fn bell(&self) {
         if self.tx_ring.load(Acquire) {
-            let _ = rustix::net::send(self.sock(), &[0u8], SendFlags::DONTWAIT | SendFlags::NOSIGNAL);
+            let _ = rustix::net::send(
+                self.sock(),
+                &[0u8],
+                SendFlags::DONTWAIT | SendFlags::NOSIGNAL,
+            );
         }
     }
 
@@ -415,7 +433,11 @@ impl Conn {
         fence(SeqCst);
         if f.writer_sleeping.load(Relaxed) != 0 && f.writer_sleeping.swap(0, SeqCst) != 0 {
             f.space_seq.fetch_add(1, SeqCst);
-            let _ = rustix::thread::futex::wake(&f.space_seq, rustix::thread::futex::Flags::empty(), i32::MAX as u32);
+            let _ = rustix::thread::futex::wake(
+                &f.space_seq,
+                rustix::thread::futex::Flags::empty(),
+                i32::MAX as u32,
+            );
         }
         if f.writer_waiting.load(Relaxed) != 0
             && ring.writable().is_ok_and(|n| n >= ring.capacity() / 2)
@@ -452,10 +474,20 @@ impl Conn {
     pub fn recv(&self, bufs: &mut [IoSliceMut<'_>], o: RecvOpts) -> Option<Result<usize, Errno>> {
         let mut dst = DstCursor::new(bufs);
         let nonblock = o.dontwait || self.nonblocking();
-        let target = if o.waitall && !o.peek { dst.remaining() } else { 1 };
+        let target = if o.waitall && !o.peek {
+            dst.remaining()
+        } else {
+            1
+        };
         loop {
             match self.state.load(Acquire) {
-                PLAIN => return if dst.filled() == 0 { None } else { Some(Ok(dst.filled())) },
+                PLAIN => {
+                    return if dst.filled() == 0 {
+                        None
+                    } else {
+                        Some(Ok(dst.filled()))
+                    };
+                }
                 BROKEN => return Some(Err(Errno::CONNRESET)),
                 _ => {}
             }
@@ -472,28 +504,48 @@ impl Conn {
                 }
             };
             match step {
-                Err(e) => return Some(if dst.filled() > 0 { Ok(dst.filled()) } else { Err(e) }),
+                Err(e) => {
+                    return Some(if dst.filled() > 0 {
+                        Ok(dst.filled())
+                    } else {
+                        Err(e)
+                    });
+                }
                 Ok(Step::Eof) => return Some(Ok(dst.filled())),
                 Ok(Step::Data) if dst.filled() >= target => return Some(Ok(dst.filled())),
                 Ok(Step::Data) => continue,
                 Ok(Step::Empty) => {}
             }
             if nonblock {
-                return Some(if dst.filled() > 0 { Ok(dst.filled()) } else { Err(Errno::AGAIN) });
+                return Some(if dst.filled() > 0 {
+                    Ok(dst.filled())
+                } else {
+                    Err(Errno::AGAIN)
+                });
             }
             if let Err(e) = self.wait_rx() {
-                return Some(if dst.filled() > 0 { Ok(dst.filled()) } else { Err(e) });
+                return Some(if dst.filled() > 0 {
+                    Ok(dst.filled())
+                } else {
+                    Err(e)
+                });
             }
         }
     }
 
     /// One non-blocking pass: plain bytes below the limit, then the ring.
-    fn rx_step(&self, rx: &mut RxState, dst: &mut DstCursor<'_, '_>, peek: bool) -> Result<Step, Errno> {
+    fn rx_step(
+        &self,
+        rx: &mut RxState,
+        dst: &mut DstCursor<'_, '_>,
+        peek: bool,
+    ) -> Result<Step, Errno> {
         let seg = self.seg.get().ok_or(Errno::CONNRESET)?;
         let ring = seg.ring(self.rx_dir());
         let flags = &ring.ctrl().flags;
         let start = dst.filled();
-        let data_or = |dst: &DstCursor<'_, '_>, s: Step| if dst.filled() > start { Step::Data } else { s };
+        let data_or =
+            |dst: &DstCursor<'_, '_>, s: Step| if dst.filled() > start { Step::Data } else { s };
         while !self.rx_ring.load(Relaxed) {
             self.progress_rx(rx);
             if self.rx_ring.load(Relaxed) {
@@ -692,7 +744,11 @@ impl Conn {
                 return Some(Ok(sent));
             }
             if nonblock {
-                return Some(if sent > 0 { Ok(sent) } else { Err(Errno::AGAIN) });
+                return Some(if sent > 0 {
+                    Ok(sent)
+                } else {
+                    Err(Errno::AGAIN)
+                });
             }
             if let Err(e) = self.wait_tx(&ring) {
                 return Some(fail(e, sent));
@@ -700,9 +756,30 @@ impl Conn {
         }
     }
 
+    /// Runs `f`, a real send that carries ancillary data, while our direction
+    /// is still a plain socket, counting its bytes; `None` once the direction
+    /// runs over the ring (where ancillary data cannot follow, yet).
+    pub fn send_plain_with(
+        &self,
+        f: impl FnOnce() -> Result<usize, Errno>,
+    ) -> Option<Result<usize, Errno>> {
+        let mut tx = self.lock_tx();
+        if self.tx_ring.load(Relaxed) {
+            return None;
+        }
+        let r = f();
+        if let Ok(n) = r {
+            tx.plain_written += n as u64;
+        }
+        Some(r)
+    }
+
     /// Why a write must fail now (EPIPE), if it must.
     fn tx_error(&self, ring: &Ring<'_>) -> Option<Errno> {
-        if self.shut_wr.load(Relaxed) || ring.ctrl().flags.rd_closed.load(Acquire) != 0 || self.sock_eof.load(Relaxed) {
+        if self.shut_wr.load(Relaxed)
+            || ring.ctrl().flags.rd_closed.load(Acquire) != 0
+            || self.sock_eof.load(Relaxed)
+        {
             return Some(Errno::PIPE);
         }
         // A killed peer sets no flag: look at the socket now and then.
@@ -719,7 +796,10 @@ impl Conn {
     fn peer_hung_up(&self) -> bool {
         let sock = self.sock();
         let mut p = [PollFd::new(&sock, PollFlags::empty())];
-        let zero = rustix::time::Timespec { tv_sec: 0, tv_nsec: 0 };
+        let zero = rustix::time::Timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
         if let Ok(1) = rustix::event::poll(&mut p, Some(&zero))
             && p[0].revents().intersects(PollFlags::HUP | PollFlags::ERR)
         {
@@ -753,7 +833,12 @@ impl Conn {
             tv_sec: 0,
             tv_nsec: WRITER_NAP_NS as _,
         };
-        match rustix::thread::futex::wait(&f.space_seq, rustix::thread::futex::Flags::empty(), seq, Some(&nap)) {
+        match rustix::thread::futex::wait(
+            &f.space_seq,
+            rustix::thread::futex::Flags::empty(),
+            seq,
+            Some(&nap),
+        ) {
             Err(Errno::INTR) if !sys::all_handlers_restart() => Err(Errno::INTR),
             Err(Errno::TIMEDOUT) => {
                 if self.peer_hung_up() {
@@ -823,7 +908,11 @@ impl Conn {
     fn wake_writers(&self, ring: &Ring<'_>) {
         let f = &ring.ctrl().flags;
         f.space_seq.fetch_add(1, SeqCst);
-        let _ = rustix::thread::futex::wake(&f.space_seq, rustix::thread::futex::Flags::empty(), i32::MAX as u32);
+        let _ = rustix::thread::futex::wake(
+            &f.space_seq,
+            rustix::thread::futex::Flags::empty(),
+            i32::MAX as u32,
+        );
         if f.writer_waiting.swap(0, SeqCst) != 0 {
             self.bell();
         }
@@ -894,7 +983,8 @@ impl Conn {
             _ => {}
         }
         let mut r = Ready::default();
-        let eof = self.sock_eof.load(Acquire) || k.contains(PollFlags::HUP) && self.rx_ring.load(Relaxed);
+        let eof =
+            self.sock_eof.load(Acquire) || k.contains(PollFlags::HUP) && self.rx_ring.load(Relaxed);
         let seg = self.seg.get();
         let mut peer_wr_closed = false;
         let mut peer_rd_closed = false;
@@ -908,7 +998,8 @@ impl Conn {
             _ => {
                 // HELLO still unread (pending client) is not data.
                 let pending = self.state.load(Acquire) == PENDING;
-                r.readable = k.intersects(PollFlags::IN | PollFlags::HUP | PollFlags::ERR) && !pending;
+                r.readable =
+                    k.intersects(PollFlags::IN | PollFlags::HUP | PollFlags::ERR) && !pending;
                 r.rdhup = k.contains(PollFlags::RDHUP);
             }
         }
@@ -930,9 +1021,13 @@ impl Conn {
     /// Ring-only readiness for spinning (atomics, no syscalls). False when
     /// unsure.
     pub fn quick_ready(&self, want_read: bool, want_write: bool) -> bool {
-        let Some(seg) = self.seg.get() else { return false };
+        let Some(seg) = self.seg.get() else {
+            return false;
+        };
         (want_read && self.rx_ring.load(Relaxed) && self.rx_quick_ready(&seg.ring(self.rx_dir())))
-            || (want_write && self.tx_ring.load(Relaxed) && self.tx_quick_ready(&seg.ring(self.tx_dir())))
+            || (want_write
+                && self.tx_ring.load(Relaxed)
+                && self.tx_quick_ready(&seg.ring(self.tx_dir())))
     }
 
     /// Before a poll/epoll sleep: ask the peer for doorbells. The caller
@@ -940,10 +1035,18 @@ impl Conn {
     pub fn arm(&self, want_read: bool, want_write: bool) {
         let Some(seg) = self.seg.get() else { return };
         if want_read && self.rx_ring.load(Relaxed) {
-            seg.ring(self.rx_dir()).ctrl().flags.reader_waiting.store(1, SeqCst);
+            seg.ring(self.rx_dir())
+                .ctrl()
+                .flags
+                .reader_waiting
+                .store(1, SeqCst);
         }
         if want_write && self.tx_ring.load(Relaxed) {
-            seg.ring(self.tx_dir()).ctrl().flags.writer_waiting.store(1, SeqCst);
+            seg.ring(self.tx_dir())
+                .ctrl()
+                .flags
+                .writer_waiting
+                .store(1, SeqCst);
         }
         fence(SeqCst);
     }
@@ -952,6 +1055,27 @@ impl Conn {
     /// poll/epoll sleep must be bounded).
     pub fn bells_work(&self) -> bool {
         self.rx_ring.load(Relaxed)
+    }
+
+    /// Monotonic counters for edge-triggered epoll: input progress (bytes
+    /// the peer wrote, EOF) and output progress (bytes the peer consumed,
+    /// its read side closing).
+    pub fn progress_counters(&self) -> (u64, u64) {
+        let Some(seg) = self.seg.get() else {
+            return (0, 0);
+        };
+        let rx = seg.ring(self.rx_dir());
+        let tx = seg.ring(self.tx_dir());
+        let eof = u64::from(self.sock_eof.load(Relaxed)) << 61;
+        let seq_in = rx
+            .head()
+            .wrapping_add(u64::from(rx.ctrl().flags.wr_closed.load(Relaxed) != 0) << 60)
+            | eof;
+        let seq_out = tx
+            .tail()
+            .wrapping_add(u64::from(tx.ctrl().flags.rd_closed.load(Relaxed) != 0) << 60)
+            | eof;
+        (seq_in, seq_out)
     }
 
     /// Bytes readable now (FIONREAD / SIOCINQ). `None`: ask the kernel.

@@ -15,6 +15,7 @@ pub mod log;
 pub mod conn;
 pub mod copy;
 pub mod layout;
+pub mod readiness;
 pub mod ring;
 pub mod segment;
 pub mod sync;

@@ -27,7 +27,10 @@ impl Write for Line {
 
 /// Writes `tsss[pid]: <message>\n` to fd 2.
 pub fn emit(args: fmt::Arguments<'_>) {
-    let mut l = Line { buf: [0; 512], len: 0 };
+    let mut l = Line {
+        buf: [0; 512],
+        len: 0,
+    };
     let _ = write!(l, "tsss[{}]: ", rustix::process::getpid().as_raw_nonzero());
     let _ = l.write_fmt(args);
     l.buf[l.len] = b'\n';

@@ -381,7 +381,11 @@ mod tests {
         let mut h = Heap::new(16);
         let r = h.ring();
         push(&r, b"0123456789");
-        let src = [IoSlice::new(b"ab"), IoSlice::new(b""), IoSlice::new(b"cdefgh")];
+        let src = [
+            IoSlice::new(b"ab"),
+            IoSlice::new(b""),
+            IoSlice::new(b"cdefgh"),
+        ];
         assert_eq!(r.push(&mut SrcCursor::new(&src)).unwrap(), 6);
         let (mut a, mut b, mut c) = ([0u8; 3], [0u8; 0], [0u8; 20]);
         let mut d = [

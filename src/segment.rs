@@ -54,7 +54,11 @@ impl core::fmt::Display for AttachError {
 impl Segment {
     /// Creates, attaches and marks a new segment; returns it with the HELLO
     /// that describes it.
-    pub fn create(cap_c2s: usize, cap_s2c: usize, grant_uid: Option<u32>) -> Result<(Segment, Hello), Errno> {
+    pub fn create(
+        cap_c2s: usize,
+        cap_s2c: usize,
+        grant_uid: Option<u32>,
+    ) -> Result<(Segment, Hello), Errno> {
         let size = HDR_SIZE + cap_c2s + cap_s2c;
         let id = sys::shm_create(size)?;
         let base = match sys::shm_attach(id) {
@@ -148,13 +152,24 @@ impl Segment {
     }
 
     pub fn ring(&self, d: Dir) -> Ring<'_> {
-        let off = HDR_SIZE + if d == Dir::ClientToServer { 0 } else { self.caps[0] };
+        let off = HDR_SIZE
+            + if d == Dir::ClientToServer {
+                0
+            } else {
+                self.caps[0]
+            };
         // SAFETY: off + cap <= seg_size, which was checked against the
         // segment's real size (attach) or is its size (create).
         let data = unsafe { NonNull::new_unchecked(self.base.as_ptr().add(off)) };
         // SAFETY: data is valid for cap bytes while self is mapped; caps are
         // powers of two (validated from HELLO or chosen by us).
-        unsafe { Ring::new(&self.header().rings[d as usize], data, self.caps[d as usize]) }
+        unsafe {
+            Ring::new(
+                &self.header().rings[d as usize],
+                data,
+                self.caps[d as usize],
+            )
+        }
     }
 }
 
@@ -198,12 +213,30 @@ mod tests {
     #[test]
     fn attach_rejects_wrong_nonce_and_size() {
         let (_s, h) = Segment::create(1 << 16, 1 << 16, None).unwrap();
-        let bad = Hello { nonce: h.nonce ^ 1, ..h };
-        assert_eq!(Segment::attach(&bad, uid()).err(), Some(AttachError::BadHeader));
-        let big = Hello { cap_s2c: 1 << 20, ..h };
-        assert_eq!(Segment::attach(&big, uid()).err(), Some(AttachError::TooSmall));
-        let gone = Hello { shmid: i32::MAX, ..h };
-        assert!(matches!(Segment::attach(&gone, uid()), Err(AttachError::Stat(_))));
+        let bad = Hello {
+            nonce: h.nonce ^ 1,
+            ..h
+        };
+        assert_eq!(
+            Segment::attach(&bad, uid()).err(),
+            Some(AttachError::BadHeader)
+        );
+        let big = Hello {
+            cap_s2c: 1 << 20,
+            ..h
+        };
+        assert_eq!(
+            Segment::attach(&big, uid()).err(),
+            Some(AttachError::TooSmall)
+        );
+        let gone = Hello {
+            shmid: i32::MAX,
+            ..h
+        };
+        assert!(matches!(
+            Segment::attach(&gone, uid()),
+            Err(AttachError::Stat(_))
+        ));
     }
 
     #[test]

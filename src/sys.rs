@@ -9,7 +9,15 @@ macro_rules! syscall {
     ($e:expr) => {{
         // SAFETY: stated at each call site.
         let r = unsafe { $e };
-        if r == -1 { Err(Errno::from_raw_os_error(std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO))) } else { Ok(r) }
+        if r == -1 {
+            Err(Errno::from_raw_os_error(
+                std::io::Error::last_os_error()
+                    .raw_os_error()
+                    .unwrap_or(libc::EIO),
+            ))
+        } else {
+            Ok(r)
+        }
     }};
 }
 
@@ -25,7 +33,11 @@ pub const SHM_DEST: u32 = 0o1000;
 
 pub fn shm_create(size: usize) -> Result<i32, Errno> {
     // IPC_PRIVATE + IPC_EXCL: always a fresh segment; 0600: owner only.
-    syscall!(libc::shmget(libc::IPC_PRIVATE, size, libc::IPC_CREAT | libc::IPC_EXCL | 0o600))
+    syscall!(libc::shmget(
+        libc::IPC_PRIVATE,
+        size,
+        libc::IPC_CREAT | libc::IPC_EXCL | 0o600
+    ))
 }
 
 /// Attaches a whole segment read-write.
@@ -33,7 +45,11 @@ pub fn shm_attach(id: i32) -> Result<*mut u8, Errno> {
     // SAFETY: a NULL address lets the kernel choose where to map.
     let p = unsafe { libc::shmat(id, std::ptr::null(), 0) };
     if p as isize == -1 {
-        Err(Errno::from_raw_os_error(std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO)))
+        Err(Errno::from_raw_os_error(
+            std::io::Error::last_os_error()
+                .raw_os_error()
+                .unwrap_or(libc::EIO),
+        ))
     } else {
         Ok(p.cast())
     }
@@ -95,7 +111,15 @@ pub fn all_handlers_restart() -> bool {
         // SAFETY: sigaction is plain old data; a NULL new action only queries.
         let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
         // SAFETY: valid pointers; query only.
-        let r = unsafe { libc::syscall(libc::SYS_rt_sigaction, sig, std::ptr::null::<libc::sigaction>(), &mut old, 8usize) };
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_rt_sigaction,
+                sig,
+                std::ptr::null::<libc::sigaction>(),
+                &mut old,
+                8usize,
+            )
+        };
         if r != 0 {
             continue;
         }
@@ -111,4 +135,108 @@ pub fn all_handlers_restart() -> bool {
 pub fn now_ns() -> u64 {
     let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
     t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
+}
+
+fn ret(r: libc::c_long) -> Result<usize, Errno> {
+    if r < 0 {
+        Err(Errno::from_raw_os_error(
+            std::io::Error::last_os_error()
+                .raw_os_error()
+                .unwrap_or(libc::EIO),
+        ))
+    } else {
+        Ok(r as usize)
+    }
+}
+
+/// poll(2) as a raw syscall (never our own override).
+pub fn poll(fds: &mut [libc::pollfd], timeout_ms: i32) -> Result<usize, Errno> {
+    // SAFETY: fds is a valid, exclusively borrowed array of fds.len() entries.
+    ret(unsafe {
+        libc::syscall(
+            libc::SYS_poll,
+            fds.as_mut_ptr(),
+            fds.len() as libc::c_ulong,
+            timeout_ms,
+        )
+    })
+}
+
+pub fn epoll_create() -> Result<i32, Errno> {
+    // SAFETY: integer arguments only.
+    ret(unsafe { libc::syscall(libc::SYS_epoll_create1, libc::EPOLL_CLOEXEC) }).map(|fd| fd as i32)
+}
+
+pub fn epoll_ctl(epfd: i32, op: i32, fd: i32, events: u32, data: u64) -> Result<(), Errno> {
+    let mut ev = libc::epoll_event { events, u64: data };
+    // SAFETY: ev is a valid epoll_event for the call's duration.
+    ret(unsafe {
+        libc::syscall(
+            libc::SYS_epoll_ctl,
+            epfd,
+            op,
+            fd,
+            &mut ev as *mut libc::epoll_event,
+        )
+    })
+    .map(|_| ())
+}
+
+pub fn epoll_wait(
+    epfd: i32,
+    evs: &mut [libc::epoll_event],
+    timeout_ms: i32,
+) -> Result<usize, Errno> {
+    if evs.is_empty() {
+        return Ok(0);
+    }
+    // SAFETY: evs is a valid, exclusively borrowed array of evs.len() entries.
+    ret(unsafe {
+        libc::syscall(
+            libc::SYS_epoll_wait,
+            epfd,
+            evs.as_mut_ptr(),
+            evs.len() as libc::c_int,
+            timeout_ms,
+        )
+    })
+}
+
+/// close(2) as a raw syscall.
+pub fn close(fd: i32) {
+    // SAFETY: integer argument; the caller owns fd.
+    unsafe { libc::syscall(libc::SYS_close, fd) };
+}
+
+/// ppoll(2) as a raw syscall with a millisecond timeout (-1: none) and an
+/// optional signal mask installed only for the sleep.
+pub fn ppoll(
+    fds: &mut [libc::pollfd],
+    timeout_ms: i32,
+    mask: Option<&libc::sigset_t>,
+) -> Result<usize, Errno> {
+    let Some(mask) = mask else {
+        return poll(fds, timeout_ms);
+    };
+    let ts = libc::timespec {
+        tv_sec: (timeout_ms / 1000) as libc::time_t,
+        tv_nsec: ((timeout_ms % 1000) * 1_000_000) as libc::c_long,
+    };
+    let tsp = if timeout_ms < 0 {
+        std::ptr::null()
+    } else {
+        &ts as *const libc::timespec
+    };
+    // SAFETY: valid array, timespec and sigset for the call's duration; the
+    // kernel's sigset size on Linux is 8 bytes.
+    ret(unsafe {
+        libc::syscall(
+            libc::SYS_ppoll,
+            fds.as_mut_ptr(),
+            fds.len() as libc::c_ulong,
+            tsp,
+            mask as *const libc::sigset_t,
+            8usize,
+        )
+    })
 }

@@ -29,7 +29,10 @@ pub const HELLO_MAGIC: [u8; 8] = [0xF5, b'T', b'S', b'S', b'S', 0x00, b'H', b'I'
 /// included). Returns the buffer and the used length.
 pub fn marker_name(pid: u32, random: u64) -> ([u8; 64], usize) {
     let mut buf = [0u8; 64];
-    let mut w = Cursor { buf: &mut buf, len: 0 };
+    let mut w = Cursor {
+        buf: &mut buf,
+        len: 0,
+    };
     w.put(MARKER_PREFIX);
     w.put_dec(u64::from(PROTO_VERSION));
     w.put(b"/");
@@ -261,7 +264,13 @@ mod tests {
         b[8] = 9;
         assert_eq!(Hello::decode(&b), Err(HelloError::BadVersion(9)));
         assert_eq!(Hello::decode(&good[..20]), Err(HelloError::Truncated));
-        for (off, val) in [(20, 3u32), (24, 1 << 30), (20, 4095), (12, 17), (16, u32::MAX)] {
+        for (off, val) in [
+            (20, 3u32),
+            (24, 1 << 30),
+            (20, 4095),
+            (12, 17),
+            (16, u32::MAX),
+        ] {
             let mut b = good;
             b[off..off + 4].copy_from_slice(&val.to_le_bytes());
             assert_eq!(Hello::decode(&b), Err(HelloError::BadGeometry), "{off}");
@@ -275,7 +284,10 @@ mod tests {
         assert_eq!(classify_first_bytes(b"+OK\r\n"), FirstBytes::Plain);
         let mut long = [b'x'; 100];
         long[..40].copy_from_slice(&h);
-        assert!(matches!(classify_first_bytes(&long), FirstBytes::Hello(Ok(_))));
+        assert!(matches!(
+            classify_first_bytes(&long),
+            FirstBytes::Hello(Ok(_))
+        ));
     }
 
     proptest::proptest! {

@@ -1,0 +1,604 @@
+#!/usr/bin/env python3
+"""tsss benchmark driver (Python 3 standard library only).
+
+    python3 scripts/bench.py [--quick] [--out bench-results]
+                             [--lib target/release/libtsss.so]
+                             [--bin test-apps/bin] [--repeats R]
+                             [--cases stream,pingpong,pipe,file]
+                             [--plain-only] [--timeout 120]
+
+Runs every case plain and with LD_PRELOAD=<lib> on BOTH client and server,
+interleaved (plain/tsss alternate, the order flips every repeat), R times
+each (default 5, --quick 2), and reports medians:
+
+  * stream    throughput, message sizes 16 B .. 1 MiB   (GB/s and M msg/s)
+  * pingpong  round-trip time, 16 B .. 16 KiB           (median and p99, us)
+  * pipe/file throughput through non-socket fds          (GB/s)
+
+ratio is always "> 1 means tsss is better": tsss/plain for throughput,
+plain/tsss for latency.
+
+Outputs: a table on stdout, OUT/bench.csv (medians), OUT/raw.csv (every
+run), OUT/throughput.svg, OUT/rtt.svg, OUT/summary.md.
+
+Any run that exits non-zero, times out, lacks a "RESULT ... ok=1" line, or
+whose preload could not be loaded is a FAILURE: its stderr is printed and
+the script exits 1 at the end.  Falling short of a performance target is
+reported but is not a failure.
+
+To add a case (e.g. redis), write a function `fn(runner, mode)` returning a
+dict {metric_name: value} (or a list of (metric, value) pairs) and append a
+Case(...) to the list built in build_cases().  TSSS_BENCH_EXTRA is reserved
+for such extra cases and currently ignored.
+"""
+
+import argparse
+import atexit
+import csv
+import datetime
+import os
+import platform
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import svgplot  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MODES = ("plain", "tsss")
+
+K, M, G = 1 << 10, 1 << 20, 1 << 30
+
+# stream: message size -> total bytes, chosen so a plain run takes ~0.3-1 s
+STREAM_TOTALS = {
+    16: 16 * M,
+    64: 64 * M,
+    256: 256 * M,
+    1024: 512 * M,
+    4096: 1 * G,
+    16384: 4 * G,
+    65536: 4 * G,
+    262144: 4 * G,
+    1048576: 4 * G,
+}
+PINGPONG_ITERS = {16: 20000, 64: 20000, 1024: 20000, 16384: 10000}
+PIPEFILE_TOTALS = {("pipe", 4096): 1 * G, ("pipe", 65536): 512 * M,
+                   ("file", 4096): 512 * M, ("file", 65536): 1 * G}
+
+# (case, size, metric, minimum ratio) -- reported as PASS / FALL SHORT
+TARGETS = [
+    ("stream", 64, "gbps", 10.0),
+    ("stream", 4096, "gbps", 4.0),
+    ("pingpong", 64, "rtt_med_us", 20.0),
+    ("pipe", 4096, "gbps", 0.95),
+    ("pipe", 65536, "gbps", 0.95),
+    ("file", 4096, "gbps", 0.95),
+    ("file", 65536, "gbps", 0.95),
+]
+
+
+class Metric:
+    def __init__(self, name, unit, higher_is_better):
+        self.name = name
+        self.unit = unit
+        self.higher_is_better = higher_is_better
+
+
+M_GBPS = Metric("gbps", "GB/s", True)
+M_MMSGS = Metric("mmsgs", "Mmsg/s", True)
+M_RTT_MED = Metric("rtt_med_us", "us", False)
+M_RTT_P99 = Metric("rtt_p99_us", "us", False)
+
+
+class Case:
+    """One benchmark case.  fn(runner, mode) -> {metric: value}."""
+
+    def __init__(self, group, size, metrics, fn):
+        self.group = group
+        self.size = size
+        self.metrics = metrics
+        self.fn = fn
+        # samples[mode][metric] -> list of values
+        self.samples = {m: {x.name: [] for x in metrics} for m in MODES}
+        self.failed = False
+
+    def label(self):
+        return "%s %s" % (self.group, svgplot.size_label(self.size))
+
+    def median(self, mode, metric):
+        v = self.samples[mode][metric]
+        return statistics.median(v) if v else None
+
+
+class RunFailure(Exception):
+    pass
+
+
+# ---------------------------------------------------------------------------
+# process handling
+
+_live = set()  # Popen objects that may still be running
+
+
+def _kill_live():
+    for p in list(_live):
+        try:
+            if p.poll() is None:
+                p.kill()
+                p.wait(timeout=5)
+        except Exception:
+            pass
+        _live.discard(p)
+
+
+def _on_signal(signum, frame):
+    # SystemExit unwinds through subprocess.run (which kills its child) and
+    # runs the atexit handlers (kill servers, remove the temp dir).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    _kill_live()
+    sys.stderr.write("\ninterrupted (signal %d)\n" % signum)
+    sys.exit(130)
+
+
+def parse_result(out):
+    lines = [l for l in out.splitlines() if l.startswith("RESULT ")]
+    if len(lines) != 1:
+        return None
+    res = {}
+    for tok in lines[0].split()[1:]:
+        if "=" in tok:
+            k, v = tok.split("=", 1)
+            res[k] = v
+    return res
+
+
+class Runner:
+    def __init__(self, bin_dir, lib, sock_dir, file_dir, timeout):
+        self.bin_dir = bin_dir
+        self.lib = lib
+        self.sock_dir = sock_dir
+        self.file_dir = file_dir
+        self.timeout = timeout
+        self._n = 0
+
+    def env(self, mode):
+        env = dict(os.environ)
+        env.pop("LD_PRELOAD", None)
+        if mode == "tsss":
+            env["LD_PRELOAD"] = self.lib
+        return env
+
+    def sock_path(self):
+        self._n += 1
+        return os.path.join(self.sock_dir, "s%d.sock" % self._n)
+
+    def cmd(self, args):
+        return [os.path.join(self.bin_dir, args[0])] + [str(a) for a in args[1:]]
+
+    def _check(self, what, rc, out, err, mode):
+        if mode == "tsss" and "cannot be preloaded" in err:
+            raise RunFailure("%s: LD_PRELOAD could not be loaded\n%s" % (what, err))
+        if rc != 0:
+            raise RunFailure("%s exited with status %s\n--- stdout ---\n%s"
+                             "--- stderr ---\n%s" % (what, rc, out, err))
+        res = parse_result(out)
+        if res is None or res.get("ok") != "1":
+            raise RunFailure("%s: no 'RESULT ... ok=1' line\n--- stdout ---\n%s"
+                             "--- stderr ---\n%s" % (what, out, err))
+        return res
+
+    def run_one(self, mode, args):
+        """Run a single program; returns its RESULT dict."""
+        cmd = self.cmd(args)
+        try:
+            p = subprocess.run(cmd, env=self.env(mode), stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, universal_newlines=True,
+                               timeout=self.timeout)
+        except subprocess.TimeoutExpired as e:
+            raise RunFailure("%s: timed out after %ss\n%s"
+                             % (" ".join(cmd), self.timeout, e.stderr or ""))
+        return self._check(" ".join(cmd), p.returncode, p.stdout, p.stderr, mode)
+
+    def run_pair(self, mode, server_args, client_args, sock):
+        """Start the server, wait for its socket, run the client.
+        Returns (client_result, server_result)."""
+        scmd, ccmd = self.cmd(server_args), self.cmd(client_args)
+        if os.path.exists(sock):
+            os.unlink(sock)
+        srv = subprocess.Popen(scmd, env=self.env(mode), stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, universal_newlines=True)
+        _live.add(srv)
+        try:
+            deadline = time.monotonic() + 10
+            while not os.path.exists(sock):
+                if srv.poll() is not None:
+                    out, err = srv.communicate()
+                    raise RunFailure("server %s exited (status %s) before creating "
+                                     "its socket\n--- stderr ---\n%s"
+                                     % (" ".join(scmd), srv.returncode, err))
+                if time.monotonic() > deadline:
+                    raise RunFailure("server %s: socket %s did not appear within 10 s"
+                                     % (" ".join(scmd), sock))
+                time.sleep(0.005)
+            try:
+                cli = subprocess.run(ccmd, env=self.env(mode), stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, universal_newlines=True,
+                                     timeout=self.timeout)
+            except subprocess.TimeoutExpired as e:
+                raise RunFailure("client %s: timed out after %ss\n%s"
+                                 % (" ".join(ccmd), self.timeout, e.stderr or ""))
+            try:
+                sout, serr = srv.communicate(timeout=30 if cli.returncode == 0 else 5)
+            except subprocess.TimeoutExpired:
+                srv.kill()
+                sout, serr = srv.communicate()
+                if cli.returncode == 0:
+                    raise RunFailure("server %s did not exit after the client "
+                                     "finished\n--- stderr ---\n%s"
+                                     % (" ".join(scmd), serr))
+            cres = self._check("client " + " ".join(ccmd), cli.returncode,
+                               cli.stdout, cli.stderr, mode)
+            sres = self._check("server " + " ".join(scmd), srv.returncode,
+                               sout, serr, mode)
+            return cres, sres
+        finally:
+            if srv.poll() is None:
+                srv.kill()
+                srv.wait()
+            _live.discard(srv)
+            if os.path.exists(sock):
+                try:
+                    os.unlink(sock)
+                except OSError:
+                    pass
+
+
+# ---------------------------------------------------------------------------
+# cases
+
+def stream_fn(size, total):
+    def fn(rt, mode):
+        sock = rt.sock_path()
+        c, s = rt.run_pair(mode, ["stream", "server", sock],
+                           ["stream", "client", sock, size, total], sock)
+        if c.get("bytes") != s.get("bytes"):
+            raise RunFailure("stream: client bytes %s != server bytes %s"
+                             % (c.get("bytes"), s.get("bytes")))
+        return {"gbps": float(c["gbps"]), "mmsgs": float(c["mmsgs"])}
+    return fn
+
+
+def pingpong_fn(size, iters):
+    def fn(rt, mode):
+        sock = rt.sock_path()
+        c, _ = rt.run_pair(mode, ["pingpong", "server", sock],
+                           ["pingpong", "client", sock, size, iters], sock)
+        return {"rtt_med_us": float(c["rtt_med_us"]),
+                "rtt_p99_us": float(c["rtt_p99_us"])}
+    return fn
+
+
+def pipefile_fn(kind, size, total):
+    def fn(rt, mode):
+        args = ["pipefile", kind, size, total]
+        if kind == "file":
+            args.append(rt.file_dir)
+        r = rt.run_one(mode, args)
+        return {"gbps": float(r["gbps"])}
+    return fn
+
+
+def build_cases(quick, groups):
+    div = 10 if quick else 1
+    cases = []
+    if "stream" in groups:
+        for size, total in STREAM_TOTALS.items():
+            t = max(size, total // div // size * size)
+            cases.append(Case("stream", size, [M_GBPS, M_MMSGS], stream_fn(size, t)))
+    if "pingpong" in groups:
+        for size, iters in PINGPONG_ITERS.items():
+            cases.append(Case("pingpong", size, [M_RTT_MED, M_RTT_P99],
+                              pingpong_fn(size, max(100, iters // div))))
+    for (kind, size), total in PIPEFILE_TOTALS.items():
+        if kind in groups:
+            cases.append(Case(kind, size, [M_GBPS],
+                              pipefile_fn(kind, size, max(size, total // div // size * size))))
+    # TSSS_BENCH_EXTRA: reserved for extra cases (e.g. redis); ignored for now.
+    return cases
+
+
+# ---------------------------------------------------------------------------
+# reporting
+
+def fmt(v):
+    if v is None:
+        return "n/a"
+    a = abs(v)
+    if a >= 1000:
+        return "%.0f" % v
+    if a >= 100:
+        return "%.1f" % v
+    if a >= 10:
+        return "%.2f" % v
+    if a >= 1:
+        return "%.3f" % v
+    return "%.4g" % v
+
+
+def ratio(case, metric):
+    p, t = case.median("plain", metric.name), case.median("tsss", metric.name)
+    if p is None or t is None or p <= 0 or t <= 0:
+        return None
+    return t / p if metric.higher_is_better else p / t
+
+
+def rows(cases):
+    for c in cases:
+        for m in c.metrics:
+            yield (c, m, c.median("plain", m.name), c.median("tsss", m.name),
+                   ratio(c, m))
+
+
+RATIO_HDR = "ratio (>1 = tsss better)"
+
+
+def text_table(cases):
+    hdr = ["case", "size", "metric", "plain", "tsss", RATIO_HDR]
+    body = []
+    for c, m, p, t, r in rows(cases):
+        body.append([c.group, svgplot.size_label(c.size), "%s [%s]" % (m.name, m.unit),
+                     fmt(p), fmt(t), "n/a" if r is None else "%.2fx" % r])
+    w = [max(len(str(x[i])) for x in [hdr] + body) for i in range(len(hdr))]
+    lines = ["  ".join(str(x[i]).ljust(w[i]) if i < 3 else str(x[i]).rjust(w[i])
+                       for i in range(len(hdr))) for x in [hdr] + body]
+    lines.insert(1, "  ".join("-" * n for n in w))
+    return "\n".join(lines)
+
+
+def md_table(cases):
+    out = ["| case | size | metric | plain | tsss | %s |" % RATIO_HDR,
+           "|---|---:|---|---:|---:|---:|"]
+    for c, m, p, t, r in rows(cases):
+        out.append("| %s | %s | %s [%s] | %s | %s | %s |" % (
+            c.group, svgplot.size_label(c.size), m.name, m.unit, fmt(p), fmt(t),
+            "n/a" if r is None else "%.2fx" % r))
+    return "\n".join(out)
+
+
+def target_lines(cases):
+    out = []
+    for group, size, metric, need in TARGETS:
+        case = next((c for c in cases if c.group == group and c.size == size), None)
+        if case is None:
+            continue
+        m = next(x for x in case.metrics if x.name == metric)
+        r = ratio(case, m)
+        if r is None:
+            verdict = "n/a"
+        else:
+            verdict = "PASS" if r >= need else "FALL SHORT"
+        out.append("%-10s %s %s %s ratio >= %g: got %s" % (
+            verdict, group, svgplot.size_label(size), metric, need,
+            "n/a" if r is None else "%.2fx" % r))
+    return out
+
+
+def cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def write_csv(path, cases):
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["case", "size", "metric", "plain", "tsss", "ratio", "repeats"])
+        for c, m, p, t, r in rows(cases):
+            n = max(len(c.samples["plain"][m.name]), len(c.samples["tsss"][m.name]))
+            w.writerow([c.group, c.size, m.name,
+                        "" if p is None else "%.6g" % p,
+                        "" if t is None else "%.6g" % t,
+                        "" if r is None else "%.4f" % r, n])
+
+
+def write_raw_csv(path, raw):
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["case", "size", "mode", "rep", "metric", "value"])
+        for row in raw:
+            w.writerow(row)
+
+
+COLORS = {"plain": "#1f77b4", "tsss": "#d62728"}
+MARKERS = {"plain": "circle", "tsss": "square"}
+
+
+def write_plots(out_dir, cases, datestr, host):
+    st = [c for c in cases if c.group == "stream"]
+    series = []
+    for mode in MODES:
+        pts = [(c.size, c.median(mode, "gbps")) for c in st]
+        if any(y is not None for _, y in pts):
+            series.append({"label": mode + (" (LD_PRELOAD)" if mode == "tsss" else ""),
+                           "color": COLORS[mode], "marker": MARKERS[mode], "points": pts})
+    svg = svgplot.line_chart("AF_UNIX stream throughput, plain vs tsss (%s)" % datestr,
+                             "message size (bytes, log2)", "throughput (GB/s, log)",
+                             series, subtitle=host)
+    with open(os.path.join(out_dir, "throughput.svg"), "w") as f:
+        f.write(svg)
+
+    pp = [c for c in cases if c.group == "pingpong"]
+    series = []
+    for mode in MODES:
+        for metric, dash, lab in (("rtt_med_us", False, "median"),
+                                  ("rtt_p99_us", True, "p99")):
+            pts = [(c.size, c.median(mode, metric)) for c in pp]
+            if any(y is not None for _, y in pts):
+                series.append({"label": "%s %s" % (mode, lab), "color": COLORS[mode],
+                               "marker": MARKERS[mode], "dash": dash,
+                               "width": 2 if not dash else 1.5, "points": pts})
+    svg = svgplot.line_chart("AF_UNIX ping-pong round-trip time, plain vs tsss (%s)"
+                             % datestr, "message size (bytes, log2)",
+                             "round-trip time (us, log)", series, subtitle=host)
+    with open(os.path.join(out_dir, "rtt.svg"), "w") as f:
+        f.write(svg)
+
+
+# ---------------------------------------------------------------------------
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true",
+                    help="10x smaller transfers, 2 repeats")
+    ap.add_argument("--out", default="bench-results", help="output directory")
+    ap.add_argument("--lib", default=os.path.join(ROOT, "target/release/libtsss.so"),
+                    help="shim library used as LD_PRELOAD")
+    ap.add_argument("--bin", default=os.path.join(ROOT, "test-apps/bin"),
+                    help="directory with the test-app binaries")
+    ap.add_argument("--repeats", type=int, default=None,
+                    help="repeats per case and mode (default 5, --quick 2)")
+    ap.add_argument("--cases", default="stream,pingpong,pipe,file",
+                    help="comma separated groups to run (default: all)")
+    ap.add_argument("--warmup", type=int, default=1,
+                    help="discarded warm-up runs per case and mode (default 1)")
+    ap.add_argument("--plain-only", action="store_true",
+                    help="skip the LD_PRELOAD runs (ratios are n/a)")
+    ap.add_argument("--timeout", type=float, default=120,
+                    help="per-process timeout in seconds")
+    ap.add_argument("--tmpdir", default=None,
+                    help="directory for sockets and the file case's temp file")
+    args = ap.parse_args()
+
+    repeats = args.repeats or (2 if args.quick else 5)
+    if repeats < 1 or args.warmup < 0:
+        sys.exit("error: --repeats must be >= 1 and --warmup >= 0")
+    groups = set(x.strip() for x in args.cases.split(",") if x.strip())
+    unknown = groups - {"stream", "pingpong", "pipe", "file"}
+    if unknown:
+        sys.exit("error: unknown case group(s): %s" % ", ".join(sorted(unknown)))
+
+    bin_dir = os.path.abspath(args.bin)
+    for b in ("stream", "pingpong", "pipefile"):
+        if not os.access(os.path.join(bin_dir, b), os.X_OK):
+            sys.exit("error: test app %s not found in %s (build with: make -C test-apps)"
+                     % (b, bin_dir))
+    lib = os.path.abspath(args.lib)
+    if not args.plain_only and not os.path.isfile(lib):
+        sys.exit("error: shim library %s does not exist (build it with "
+                 "'cargo build --release', pass --lib PATH, or use --plain-only)" % lib)
+    modes = ("plain",) if args.plain_only else MODES
+
+    base_tmp = tempfile.mkdtemp(prefix="tsss-bench.", dir=args.tmpdir)
+    atexit.register(shutil.rmtree, base_tmp, True)
+    atexit.register(_kill_live)
+    signal.signal(signal.SIGINT, _on_signal)
+    signal.signal(signal.SIGTERM, _on_signal)
+
+    out_dir = args.out
+    os.makedirs(out_dir, exist_ok=True)
+    runner = Runner(bin_dir, lib, base_tmp, base_tmp, args.timeout)
+    cases = build_cases(args.quick, groups)
+
+    now = datetime.datetime.now().astimezone()
+    datestr = now.strftime("%Y-%m-%d %H:%M")
+    kernel = platform.release()
+    cpu = cpu_model()
+    ncpu = os.cpu_count()
+    host = "kernel %s, %s, %s CPUs" % (kernel, cpu, ncpu)
+    print("tsss bench %s | %s | repeats=%d%s | lib=%s" % (
+        now.isoformat(timespec="seconds"), host, repeats,
+        " quick" if args.quick else "", "(plain only)" if args.plain_only else lib),
+        flush=True)
+
+    failures = []
+    raw = []
+    t_start = time.monotonic()
+    for case in cases:
+        # rep < 0: discarded warm-up runs (first touch of memory / page cache
+        # in a fresh VM is much slower); their failures still count.
+        for rep in range(-args.warmup, repeats):
+            order = modes if rep % 2 == 0 else tuple(reversed(modes))
+            for mode in order:
+                try:
+                    vals = case.fn(runner, mode)
+                    if isinstance(vals, (list, tuple)):
+                        vals = dict(vals)
+                except RunFailure as e:
+                    case.failed = True
+                    msg = "FAILURE: %s [%s] repeat %d: %s" % (case.label(), mode, rep, e)
+                    failures.append(msg)
+                    sys.stderr.write(msg.rstrip() + "\n")
+                    continue
+                if rep < 0:
+                    continue
+                for k, v in vals.items():
+                    if k in case.samples[mode]:
+                        case.samples[mode][k].append(v)
+                    raw.append([case.group, case.size, mode, rep, k, v])
+        first = case.metrics[0].name
+        sys.stderr.write("  %-14s plain %-9s tsss %-9s %s\n" % (
+            case.label(), fmt(case.median("plain", first)),
+            fmt(case.median("tsss", first)), first))
+        sys.stderr.flush()
+    elapsed = time.monotonic() - t_start
+
+    table = text_table(cases)
+    print()
+    print(table)
+    print("ratio: tsss/plain for throughput, plain/tsss for RTT; >1 means tsss is better")
+    print()
+    tl = target_lines(cases)
+    if tl:
+        print("targets:")
+        for l in tl:
+            print("  " + l)
+
+    write_csv(os.path.join(out_dir, "bench.csv"), cases)
+    write_raw_csv(os.path.join(out_dir, "raw.csv"), raw)
+    write_plots(out_dir, cases, datestr, host)
+    with open(os.path.join(out_dir, "summary.md"), "w") as f:
+        f.write("# tsss benchmark results\n\n")
+        f.write("- date: %s\n" % now.isoformat(timespec="seconds"))
+        f.write("- kernel: %s (%s)\n" % (kernel, platform.machine()))
+        f.write("- CPU: %s, %s logical CPUs\n" % (cpu, ncpu))
+        f.write("- shim: %s\n" % ("(plain only)" if args.plain_only else lib))
+        f.write("- repeats: %d per case and mode (median reported)%s\n"
+                % (repeats, ", --quick" if args.quick else ""))
+        f.write("- run time: %.0f s\n\n" % elapsed)
+        f.write("ratio: tsss/plain for throughput, plain/tsss for RTT; "
+                "**> 1 means tsss is better**.\n\n")
+        f.write(md_table(cases) + "\n\n")
+        if tl:
+            f.write("## Targets\n\n")
+            for l in tl:
+                f.write("- %s\n" % l)
+            f.write("\n")
+        f.write("![throughput](throughput.svg)\n\n![rtt](rtt.svg)\n")
+        if failures:
+            f.write("\n## FAILURES\n\n")
+            for m in failures:
+                f.write("```\n%s\n```\n" % m.rstrip())
+    print("\nwrote %s/{bench.csv,raw.csv,throughput.svg,rtt.svg,summary.md} (%.0f s)"
+          % (out_dir, elapsed))
+
+    if failures:
+        print("\n%d FAILURE(S):" % len(failures))
+        for m in failures:
+            print("  " + m.splitlines()[0])
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

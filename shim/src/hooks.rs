@@ -1,0 +1,1370 @@
+//! The exported overrides. Each one translates C arguments to the core's
+//! safe API, and results back to a return value plus errno; anything that is
+//! not an accelerated connection goes to the real function untouched.
+//!
+//! errno: set only when returning -1, restored on success paths that made
+//! internal calls (the kernel never touches errno on success).
+
+use crate::real;
+use crate::table::{self, ConnRef, Entry};
+use libc::{c_int, c_ulong, c_void, size_t, sockaddr, socklen_t, ssize_t};
+use rustix::fd::RawFd;
+use rustix::io::Errno;
+use std::io::{IoSlice, IoSliceMut};
+use std::sync::Mutex;
+use tsss_core::conn::{Conn, RecvOpts, SendOpts};
+use tsss_core::log::{DEBUG, INFO};
+use tsss_core::readiness::{self, EpollSet, Lookup};
+use tsss_core::{config, log, wire};
+
+fn errno() -> c_int {
+    // SAFETY: __errno_location returns this thread's errno slot.
+    unsafe { *libc::__errno_location() }
+}
+
+fn set_errno(e: c_int) {
+    // SAFETY: as above.
+    unsafe { *libc::__errno_location() = e };
+}
+
+fn fail<T: From<i8>>(e: Errno) -> T {
+    set_errno(e.raw_os_error());
+    T::from(-1)
+}
+
+fn ssize(r: Result<usize, Errno>) -> ssize_t {
+    match r {
+        Ok(n) => n as ssize_t,
+        Err(e) => fail(e),
+    }
+}
+
+/// The accelerated connection behind `fd`. Connections that went plain are
+/// dropped from the table here, so later calls take the fast path.
+#[inline]
+fn accel(fd: RawFd) -> Option<ConnRef> {
+    if config::disabled() {
+        return None;
+    }
+    let c = ConnRef::new(table::get(fd)?)?;
+    if c.is_plain() {
+        table::remove_conn(fd, &c);
+        return None;
+    }
+    Some(c)
+}
+
+struct Shim;
+
+impl Lookup for Shim {
+    type Ref = ConnRef;
+    fn conn(&self, fd: RawFd) -> Option<ConnRef> {
+        ConnRef::new(table::get(fd)?)
+    }
+    fn forget(&self, fd: RawFd, conn: &Conn) {
+        table::remove_conn(fd, conn);
+    }
+}
+
+fn recv_opts(flags: c_int) -> RecvOpts {
+    RecvOpts {
+        peek: flags & libc::MSG_PEEK != 0,
+        waitall: flags & libc::MSG_WAITALL != 0,
+        dontwait: flags & libc::MSG_DONTWAIT != 0,
+    }
+}
+
+fn send_opts(flags: c_int) -> SendOpts {
+    SendOpts {
+        dontwait: flags & libc::MSG_DONTWAIT != 0,
+        nosignal: flags & libc::MSG_NOSIGNAL != 0,
+        raw: flags as u32,
+    }
+}
+
+/// Runs `f` on the caller's iovecs. `None` if one is unusable (the kernel
+/// then reports EFAULT/EINVAL itself).
+///
+/// # Safety
+/// `iov` points to `cnt` iovecs describing writable memory, as for readv.
+unsafe fn with_iov_mut<T>(
+    iov: *const libc::iovec,
+    cnt: c_int,
+    f: impl FnOnce(&mut [IoSliceMut<'_>]) -> T,
+) -> Option<T> {
+    let cnt = usize::try_from(cnt).ok().filter(|&n| n <= 1024)?;
+    if cnt > 0 && iov.is_null() {
+        return None;
+    }
+    // SAFETY: per the caller; cnt > 0 implies non-null.
+    let raw = if cnt == 0 {
+        &[][..]
+    } else {
+        unsafe { std::slice::from_raw_parts(iov, cnt) }
+    };
+    if raw.iter().any(|v| v.iov_base.is_null() && v.iov_len > 0) {
+        return None;
+    }
+    let mk = |v: &libc::iovec| {
+        if v.iov_len == 0 {
+            IoSliceMut::new(&mut [])
+        } else {
+            // SAFETY: per the caller, non-null, iov_len writable bytes.
+            IoSliceMut::new(unsafe {
+                std::slice::from_raw_parts_mut(v.iov_base.cast::<u8>(), v.iov_len)
+            })
+        }
+    };
+    if cnt <= 8 {
+        let mut a: [IoSliceMut<'_>; 8] = std::array::from_fn(|i| {
+            if i < cnt {
+                mk(&raw[i])
+            } else {
+                IoSliceMut::new(&mut [])
+            }
+        });
+        Some(f(&mut a[..cnt]))
+    } else {
+        let mut v: Vec<IoSliceMut<'_>> = raw.iter().map(mk).collect();
+        Some(f(&mut v))
+    }
+}
+
+/// # Safety
+/// `iov` points to `cnt` iovecs describing readable memory, as for writev.
+unsafe fn with_iov<T>(
+    iov: *const libc::iovec,
+    cnt: c_int,
+    f: impl FnOnce(&[IoSlice<'_>]) -> T,
+) -> Option<T> {
+    let cnt = usize::try_from(cnt).ok().filter(|&n| n <= 1024)?;
+    if cnt > 0 && iov.is_null() {
+        return None;
+    }
+    // SAFETY: per the caller; cnt > 0 implies non-null.
+    let raw = if cnt == 0 {
+        &[][..]
+    } else {
+        unsafe { std::slice::from_raw_parts(iov, cnt) }
+    };
+    if raw.iter().any(|v| v.iov_base.is_null() && v.iov_len > 0) {
+        return None;
+    }
+    let mk = |v: &libc::iovec| {
+        if v.iov_len == 0 {
+            IoSlice::new(&[])
+        } else {
+            // SAFETY: per the caller, non-null, iov_len readable bytes.
+            IoSlice::new(unsafe { std::slice::from_raw_parts(v.iov_base.cast::<u8>(), v.iov_len) })
+        }
+    };
+    if cnt <= 8 {
+        let a: [IoSlice<'_>; 8] = std::array::from_fn(|i| {
+            if i < cnt {
+                mk(&raw[i])
+            } else {
+                IoSlice::new(&[])
+            }
+        });
+        Some(f(&a[..cnt]))
+    } else {
+        let v: Vec<IoSlice<'_>> = raw.iter().map(mk).collect();
+        Some(f(&v))
+    }
+}
+
+/// recv on one buffer; `None`: not ours, call the real function.
+///
+/// # Safety
+/// `buf` is writable for `n` bytes (or null, which we leave to the kernel).
+unsafe fn recv_one(fd: RawFd, buf: *mut c_void, n: size_t, flags: c_int) -> Option<ssize_t> {
+    let c = accel(fd)?;
+    let iov = libc::iovec {
+        iov_base: buf,
+        iov_len: n,
+    };
+    // SAFETY: one iovec built from the caller's buffer.
+    let r = unsafe { with_iov_mut(&iov, 1, |b| c.recv(b, recv_opts(flags))) }??;
+    Some(ssize(r))
+}
+
+/// # Safety
+/// `buf` is readable for `n` bytes (or null, left to the kernel).
+unsafe fn send_one(fd: RawFd, buf: *const c_void, n: size_t, flags: c_int) -> Option<ssize_t> {
+    let c = accel(fd)?;
+    let iov = libc::iovec {
+        iov_base: buf as *mut c_void,
+        iov_len: n,
+    };
+    // SAFETY: one iovec built from the caller's buffer.
+    let r = unsafe { with_iov(&iov, 1, |b| c.send(b, send_opts(flags))) }??;
+    Some(ssize(r))
+}
+
+// ------------------------------------------------------------------ addresses
+
+const SUN_OFF: usize = core::mem::offset_of!(libc::sockaddr_un, sun_path);
+
+/// Whether the first `len` bytes of `ss` are a tsss marker address.
+fn is_marker(ss: &libc::sockaddr_storage, len: socklen_t) -> Option<u16> {
+    if ss.ss_family != libc::AF_UNIX as libc::sa_family_t || (len as usize) <= SUN_OFF {
+        return None;
+    }
+    // SAFETY: sockaddr_storage is large enough for a sockaddr_un.
+    let un = unsafe { &*(ss as *const libc::sockaddr_storage as *const libc::sockaddr_un) };
+    let n = (len as usize - SUN_OFF).min(un.sun_path.len());
+    // SAFETY: c_char and u8 have the same layout.
+    let path = unsafe { std::slice::from_raw_parts(un.sun_path.as_ptr().cast::<u8>(), n) };
+    wire::parse_marker(path)
+}
+
+/// Copies an address out the way the kernel does: truncated to the
+/// caller's buffer, full length reported.
+///
+/// # Safety
+/// `addr`/`alen` are null or valid as for accept/getsockname.
+unsafe fn copy_addr_out(
+    addr: *mut sockaddr,
+    alen: *mut socklen_t,
+    ss: &libc::sockaddr_storage,
+    len: socklen_t,
+) {
+    if addr.is_null() || alen.is_null() {
+        return;
+    }
+    // SAFETY: per the caller.
+    let cap = unsafe { *alen } as usize;
+    let n = cap
+        .min(len as usize)
+        .min(core::mem::size_of::<libc::sockaddr_storage>());
+    // SAFETY: addr has cap >= n writable bytes; ss has n readable bytes.
+    unsafe {
+        std::ptr::copy_nonoverlapping(
+            (ss as *const libc::sockaddr_storage).cast::<u8>(),
+            addr.cast::<u8>(),
+            n,
+        );
+        *alen = len;
+    }
+}
+
+type NameFn = unsafe fn(c_int, *mut sockaddr, *mut socklen_t) -> c_int;
+
+/// getsockname/getpeername with the marker hidden: a marked socket looks
+/// unnamed, as it would without tsss.
+///
+/// # Safety
+/// As for getsockname.
+unsafe fn name_hidden(f: NameFn, fd: c_int, addr: *mut sockaddr, alen: *mut socklen_t) -> c_int {
+    if alen.is_null() || addr.is_null() {
+        // SAFETY: passthrough with the caller's arguments.
+        return unsafe { f(fd, addr, alen) };
+    }
+    // SAFETY: sockaddr_storage is plain old data.
+    let mut ss: libc::sockaddr_storage = unsafe { core::mem::zeroed() };
+    let mut len = core::mem::size_of::<libc::sockaddr_storage>() as socklen_t;
+    // SAFETY: our own buffer and length.
+    let r = unsafe {
+        f(
+            fd,
+            (&mut ss as *mut libc::sockaddr_storage).cast(),
+            &mut len,
+        )
+    };
+    if r != 0 {
+        return r;
+    }
+    if is_marker(&ss, len).is_some() {
+        len = core::mem::size_of::<libc::sa_family_t>() as socklen_t;
+    }
+    // SAFETY: the caller's buffer, checked non-null.
+    unsafe { copy_addr_out(addr, alen, &ss, len) };
+    0
+}
+
+/// For recvfrom/recvmsg on an accelerated stream: the kernel reports the
+/// peer's bound address, or nothing (length 0) for an unnamed peer.
+///
+/// # Safety
+/// `addr`/`alen` null or valid as for recvfrom.
+unsafe fn peer_addr_out(fd: c_int, addr: *mut sockaddr, alen: *mut socklen_t) {
+    if addr.is_null() || alen.is_null() {
+        return;
+    }
+    // SAFETY: plain old data.
+    let mut ss: libc::sockaddr_storage = unsafe { core::mem::zeroed() };
+    let mut len = core::mem::size_of::<libc::sockaddr_storage>() as socklen_t;
+    // SAFETY: our own buffer.
+    let r = unsafe {
+        real::getpeername(
+            fd,
+            (&mut ss as *mut libc::sockaddr_storage).cast(),
+            &mut len,
+        )
+    };
+    if r != 0 || is_marker(&ss, len).is_some() || len as usize <= SUN_OFF {
+        // SAFETY: checked non-null.
+        unsafe { *alen = 0 };
+        return;
+    }
+    // SAFETY: the caller's buffer, checked non-null.
+    unsafe { copy_addr_out(addr, alen, &ss, len) };
+}
+
+// ------------------------------------------------------------------ sockets
+
+/// # Safety
+/// libc contract.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn socket(domain: c_int, ty: c_int, proto: c_int) -> c_int {
+    // SAFETY: passthrough.
+    let fd = unsafe { real::socket(domain, ty, proto) };
+    if fd >= 0 {
+        // A stale entry means the fd was closed behind our back.
+        drop(table::remove(fd));
+    }
+    fd
+}
+
+/// Binds an unbound stream socket to the marker address. True if the socket
+/// now carries a marker.
+fn prepare_marker(fd: c_int) -> bool {
+    // SAFETY: fd is only borrowed for these calls.
+    let bfd = unsafe { rustix::fd::BorrowedFd::borrow_raw(fd) };
+    if !matches!(
+        rustix::net::sockopt::socket_type(bfd),
+        Ok(rustix::net::SocketType::STREAM)
+    ) {
+        return false;
+    }
+    // SAFETY: plain old data.
+    let mut ss: libc::sockaddr_storage = unsafe { core::mem::zeroed() };
+    let mut len = core::mem::size_of::<libc::sockaddr_storage>() as socklen_t;
+    // SAFETY: our own buffer.
+    if unsafe {
+        real::getsockname(
+            fd,
+            (&mut ss as *mut libc::sockaddr_storage).cast(),
+            &mut len,
+        )
+    } != 0
+    {
+        return false;
+    }
+    if is_marker(&ss, len).is_some() {
+        return true; // a retried connect
+    }
+    if len as usize > SUN_OFF {
+        log!(
+            INFO,
+            "fd {fd}: plain: the application bound this socket itself"
+        );
+        return false;
+    }
+    let mut r = [0u8; 8];
+    let _ = rustix::rand::getrandom(&mut r, rustix::rand::GetRandomFlags::empty());
+    let pid = rustix::process::getpid().as_raw_nonzero().get() as u32;
+    let (name, n) = wire::marker_name(pid, u64::from_ne_bytes(r));
+    let Ok(addr) = rustix::net::SocketAddrUnix::new_abstract_name(&name[1..n]) else {
+        return false;
+    };
+    match rustix::net::bind(bfd, &addr) {
+        Ok(()) => true,
+        Err(e) => {
+            log!(INFO, "fd {fd}: plain: cannot bind the marker address: {e}");
+            false
+        }
+    }
+}
+
+/// # Safety
+/// libc contract.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int {
+    // SAFETY: addr is readable for len >= 2 bytes when non-null.
+    let unix = !addr.is_null()
+        && len as usize >= 2
+        && unsafe { (*addr).sa_family } == libc::AF_UNIX as libc::sa_family_t;
+    if config::disabled() || !unix || table::get(fd).is_some() {
+        // SAFETY: passthrough.
+        return unsafe { real::connect(fd, addr, len) };
+    }
+    let saved = errno();
+    let marked = prepare_marker(fd);
+    // SAFETY: passthrough.
+    let r = unsafe { real::connect(fd, addr, len) };
+    let e = errno();
+    if marked && (r == 0 || e == libc::EINPROGRESS) {
+        // SAFETY: borrowed for one call.
+        let bfd = unsafe { rustix::fd::BorrowedFd::borrow_raw(fd) };
+        let nb =
+            rustix::fs::fcntl_getfl(bfd).is_ok_and(|f| f.contains(rustix::fs::OFlags::NONBLOCK));
+        drop(table::insert(fd, Entry::Conn(Conn::client(fd, nb))));
+        log!(
+            DEBUG,
+            "fd {fd}: connected with the tsss marker; waiting for the server's offer"
+        );
+    }
+    set_errno(if r == 0 { saved } else { e });
+    r
+}
+
+fn offer(nfd: c_int, version: u16, flags: c_int) {
+    if version != wire::PROTO_VERSION {
+        log!(
+            INFO,
+            "fd {nfd}: plain: client speaks tsss protocol {version}, we speak {}",
+            wire::PROTO_VERSION
+        );
+        return;
+    }
+    // SAFETY: borrowed for one call.
+    let bfd = unsafe { rustix::fd::BorrowedFd::borrow_raw(nfd) };
+    let uid = match rustix::net::sockopt::socket_peercred(bfd) {
+        Ok(c) => c.uid.as_raw(),
+        Err(e) => {
+            log!(INFO, "fd {nfd}: plain: cannot read peer credentials: {e}");
+            return;
+        }
+    };
+    match Conn::server(nfd, flags & libc::SOCK_NONBLOCK != 0, uid) {
+        Ok(c) => drop(table::insert(nfd, Entry::Conn(c))),
+        Err(why) => log!(INFO, "fd {nfd}: plain: {why}"),
+    }
+}
+
+/// # Safety
+/// libc contract.
+unsafe fn do_accept(fd: c_int, addr: *mut sockaddr, alen: *mut socklen_t, flags: c_int) -> c_int {
+    if config::disabled() {
+        // SAFETY: passthrough.
+        return unsafe { real::accept4(fd, addr, alen, flags) };
+    }
+    // SAFETY: plain old data.
+    let mut ss: libc::sockaddr_storage = unsafe { core::mem::zeroed() };
+    let mut len = core::mem::size_of::<libc::sockaddr_storage>() as socklen_t;
+    // SAFETY: our own address buffer; fd and flags are the caller's.
+    let nfd = unsafe {
+        real::accept4(
+            fd,
+            (&mut ss as *mut libc::sockaddr_storage).cast(),
+            &mut len,
+            flags,
+        )
+    };
+    if nfd < 0 {
+        return nfd;
+    }
+    let saved = errno();
+    drop(table::remove(nfd));
+    let mut out_len = len;
+    if let Some(v) = is_marker(&ss, len) {
+        // Without tsss the client would be unnamed.
+        out_len = core::mem::size_of::<libc::sa_family_t>() as socklen_t;
+        offer(nfd, v, flags);
+    } else if ss.ss_family == libc::AF_UNIX as libc::sa_family_t && log::enabled(INFO) {
+        // SAFETY: borrowed for one call.
+        let bfd = unsafe { rustix::fd::BorrowedFd::borrow_raw(nfd) };
+        if matches!(
+            rustix::net::sockopt::socket_type(bfd),
+            Ok(rustix::net::SocketType::STREAM)
+        ) {
+            log!(
+                INFO,
+                "fd {nfd}: plain: client does not run tsss (no marker address)"
+            );
+        }
+    }
+    // SAFETY: the caller's buffers.
+    unsafe { copy_addr_out(addr, alen, &ss, out_len) };
+    set_errno(saved);
+    nfd
+}
+
+/// # Safety
+/// libc contract.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn accept(fd: c_int, addr: *mut sockaddr, alen: *mut socklen_t) -> c_int {
+    // SAFETY: forwarded.
+    unsafe { do_accept(fd, addr, alen, 0) }
+}
+
+/// # Safety
+/// libc contract.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn accept4(
+    fd: c_int,
+    addr: *mut sockaddr,
+    alen: *mut socklen_t,
+    flags: c_int,
+) -> c_int {
+    // SAFETY: forwarded.
+    unsafe { do_accept(fd, addr, alen, flags) }
+}
+
+/// # Safety
+/// libc contract.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn getsockname(
+    fd: c_int,
+    addr: *mut sockaddr,
+    alen: *mut socklen_t,
+) -> c_int {
+    // SAFETY: forwarded.
+    unsafe { name_hidden(real::getsockname, fd, addr, alen) }
+}
+
+/// # Safety
+/// libc contract.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn getpeername(
+    fd: c_int,
+    addr: *mut sockaddr,
+    alen: *mut socklen_t,
+) -> c_int {
+    // SAFETY: forwarded.
+    unsafe { name_hidden(real::getpeername, fd, addr, alen) }
+}
+
+/// # Safety
+/// libc contract.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn close(fd: c_int) -> c_int {
+    if let Some(g) = table::remove(fd) {
+        if let Entry::Conn(c) = &*g {
+            c.close();
+        }
+        drop(g);
+    }
+    // SAFETY: passthrough.
+    unsafe { real::close(fd) }
+}
+
+/// # Safety
+/// libc contract.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn shutdown(fd: c_int, how: c_int) -> c_int {
+    if let Some(c) = accel(fd)
+        && let Some(r) = c.shutdown(how)
+    {
+        return match r {
+            Ok(()) => 0,
+            Err(e) => fail(e),
+        };
+    }
+    // SAFETY: passthrough.
+    unsafe { real::shutdown(fd, how) }
+}
+
+// ------------------------------------------------------------------ receive
+
+/// # Safety
+/// libc contract.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn read(fd: c_int, buf: *mut c_void, n: size_t) -> ssize_t {
+    // SAFETY: the caller's buffer.
+    if let Some(r) = unsafe { recv_one(fd, buf, n, 0) } {
+        return r;
+    }
+    // SAFETY: passthrough.
+    unsafe { real::read(fd, buf, n) }
+}
+
+/// # Safety
+/// libc contract (fortified read).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn __read_chk(
+    fd: c_int,
+    buf: *mut c_void,
+    n: size_t,
+    buflen: size_t,
+) -> ssize_t {
+    if n <= buflen
+        // SAFETY: the caller's buffer, n <= its size.
+        && let Some(r) = unsafe { recv_one(fd, buf, n, 0) }
+    {
+        return r;
+    }
+    // SAFETY: passthrough (aborts on overflow as glibc does).
+    unsafe { real::__read_chk(fd, buf, n, buflen) }
+}
+
+/// # Safety
+/// libc contract.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn recv(fd: c_int, buf: *mut c_void, n: size_t, flags: c_int) -> ssize_t {
+    // SAFETY: the caller's buffer.
+    if let Some(r) = unsafe { recv_one(fd, buf, n, flags) } {
+        return r;
+    }
+    // SAFETY: passthrough.
+    unsafe { real::recv(fd, buf, n, flags) }
+}
+
+/// # Safety
+/// libc contract (fortified recv).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn __recv_chk(
+    fd: c_int,
+    buf: *mut c_void,
+    n: size_t,
+    buflen: size_t,
+    flags: c_int,
+) -> ssize_t {
+    if n <= buflen
+        // SAFETY: the caller's buffer, n <= its size.
+        && let Some(r) = unsafe { recv_one(fd, buf, n, flags) }
+    {
+        return r;
+    }
+    // SAFETY: passthrough.
+    unsafe { real::__recv_chk(fd, buf, n, buflen, flags) }
+}
+
+/// # Safety
+/// libc contract.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn recvfrom(
+    fd: c_int,
+    buf: *mut c_void,
+    n: size_t,
+    flags: c_int,
+    addr: *mut sockaddr,
+    alen: *mut socklen_t,
+) -> ssize_t {
+    // SAFETY: the caller's buffer.
+    if let Some(r) = unsafe { recv_one(fd, buf, n, flags) } {
+        if r >= 0 {
+            // SAFETY: the caller's address buffer.
+            unsafe { peer_addr_out(fd, addr, alen) };
+        }
+        return r;
+    }
+    // SAFETY: passthrough.
+    let r = unsafe { real::recvfrom(fd, buf, n, flags, addr, alen) };
+    if r >= 0 && !addr.is_null() && !alen.is_null() {
+        hide_marker_in(addr, alen);
+    }
+    r
+}
+
+/// A plain connection's peer may still be a marked tsss client whose
+/// server went plain: hide the marker there too.
+fn hide_marker_in(addr: *mut sockaddr, alen: *mut socklen_t) {
+    // SAFETY: the kernel filled min(*alen, cap) bytes; sockaddr_storage
+    // copies at most its size, and we read no more than the kernel reported.
+    unsafe {
+        let len = *alen;
+        if len as usize <= SUN_OFF || (*addr).sa_family != libc::AF_UNIX as libc::sa_family_t {
+            return;
+        }
+        let mut ss: libc::sockaddr_storage = core::mem::zeroed();
+        let n = (len as usize).min(core::mem::size_of::<libc::sockaddr_storage>());
+        std::ptr::copy_nonoverlapping(
+            addr.cast::<u8>(),
+            (&mut ss as *mut libc::sockaddr_storage).cast::<u8>(),
+            n,
+        );
+        if is_marker(&ss, n as socklen_t).is_some() {
+            *alen = 0;
+        }
+    }
+}
+
+/// # Safety
+/// libc contract (fortified recvfrom).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn __recvfrom_chk(
+    fd: c_int,
+    buf: *mut c_void,
+    n: size_t,
+    buflen: size_t,
+    flags: c_int,
+    addr: *mut sockaddr,
+    alen: *mut socklen_t,
+) -> ssize_t {
+    if n > buflen {
+        // SAFETY: passthrough; glibc aborts.
+        return unsafe { real::__recvfrom_chk(fd, buf, n, buflen, flags, addr, alen) };
+    }
+    // SAFETY: forwarded.
+    unsafe { recvfrom(fd, buf, n, flags, addr, alen) }
+}
+
+/// # Safety
+/// libc contract.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn readv(fd: c_int, iov: *const libc::iovec, cnt: c_int) -> ssize_t {
+    if let Some(c) = accel(fd)
+        // SAFETY: the caller's iovecs.
+        && let Some(Some(r)) = unsafe { with_iov_mut(iov, cnt, |b| c.recv(b, RecvOpts::default())) }
+    {
+        return ssize(r);
+    }
+    // SAFETY: passthrough.
+    unsafe { real::readv(fd, iov, cnt) }
+}
+
+/// # Safety
+/// libc contract.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn recvmsg(fd: c_int, msg: *mut libc::msghdr, flags: c_int) -> ssize_t {
+    if !msg.is_null()
+        && let Some(c) = accel(fd)
+    {
+        // SAFETY: msg is a valid msghdr per the caller.
+        let m = unsafe { &mut *msg };
+        // SAFETY: the caller's iovecs.
+        if let Some(Some(r)) = unsafe {
+            with_iov_mut(m.msg_iov, m.msg_iovlen as c_int, |b| {
+                c.recv(b, recv_opts(flags))
+            })
+        } {
+            if r.is_ok() {
+                // Ancillary data is not carried over the ring (yet): report
+                // none, and no truncation.
+                m.msg_controllen = 0;
+                m.msg_flags = 0;
+                let mut nl = m.msg_namelen;
+                // SAFETY: msg_name/msg_namelen as the caller gave them.
+                unsafe { peer_addr_out(fd, m.msg_name.cast(), &mut nl) };
+                m.msg_namelen = if m.msg_name.is_null() { 0 } else { nl };
+            }
+            return ssize(r);
+        }
+    }
+    // SAFETY: passthrough.
+    let r = unsafe { real::recvmsg(fd, msg, flags) };
+    if r >= 0 && !msg.is_null() {
+        // SAFETY: valid msghdr.
+        let m = unsafe { &mut *msg };
+        if !m.msg_name.is_null() {
+            hide_marker_in(m.msg_name.cast(), &mut m.msg_namelen);
+        }
+    }
+    r
+}
+
+// ------------------------------------------------------------------ send
+
+/// # Safety
+/// libc contract.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn write(fd: c_int, buf: *const c_void, n: size_t) -> ssize_t {
+    // SAFETY: the caller's buffer.
+    if let Some(r) = unsafe { send_one(fd, buf, n, 0) } {
+        return r;
+    }
+    // SAFETY: passthrough.
+    unsafe { real::write(fd, buf, n) }
+}
+
+/// # Safety
+/// libc contract.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn send(fd: c_int, buf: *const c_void, n: size_t, flags: c_int) -> ssize_t {
+    // SAFETY: the caller's buffer.
+    if let Some(r) = unsafe { send_one(fd, buf, n, flags) } {
+        return r;
+    }
+    // SAFETY: passthrough.
+    unsafe { real::send(fd, buf, n, flags) }
+}
+
+/// # Safety
+/// libc contract.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn sendto(
+    fd: c_int,
+    buf: *const c_void,
+    n: size_t,
+    flags: c_int,
+    addr: *const sockaddr,
+    alen: socklen_t,
+) -> ssize_t {
+    // With an address the kernel answers EISCONN without sending.
+    if addr.is_null()
+        // SAFETY: the caller's buffer.
+        && let Some(r) = unsafe { send_one(fd, buf, n, flags) }
+    {
+        return r;
+    }
+    // SAFETY: passthrough.
+    unsafe { real::sendto(fd, buf, n, flags, addr, alen) }
+}
+
+/// # Safety
+/// libc contract.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn writev(fd: c_int, iov: *const libc::iovec, cnt: c_int) -> ssize_t {
+    if let Some(c) = accel(fd)
+        // SAFETY: the caller's iovecs.
+        && let Some(Some(r)) = unsafe { with_iov(iov, cnt, |b| c.send(b, SendOpts::default())) }
+    {
+        return ssize(r);
+    }
+    // SAFETY: passthrough.
+    unsafe { real::writev(fd, iov, cnt) }
+}
+
+/// # Safety
+/// libc contract.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn sendmsg(fd: c_int, msg: *const libc::msghdr, flags: c_int) -> ssize_t {
+    if !msg.is_null()
+        && let Some(c) = accel(fd)
+    {
+        // SAFETY: valid msghdr per the caller.
+        let m = unsafe { &*msg };
+        if m.msg_name.is_null() || m.msg_namelen == 0 {
+            if m.msg_controllen > 0 {
+                // Ancillary data cannot ride the ring: send it on the socket
+                // while our direction is still plain, else refuse rather
+                // than reorder the stream.
+                // SAFETY: passthrough of the caller's message.
+                let f = || match unsafe { real::sendmsg(fd, msg, flags) } {
+                    n if n >= 0 => Ok(n as usize),
+                    _ => Err(Errno::from_raw_os_error(errno())),
+                };
+                if let Some(r) = c.send_plain_with(f) {
+                    return ssize(r);
+                }
+                log!(
+                    INFO,
+                    "fd {fd}: sendmsg with ancillary data on an accelerated socket is not supported yet"
+                );
+                return fail(Errno::OPNOTSUPP);
+            }
+            // SAFETY: the caller's iovecs.
+            if let Some(Some(r)) = unsafe {
+                with_iov(m.msg_iov, m.msg_iovlen as c_int, |b| {
+                    c.send(b, send_opts(flags))
+                })
+            } {
+                return ssize(r);
+            }
+        }
+    }
+    // SAFETY: passthrough.
+    unsafe { real::sendmsg(fd, msg, flags) }
+}
+
+// ------------------------------------------------------------------ control
+
+/// # Safety
+/// libc contract; the variadic argument is read as one integer/pointer,
+/// which is ABI-compatible on x86_64 and aarch64.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn fcntl(fd: c_int, cmd: c_int, arg: c_ulong) -> c_int {
+    // SAFETY: passthrough.
+    let r = unsafe { real::fcntl(fd, cmd, arg) };
+    after_fcntl(fd, cmd, arg, r);
+    r
+}
+
+/// # Safety
+/// As [`fcntl`].
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn fcntl64(fd: c_int, cmd: c_int, arg: c_ulong) -> c_int {
+    // SAFETY: passthrough.
+    let r = unsafe { real::fcntl64(fd, cmd, arg) };
+    after_fcntl(fd, cmd, arg, r);
+    r
+}
+
+fn after_fcntl(fd: c_int, cmd: c_int, arg: c_ulong, r: c_int) {
+    if r != -1
+        && cmd == libc::F_SETFL
+        && let Some(c) = accel(fd)
+    {
+        c.set_nonblocking(arg as c_int & libc::O_NONBLOCK != 0);
+    }
+}
+
+/// # Safety
+/// libc contract (see [`fcntl`] on the variadic argument).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ioctl(fd: c_int, req: c_ulong, arg: *mut c_void) -> c_int {
+    if let Some(c) = accel(fd) {
+        match req {
+            libc::FIONREAD => {
+                if let Some(n) = c.bytes_readable() {
+                    if arg.is_null() {
+                        return fail(Errno::FAULT);
+                    }
+                    // SAFETY: FIONREAD's argument is an int*.
+                    unsafe { *(arg as *mut c_int) = n.min(c_int::MAX as usize) as c_int };
+                    return 0;
+                }
+            }
+            libc::FIONBIO => {
+                // SAFETY: passthrough.
+                let r = unsafe { real::ioctl(fd, req, arg) };
+                if r == 0 && !arg.is_null() {
+                    // SAFETY: FIONBIO's argument is an int*.
+                    c.set_nonblocking(unsafe { *(arg as *const c_int) } != 0);
+                }
+                return r;
+            }
+            _ => {}
+        }
+    }
+    // SAFETY: passthrough.
+    unsafe { real::ioctl(fd, req, arg) }
+}
+
+// ------------------------------------------------------------------ readiness
+
+fn is_conn(fd: RawFd) -> bool {
+    fd >= 0 && table::get(fd).is_some_and(|g| matches!(&*g, Entry::Conn(_)))
+}
+
+/// Emulated poll if `fds` holds an accelerated fd; `None` otherwise.
+///
+/// # Safety
+/// `fds` is null or valid for `n` entries; `mask` null or valid.
+unsafe fn poll_emulated(
+    fds: *mut libc::pollfd,
+    n: libc::nfds_t,
+    timeout: c_int,
+    mask: *const libc::sigset_t,
+) -> Option<c_int> {
+    if config::disabled() || fds.is_null() || n == 0 {
+        return None;
+    }
+    // SAFETY: the caller's array of n pollfds.
+    let s = unsafe { std::slice::from_raw_parts_mut(fds, n as usize) };
+    if !s.iter().any(|p| is_conn(p.fd)) {
+        return None;
+    }
+    let saved = errno();
+    // SAFETY: null or a valid sigset per the caller.
+    let mask = unsafe { mask.as_ref() };
+    Some(match readiness::poll(&Shim, s, timeout, mask) {
+        Ok(k) => {
+            set_errno(saved);
+            k as c_int
+        }
+        Err(e) => fail(e),
+    })
+}
+
+/// Milliseconds from a timespec, rounded up; -1 for null; None if invalid.
+///
+/// # Safety
+/// `t` null or valid.
+unsafe fn ts_ms(t: *const libc::timespec) -> Option<c_int> {
+    // SAFETY: per the caller.
+    let Some(t) = (unsafe { t.as_ref() }) else {
+        return Some(-1);
+    };
+    if t.tv_sec < 0 || !(0..1_000_000_000).contains(&t.tv_nsec) {
+        return None;
+    }
+    Some(
+        (t.tv_sec as i64 * 1000 + (t.tv_nsec as u64).div_ceil(1_000_000) as i64)
+            .min(i32::MAX as i64) as c_int,
+    )
+}
+
+/// # Safety
+/// libc contract.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn poll(fds: *mut libc::pollfd, n: libc::nfds_t, timeout: c_int) -> c_int {
+    // SAFETY: forwarded.
+    if let Some(r) = unsafe { poll_emulated(fds, n, timeout, std::ptr::null()) } {
+        return r;
+    }
+    // SAFETY: passthrough.
+    unsafe { real::poll(fds, n, timeout) }
+}
+
+/// # Safety
+/// libc contract (fortified poll).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn __poll_chk(
+    fds: *mut libc::pollfd,
+    n: libc::nfds_t,
+    timeout: c_int,
+    fdslen: size_t,
+) -> c_int {
+    if (n as usize).saturating_mul(core::mem::size_of::<libc::pollfd>()) <= fdslen
+        // SAFETY: forwarded, array size checked.
+        && let Some(r) = unsafe { poll_emulated(fds, n, timeout, std::ptr::null()) }
+    {
+        return r;
+    }
+    // SAFETY: passthrough (aborts on overflow).
+    unsafe { real::__poll_chk(fds, n, timeout, fdslen) }
+}
+
+/// # Safety
+/// libc contract.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ppoll(
+    fds: *mut libc::pollfd,
+    n: libc::nfds_t,
+    t: *const libc::timespec,
+    mask: *const libc::sigset_t,
+) -> c_int {
+    // SAFETY: t null or valid.
+    if let Some(ms) = unsafe { ts_ms(t) }
+        // SAFETY: forwarded.
+        && let Some(r) = unsafe { poll_emulated(fds, n, ms, mask) }
+    {
+        return r;
+    }
+    // SAFETY: passthrough.
+    unsafe { real::ppoll(fds, n, t, mask) }
+}
+
+/// # Safety
+/// libc contract (fortified ppoll).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn __ppoll_chk(
+    fds: *mut libc::pollfd,
+    n: libc::nfds_t,
+    t: *const libc::timespec,
+    mask: *const libc::sigset_t,
+    fdslen: size_t,
+) -> c_int {
+    if (n as usize).saturating_mul(core::mem::size_of::<libc::pollfd>()) <= fdslen {
+        // SAFETY: forwarded, array size checked.
+        return unsafe { ppoll(fds, n, t, mask) };
+    }
+    // SAFETY: passthrough (aborts).
+    unsafe { real::__ppoll_chk(fds, n, t, mask, fdslen) }
+}
+
+/// Emulated select if the sets hold an accelerated fd; `None` otherwise.
+/// `timeout_ms` -1 for none; `left_us` receives the time not slept.
+///
+/// # Safety
+/// Sets null or valid fd_sets; `mask` null or valid.
+unsafe fn select_emulated(
+    nfds: c_int,
+    sets: [*mut libc::fd_set; 3],
+    timeout_ms: c_int,
+    mask: *const libc::sigset_t,
+    left_us: &mut u64,
+) -> Option<c_int> {
+    if config::disabled() || nfds <= 0 || nfds > libc::FD_SETSIZE as c_int {
+        return None;
+    }
+    let any = (0..nfds).any(|fd| {
+        sets.iter().any(|s| {
+            // SAFETY: non-null sets are valid fd_sets; fd < FD_SETSIZE.
+            !s.is_null() && unsafe { libc::FD_ISSET(fd, *s) }
+        }) && is_conn(fd)
+    });
+    if !any {
+        return None;
+    }
+    let start = tsss_core::sys::now_ns();
+    let saved = errno();
+    // SAFETY: each non-null pointer is a valid, exclusively borrowed fd_set.
+    let refs = unsafe { [sets[0].as_mut(), sets[1].as_mut(), sets[2].as_mut()] };
+    // SAFETY: null or valid sigset.
+    let res = readiness::select(&Shim, nfds, refs, timeout_ms, unsafe { mask.as_ref() });
+    let spent = (tsss_core::sys::now_ns() - start) / 1000;
+    *left_us = (timeout_ms.max(0) as u64 * 1000).saturating_sub(spent);
+    Some(match res {
+        Ok(k) => {
+            set_errno(saved);
+            k as c_int
+        }
+        Err(e) => fail(e),
+    })
+}
+
+/// # Safety
+/// libc contract.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn select(
+    nfds: c_int,
+    r: *mut libc::fd_set,
+    w: *mut libc::fd_set,
+    e: *mut libc::fd_set,
+    tv: *mut libc::timeval,
+) -> c_int {
+    // SAFETY: tv null or valid.
+    let timeout_ms = match unsafe { tv.as_ref() } {
+        None => Some(-1),
+        Some(t) if t.tv_sec < 0 || !(0..1_000_000).contains(&t.tv_usec) => None,
+        Some(t) => Some(
+            (t.tv_sec as i64 * 1000 + (t.tv_usec as u64).div_ceil(1000) as i64).min(i32::MAX as i64)
+                as c_int,
+        ),
+    };
+    let mut left = 0;
+    if let Some(ms) = timeout_ms
+        // SAFETY: forwarded.
+        && let Some(res) = unsafe { select_emulated(nfds, [r, w, e], ms, std::ptr::null(), &mut left) }
+    {
+        if !tv.is_null() && ms >= 0 {
+            // Linux writes back the time not slept.
+            // SAFETY: non-null timeval.
+            unsafe {
+                (*tv).tv_sec = (left / 1_000_000) as libc::time_t;
+                (*tv).tv_usec = (left % 1_000_000) as libc::suseconds_t;
+            }
+        }
+        return res;
+    }
+    // SAFETY: passthrough.
+    unsafe { real::select(nfds, r, w, e, tv) }
+}
+
+/// # Safety
+/// libc contract.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn pselect(
+    nfds: c_int,
+    r: *mut libc::fd_set,
+    w: *mut libc::fd_set,
+    e: *mut libc::fd_set,
+    t: *const libc::timespec,
+    mask: *const libc::sigset_t,
+) -> c_int {
+    let mut left = 0;
+    // SAFETY: t null or valid.
+    if let Some(ms) = unsafe { ts_ms(t) }
+        // SAFETY: forwarded.
+        && let Some(res) = unsafe { select_emulated(nfds, [r, w, e], ms, mask, &mut left) }
+    {
+        return res;
+    }
+    // SAFETY: passthrough.
+    unsafe { real::pselect(nfds, r, w, e, t, mask) }
+}
+
+/// # Safety
+/// libc contract.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn epoll_create(size: c_int) -> c_int {
+    // SAFETY: passthrough.
+    let fd = unsafe { real::epoll_create(size) };
+    if fd >= 0 {
+        drop(table::remove(fd));
+    }
+    fd
+}
+
+/// # Safety
+/// libc contract.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn epoll_create1(flags: c_int) -> c_int {
+    // SAFETY: passthrough.
+    let fd = unsafe { real::epoll_create1(flags) };
+    if fd >= 0 {
+        drop(table::remove(fd));
+    }
+    fd
+}
+
+fn epoll_set(epfd: RawFd) -> Option<table::Guard> {
+    table::get(epfd).filter(|g| matches!(&**g, Entry::Epoll(_)))
+}
+
+static EPOLL_CREATE: Mutex<()> = Mutex::new(());
+
+/// # Safety
+/// libc contract.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn epoll_ctl(
+    epfd: c_int,
+    op: c_int,
+    fd: c_int,
+    ev: *mut libc::epoll_event,
+) -> c_int {
+    // SAFETY: forwarded.
+    match unsafe { epoll_ctl_inner(epfd, op, fd, ev) } {
+        Some(Ok(())) => 0,
+        Some(Err(e)) => fail(e),
+        // SAFETY: passthrough.
+        None => unsafe { real::epoll_ctl(epfd, op, fd, ev) },
+    }
+}
+
+/// # Safety
+/// As epoll_ctl.
+unsafe fn epoll_ctl_inner(
+    epfd: c_int,
+    op: c_int,
+    fd: c_int,
+    ev: *mut libc::epoll_event,
+) -> Option<Result<(), Errno>> {
+    if config::disabled() {
+        return None;
+    }
+    let (events, data) = if ev.is_null() {
+        (0, 0)
+    } else {
+        // SAFETY: epoll_event is packed; read it unaligned.
+        let e = unsafe { std::ptr::read_unaligned(ev) };
+        (e.events, e.u64)
+    };
+    let set = epoll_set(epfd);
+    let Some(conn) = accel(fd) else {
+        // Not (or no longer) accelerated, but maybe still watched by us.
+        let g = set?;
+        let Entry::Epoll(s) = &*g else { return None };
+        if !s.contains(fd) {
+            return None;
+        }
+        return Some(match op {
+            libc::EPOLL_CTL_ADD => Err(Errno::EXIST),
+            libc::EPOLL_CTL_DEL => {
+                s.remove(fd);
+                Ok(())
+            }
+            _ => {
+                s.remove(fd);
+                tsss_core::sys::epoll_ctl(epfd, libc::EPOLL_CTL_ADD, fd, events, data)
+            }
+        });
+    };
+    if op != libc::EPOLL_CTL_DEL && ev.is_null() {
+        return Some(Err(Errno::FAULT));
+    }
+    if epfd == fd {
+        return Some(Err(Errno::INVAL));
+    }
+    let g = match set {
+        Some(g) => g,
+        None => {
+            if op != libc::EPOLL_CTL_ADD {
+                // Registered with the kernel before it was accelerated.
+                return (op == libc::EPOLL_CTL_MOD)
+                    .then(|| migrate(epfd, fd, conn, events, data))
+                    .or(None);
+            }
+            let _l = EPOLL_CREATE.lock().unwrap_or_else(|p| p.into_inner());
+            match epoll_set(epfd) {
+                Some(g) => g,
+                None => match EpollSet::new(epfd) {
+                    Ok(s) => table::insert(epfd, Entry::Epoll(s))?,
+                    Err(e) => return Some(Err(e)),
+                },
+            }
+        }
+    };
+    let Entry::Epoll(s) = &*g else { return None };
+    if op != libc::EPOLL_CTL_ADD && !s.contains(fd) {
+        if op == libc::EPOLL_CTL_DEL {
+            return None;
+        }
+        drop(g);
+        return Some(migrate(epfd, fd, conn, events, data));
+    }
+    Some(s.ctl(op, fd, conn, events, data))
+}
+
+/// Moves an fd registered in the kernel's epoll before it was accelerated
+/// into our emulation (on the application's next EPOLL_CTL_MOD).
+fn migrate(epfd: c_int, fd: c_int, conn: ConnRef, events: u32, data: u64) -> Result<(), Errno> {
+    tsss_core::sys::epoll_ctl(epfd, libc::EPOLL_CTL_DEL, fd, 0, 0)?;
+    let _l = EPOLL_CREATE.lock().unwrap_or_else(|p| p.into_inner());
+    let g = match epoll_set(epfd) {
+        Some(g) => g,
+        None => table::insert(epfd, Entry::Epoll(EpollSet::new(epfd)?)).ok_or(Errno::NOMEM)?,
+    };
+    let Entry::Epoll(s) = &*g else {
+        return Err(Errno::INVAL);
+    };
+    s.ctl(libc::EPOLL_CTL_ADD, fd, conn, events, data)
+}
+
+/// Emulated epoll_wait if `epfd` watches accelerated fds; `None` otherwise.
+/// `mask` is installed only while the kernel waits (epoll_pwait).
+///
+/// # Safety
+/// `evs` valid for `max` events; `mask` null or valid.
+unsafe fn epoll_emulated(
+    epfd: c_int,
+    evs: *mut libc::epoll_event,
+    max: c_int,
+    timeout: c_int,
+    mask: *const libc::sigset_t,
+) -> Option<c_int> {
+    if config::disabled() || max <= 0 || evs.is_null() {
+        return None;
+    }
+    let g = epoll_set(epfd)?;
+    let Entry::Epoll(s) = &*g else { return None };
+    // SAFETY: the caller's array of max events.
+    let out = unsafe { std::slice::from_raw_parts_mut(evs, max as usize) };
+    let saved = errno();
+    let mut real_wait = |buf: &mut [libc::epoll_event], t: c_int| {
+        // SAFETY: a sub-slice of the caller's array; mask null or valid.
+        let r = unsafe { real::epoll_pwait(epfd, buf.as_mut_ptr(), buf.len() as c_int, t, mask) };
+        if r < 0 {
+            Err(Errno::from_raw_os_error(errno()))
+        } else {
+            Ok(r as usize)
+        }
+    };
+    Some(match s.wait(&Shim, out, timeout, &mut real_wait) {
+        Ok(n) => {
+            set_errno(saved);
+            n as c_int
+        }
+        Err(e) => fail(e),
+    })
+}
+
+/// # Safety
+/// libc contract.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn epoll_wait(
+    epfd: c_int,
+    evs: *mut libc::epoll_event,
+    max: c_int,
+    timeout: c_int,
+) -> c_int {
+    // SAFETY: forwarded.
+    if let Some(r) = unsafe { epoll_emulated(epfd, evs, max, timeout, std::ptr::null()) } {
+        return r;
+    }
+    // SAFETY: passthrough.
+    unsafe { real::epoll_wait(epfd, evs, max, timeout) }
+}
+
+/// # Safety
+/// libc contract.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn epoll_pwait(
+    epfd: c_int,
+    evs: *mut libc::epoll_event,
+    max: c_int,
+    timeout: c_int,
+    mask: *const libc::sigset_t,
+) -> c_int {
+    // SAFETY: forwarded.
+    if let Some(r) = unsafe { epoll_emulated(epfd, evs, max, timeout, mask) } {
+        return r;
+    }
+    // SAFETY: passthrough.
+    unsafe { real::epoll_pwait(epfd, evs, max, timeout, mask) }
+}
+
+/// # Safety
+/// libc contract.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn epoll_pwait2(
+    epfd: c_int,
+    evs: *mut libc::epoll_event,
+    max: c_int,
+    t: *const libc::timespec,
+    mask: *const libc::sigset_t,
+) -> c_int {
+    // SAFETY: t null or valid.
+    if let Some(ms) = unsafe { ts_ms(t) }
+        // SAFETY: forwarded.
+        && let Some(r) = unsafe { epoll_emulated(epfd, evs, max, ms, mask) }
+    {
+        return r;
+    }
+    // SAFETY: passthrough.
+    unsafe { real::epoll_pwait2(epfd, evs, max, t, mask) }
+}

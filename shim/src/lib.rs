@@ -1,0 +1,38 @@
+//! libtsss.so: LD_PRELOAD this on both ends of a Unix stream connection and
+//! its bytes move through shared memory instead of the kernel.
+//!
+//! This crate is glue only: symbol overrides that translate arguments and
+//! errno, the fd table, and start-up. The logic lives in `tsss-core`.
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(clippy::undocumented_unsafe_blocks)]
+
+mod hooks;
+mod real;
+mod table;
+
+use tsss_core::config::Config;
+
+/// Runs at load time, before main: reads TSSS_* and resolves the real
+/// functions so no hook has to call dlsym (which may allocate) later.
+#[ctor::ctor(unsafe)]
+fn init() {
+    let cfg = Config::from_lookup(|k| std::env::var(k).ok());
+    cfg.install();
+    for w in &cfg.warnings {
+        tsss_core::log::emit(format_args!("{w}"));
+    }
+    real::init();
+    // SAFETY: registering a plain function pointer; it runs in the child
+    // after fork, where only the forking thread exists.
+    unsafe { libc::pthread_atfork(None, None, Some(after_fork_child)) };
+    tsss_core::log!(
+        tsss_core::log::DEBUG,
+        "loaded ({}; ring {} KiB)",
+        if cfg.disabled { "disabled" } else { "enabled" },
+        cfg.ring_size >> 10
+    );
+}
+
+extern "C" fn after_fork_child() {
+    table::for_each_conn(|c| c.on_fork_child());
+}

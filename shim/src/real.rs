@@ -1,0 +1,96 @@
+//! The libc functions we override, resolved with dlsym(RTLD_NEXT).
+//!
+//! All are resolved in the constructor and cached in atomics; a hook that
+//! runs earlier (another library's constructor) resolves on first use.
+//! redhook was not used: it resolves lazily on every first call, cannot
+//! express variadic functions (fcntl, ioctl), and on panic calls the real
+//! function, which for an accelerated fd would read the bare socket.
+
+use libc::{c_int, c_ulong, c_void, size_t, sockaddr, socklen_t, ssize_t};
+use std::sync::atomic::{AtomicPtr, Ordering};
+
+fn resolve(slot: &AtomicPtr<c_void>, name: &core::ffi::CStr) -> *mut c_void {
+    let p = slot.load(Ordering::Acquire);
+    if !p.is_null() {
+        return p;
+    }
+    // SAFETY: name is a NUL-terminated symbol name; RTLD_NEXT is valid in a
+    // shared object.
+    let p = unsafe { libc::dlsym(libc::RTLD_NEXT, name.as_ptr()) };
+    if p.is_null() {
+        tsss_core::log::emit(format_args!("fatal: cannot resolve {name:?}"));
+        std::process::abort();
+    }
+    slot.store(p, Ordering::Release);
+    p
+}
+
+macro_rules! real {
+    ($($name:ident($($arg:ident: $ty:ty),*) -> $ret:ty;)*) => {
+        #[allow(non_upper_case_globals)]
+        mod slots {
+            use super::*;
+            $(pub static $name: AtomicPtr<c_void> = AtomicPtr::new(core::ptr::null_mut());)*
+        }
+        /// Resolves every function now.
+        pub fn init() {
+            $(resolve(&slots::$name, &std::ffi::CString::new(stringify!($name)).unwrap_or_default());)*
+        }
+        $(
+            /// The next definition of this function (normally libc's).
+            ///
+            /// # Safety
+            /// Same contract as the libc function.
+            #[allow(clippy::too_many_arguments)]
+            pub unsafe fn $name($($arg: $ty),*) -> $ret {
+                let name = concat!(stringify!($name), "\0");
+                // SAFETY: literal with one trailing NUL.
+                let cname = unsafe { core::ffi::CStr::from_bytes_with_nul_unchecked(name.as_bytes()) };
+                let p = resolve(&slots::$name, cname);
+                // SAFETY: dlsym returned the function of this name, whose C
+                // signature is the one declared here.
+                let f: unsafe extern "C" fn($($ty),*) -> $ret = unsafe { core::mem::transmute(p) };
+                // SAFETY: per the caller.
+                unsafe { f($($arg),*) }
+            }
+        )*
+    };
+}
+
+real! {
+    socket(domain: c_int, ty: c_int, proto: c_int) -> c_int;
+    connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int;
+    accept4(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t, flags: c_int) -> c_int;
+    close(fd: c_int) -> c_int;
+    shutdown(fd: c_int, how: c_int) -> c_int;
+    read(fd: c_int, buf: *mut c_void, n: size_t) -> ssize_t;
+    __read_chk(fd: c_int, buf: *mut c_void, n: size_t, buflen: size_t) -> ssize_t;
+    write(fd: c_int, buf: *const c_void, n: size_t) -> ssize_t;
+    readv(fd: c_int, iov: *const libc::iovec, cnt: c_int) -> ssize_t;
+    writev(fd: c_int, iov: *const libc::iovec, cnt: c_int) -> ssize_t;
+    recv(fd: c_int, buf: *mut c_void, n: size_t, flags: c_int) -> ssize_t;
+    __recv_chk(fd: c_int, buf: *mut c_void, n: size_t, buflen: size_t, flags: c_int) -> ssize_t;
+    recvfrom(fd: c_int, buf: *mut c_void, n: size_t, flags: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> ssize_t;
+    __recvfrom_chk(fd: c_int, buf: *mut c_void, n: size_t, buflen: size_t, flags: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> ssize_t;
+    recvmsg(fd: c_int, msg: *mut libc::msghdr, flags: c_int) -> ssize_t;
+    send(fd: c_int, buf: *const c_void, n: size_t, flags: c_int) -> ssize_t;
+    sendto(fd: c_int, buf: *const c_void, n: size_t, flags: c_int, addr: *const sockaddr, len: socklen_t) -> ssize_t;
+    sendmsg(fd: c_int, msg: *const libc::msghdr, flags: c_int) -> ssize_t;
+    fcntl(fd: c_int, cmd: c_int, arg: c_ulong) -> c_int;
+    fcntl64(fd: c_int, cmd: c_int, arg: c_ulong) -> c_int;
+    ioctl(fd: c_int, req: c_ulong, arg: *mut c_void) -> c_int;
+    getsockname(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int;
+    getpeername(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int;
+    poll(fds: *mut libc::pollfd, n: libc::nfds_t, timeout: c_int) -> c_int;
+    select(n: c_int, r: *mut libc::fd_set, w: *mut libc::fd_set, e: *mut libc::fd_set, t: *mut libc::timeval) -> c_int;
+    epoll_create(size: c_int) -> c_int;
+    epoll_create1(flags: c_int) -> c_int;
+    epoll_ctl(epfd: c_int, op: c_int, fd: c_int, ev: *mut libc::epoll_event) -> c_int;
+    epoll_wait(epfd: c_int, evs: *mut libc::epoll_event, max: c_int, timeout: c_int) -> c_int;
+    epoll_pwait(epfd: c_int, evs: *mut libc::epoll_event, max: c_int, timeout: c_int, mask: *const libc::sigset_t) -> c_int;
+    epoll_pwait2(epfd: c_int, evs: *mut libc::epoll_event, max: c_int, timeout: *const libc::timespec, mask: *const libc::sigset_t) -> c_int;
+    ppoll(fds: *mut libc::pollfd, n: libc::nfds_t, timeout: *const libc::timespec, mask: *const libc::sigset_t) -> c_int;
+    pselect(n: c_int, r: *mut libc::fd_set, w: *mut libc::fd_set, e: *mut libc::fd_set, t: *const libc::timespec, mask: *const libc::sigset_t) -> c_int;
+    __poll_chk(fds: *mut libc::pollfd, n: libc::nfds_t, timeout: c_int, fdslen: size_t) -> c_int;
+    __ppoll_chk(fds: *mut libc::pollfd, n: libc::nfds_t, timeout: *const libc::timespec, mask: *const libc::sigset_t, fdslen: size_t) -> c_int;
+}

@@ -1,0 +1,215 @@
+//! The fd table: which descriptors are accelerated connections or emulated
+//! epoll instances.
+//!
+//! read/write call `get` on every descriptor, also from signal handlers, so
+//! it is lock-free and allocation-free: a two-level array of atomic pointers
+//! indexed by fd. Entries are reference counted and their memory is never
+//! returned to the allocator (recycled through a free list), so a lookup
+//! racing with close can touch a stale entry's counter safely and then sees
+//! that the slot changed.
+
+use std::cell::UnsafeCell;
+use std::ops::Deref;
+use std::ptr;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicPtr, AtomicUsize, Ordering::*};
+use tsss_core::conn::Conn;
+use tsss_core::readiness::EpollSet;
+
+pub enum Entry {
+    Conn(Conn),
+    Epoll(EpollSet<ConnRef>),
+}
+
+struct Node {
+    /// References: one for the table slot, one per live Guard. 0: free.
+    refs: AtomicUsize,
+    entry: UnsafeCell<Option<Entry>>,
+}
+
+// SAFETY: `entry` is written only while refs == 0 (exclusive: the node is
+// in no slot and every lookup's increment-unless-zero fails), and read only
+// through a Guard (refs > 0).
+unsafe impl Sync for Node {}
+
+const L2_BITS: usize = 10;
+const L2: usize = 1 << L2_BITS;
+const L1: usize = 1024;
+/// Descriptors at or above this are never accelerated.
+pub const MAX_FD: usize = L1 * L2;
+
+type Chunk = [AtomicPtr<Node>; L2];
+
+static TABLE: [AtomicPtr<Chunk>; L1] = [const { AtomicPtr::new(ptr::null_mut()) }; L1];
+static FREE: Mutex<Vec<&'static Node>> = Mutex::new(Vec::new());
+
+fn slot(fd: i32, create: bool) -> Option<&'static AtomicPtr<Node>> {
+    let fd = usize::try_from(fd).ok().filter(|&f| f < MAX_FD)?;
+    let top = &TABLE[fd >> L2_BITS];
+    let mut chunk = top.load(Acquire);
+    if chunk.is_null() {
+        if !create {
+            return None;
+        }
+        let fresh: Box<Chunk> = Box::new([const { AtomicPtr::new(ptr::null_mut()) }; L2]);
+        let fresh = Box::into_raw(fresh);
+        chunk = match top.compare_exchange(ptr::null_mut(), fresh, AcqRel, Acquire) {
+            Ok(_) => fresh,
+            Err(existing) => {
+                // SAFETY: fresh was never shared.
+                drop(unsafe { Box::from_raw(fresh) });
+                existing
+            }
+        };
+    }
+    // SAFETY: chunks are never freed.
+    Some(unsafe { &(*chunk)[fd & (L2 - 1)] })
+}
+
+/// A counted reference to a table entry.
+pub struct Guard(&'static Node);
+
+impl Deref for Guard {
+    type Target = Entry;
+    fn deref(&self) -> &Entry {
+        // SAFETY: refs > 0 while we exist, so the entry is initialised and
+        // not being written.
+        match unsafe { &*self.0.entry.get() } {
+            Some(e) => e,
+            None => unreachable_abort(),
+        }
+    }
+}
+
+impl Clone for Guard {
+    fn clone(&self) -> Self {
+        self.0.refs.fetch_add(1, Relaxed);
+        Guard(self.0)
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if self.0.refs.fetch_sub(1, AcqRel) == 1 {
+            // SAFETY: we dropped the last reference: nobody else can reach
+            // the entry (no slot holds it, lookups fail on zero).
+            let old = unsafe { (*self.0.entry.get()).take() };
+            drop(old);
+            FREE.lock().unwrap_or_else(|p| p.into_inner()).push(self.0);
+        }
+    }
+}
+
+fn unreachable_abort() -> ! {
+    std::process::abort()
+}
+
+/// Looks `fd` up (lock-free, allocation-free).
+#[inline]
+pub fn get(fd: i32) -> Option<Guard> {
+    let s = slot(fd, false)?;
+    let p = s.load(Acquire);
+    if p.is_null() {
+        return None;
+    }
+    // SAFETY: nodes are never freed.
+    let node: &'static Node = unsafe { &*p };
+    let mut r = node.refs.load(Relaxed);
+    loop {
+        if r == 0 {
+            return None;
+        }
+        match node.refs.compare_exchange_weak(r, r + 1, Acquire, Relaxed) {
+            Ok(_) => break,
+            Err(now) => r = now,
+        }
+    }
+    let g = Guard(node);
+    // The node may have been recycled for another fd meanwhile.
+    (s.load(Acquire) == p).then_some(g)
+}
+
+/// Installs `entry` for `fd`, replacing (and releasing) any stale one.
+pub fn insert(fd: i32, entry: Entry) -> Option<Guard> {
+    let s = slot(fd, true)?;
+    let recycled = FREE.lock().unwrap_or_else(|p| p.into_inner()).pop();
+    let node: &'static Node = recycled.unwrap_or_else(|| {
+        Box::leak(Box::new(Node {
+            refs: AtomicUsize::new(0),
+            entry: UnsafeCell::new(None),
+        }))
+    });
+    // SAFETY: refs == 0 and the node is in no slot: exclusive access.
+    unsafe { *node.entry.get() = Some(entry) };
+    // One for the slot, one for the returned guard.
+    node.refs.store(2, Release);
+    let old = s.swap(node as *const Node as *mut Node, AcqRel);
+    if !old.is_null() {
+        // SAFETY: nodes are never freed; this releases the slot's reference.
+        drop(Guard(unsafe { &*old }));
+    }
+    Some(Guard(node))
+}
+
+/// Removes `fd`'s entry; the returned guard holds what the slot held.
+pub fn remove(fd: i32) -> Option<Guard> {
+    let s = slot(fd, false)?;
+    let old = s.swap(ptr::null_mut(), AcqRel);
+    // SAFETY: nodes are never freed; we take over the slot's reference.
+    (!old.is_null()).then(|| Guard(unsafe { &*old }))
+}
+
+/// Removes `fd`'s entry only if it is still `conn`.
+pub fn remove_conn(fd: i32, conn: &Conn) {
+    let Some(s) = slot(fd, false) else { return };
+    let Some(g) = get(fd) else { return };
+    if matches!(&*g, Entry::Conn(c) if ptr::eq(c, conn)) {
+        let p = g.0 as *const Node as *mut Node;
+        if s.compare_exchange(p, ptr::null_mut(), AcqRel, Acquire)
+            .is_ok()
+        {
+            drop(Guard(g.0));
+        }
+    }
+}
+
+/// Calls `f` on every connection (after fork, in the only thread left).
+pub fn for_each_conn(mut f: impl FnMut(&Conn)) {
+    for top in &TABLE {
+        let chunk = top.load(Acquire);
+        if chunk.is_null() {
+            continue;
+        }
+        // SAFETY: chunks are never freed.
+        for s in unsafe { &*chunk }.iter() {
+            let p = s.load(Acquire);
+            if p.is_null() {
+                continue;
+            }
+            // SAFETY: nodes are never freed; the slot holds a reference.
+            if let Some(Entry::Conn(c)) = unsafe { &*(*p).entry.get() } {
+                f(c);
+            }
+        }
+    }
+}
+
+/// A guard known to hold a connection: what epoll watches keep.
+#[derive(Clone)]
+pub struct ConnRef(Guard);
+
+impl ConnRef {
+    pub fn new(g: Guard) -> Option<ConnRef> {
+        matches!(&*g, Entry::Conn(_)).then_some(ConnRef(g))
+    }
+}
+
+impl Deref for ConnRef {
+    type Target = Conn;
+    fn deref(&self) -> &Conn {
+        match &*self.0 {
+            Entry::Conn(c) => c,
+            Entry::Epoll(_) => unreachable_abort(),
+        }
+    }
+}

@@ -1,0 +1,648 @@
+//! poll/select/epoll for accelerated sockets (DESIGN-NOTES 4, design b).
+//!
+//! The kernel cannot see ring data, so readiness of an accelerated fd comes
+//! from ring state; the kernel is used to sleep. While sleeping, an
+//! accelerated fd is watched for doorbells (POLLIN) and hang-ups only; its
+//! POLLOUT and edge-triggered / one-shot behaviour are emulated here. Before
+//! sleeping, calls spin briefly on the rings, which is where event-loop
+//! servers gain latency.
+
+use crate::config;
+use crate::conn::{Conn, Ready};
+use crate::sys;
+use rustix::event::PollFlags;
+use rustix::fd::RawFd;
+use rustix::io::Errno;
+use std::ops::Deref;
+use std::sync::Mutex;
+
+/// poll(2) bits as i32, to mix with `events as i32`.
+mod p {
+    pub const IN: i32 = libc::POLLIN as i32;
+    pub const OUT: i32 = libc::POLLOUT as i32;
+    pub const PRI: i32 = libc::POLLPRI as i32;
+    pub const RDNORM: i32 = libc::POLLRDNORM as i32;
+    pub const WRNORM: i32 = libc::POLLWRNORM as i32;
+    pub const RDHUP: i32 = libc::POLLRDHUP as i32;
+    pub const HUP: i32 = libc::POLLHUP as i32;
+    pub const ERR: i32 = libc::POLLERR as i32;
+    pub const NVAL: i32 = libc::POLLNVAL as i32;
+}
+
+/// How the shim finds the connection behind an fd.
+pub trait Lookup {
+    type Ref: Deref<Target = Conn> + Clone;
+    fn conn(&self, fd: RawFd) -> Option<Self::Ref>;
+    /// The connection went plain: stop treating `fd` specially.
+    fn forget(&self, fd: RawFd, conn: &Conn);
+}
+
+/// A sleep is capped at this when a doorbell cannot reach us.
+const BELL_LESS_NAP_MS: i32 = 5;
+
+fn deadline(timeout_ms: i32) -> Option<u64> {
+    (timeout_ms >= 0).then(|| sys::now_ns() + timeout_ms as u64 * 1_000_000)
+}
+
+/// Milliseconds left before `deadline`, rounded up; -1 for none.
+fn remaining_ms(deadline: Option<u64>) -> i32 {
+    match deadline {
+        None => -1,
+        Some(d) => {
+            let now = sys::now_ns();
+            if now >= d {
+                0
+            } else {
+                ((d - now).div_ceil(1_000_000)).min(i32::MAX as u64) as i32
+            }
+        }
+    }
+}
+
+fn kernel_view(fd: RawFd) -> PollFlags {
+    let mut p = [libc::pollfd {
+        fd,
+        events: (p::IN | p::OUT | p::RDHUP) as i16,
+        revents: 0,
+    }];
+    match sys::poll(&mut p, 0) {
+        Ok(1) => PollFlags::from_bits_retain(p[0].revents as u16),
+        _ => PollFlags::empty(),
+    }
+}
+
+fn to_poll_bits(r: &Ready, events: i16) -> i16 {
+    let ev = events as i32;
+    let mut out = 0;
+    if r.readable {
+        out |= ev & (p::IN | p::RDNORM);
+    }
+    if r.writable {
+        out |= ev & (p::OUT | p::WRNORM);
+    }
+    if r.rdhup {
+        out |= ev & p::RDHUP;
+    }
+    if r.hup {
+        out |= p::HUP;
+    }
+    if r.err {
+        out |= p::ERR;
+    }
+    out as i16
+}
+
+fn wants(events: i32) -> (bool, bool) {
+    (
+        events & (p::IN | p::RDNORM) != 0,
+        events & (p::OUT | p::WRNORM) != 0,
+    )
+}
+
+/// Kernel events to sleep on for an accelerated fd: doorbells (POLLIN)
+/// when they can arrive, hang-ups always, and the app's POLLOUT while our
+/// direction is still a plain socket.
+fn sleep_events(c: &Conn, want_in: bool, want_out: bool) -> i16 {
+    let mut ev = p::RDHUP;
+    if want_in || c.bells_work() {
+        ev |= p::IN;
+    }
+    if want_out && c.needs_kernel() {
+        ev |= p::OUT;
+    }
+    ev as i16
+}
+
+/// poll(2) over a set that contains accelerated fds.
+///
+/// `mask`, if given, is installed only while sleeping (ppoll/pselect).
+pub fn poll<L: Lookup>(
+    lk: &L,
+    fds: &mut [libc::pollfd],
+    timeout_ms: i32,
+    mask: Option<&libc::sigset_t>,
+) -> Result<usize, Errno> {
+    let mut conns: Vec<Option<L::Ref>> = fds
+        .iter()
+        .map(|p| if p.fd >= 0 { lk.conn(p.fd) } else { None })
+        .collect();
+    let dl = deadline(timeout_ms);
+    let spin_end = sys::now_ns() + config::spin_ns();
+    let mut k: Vec<libc::pollfd> = fds.to_vec();
+    loop {
+        // Look: one zero-timeout kernel poll, ring state for accelerated fds.
+        for (kp, (p, c)) in k.iter_mut().zip(fds.iter().zip(&conns)) {
+            kp.revents = 0;
+            kp.events = if c.is_some() {
+                (p::IN | p::OUT | p::RDHUP) as i16
+            } else {
+                p.events
+            };
+        }
+        sys::poll(&mut k, 0)?;
+        let mut n = 0;
+        for (i, p) in fds.iter_mut().enumerate() {
+            let kr = k[i].revents;
+            p.revents = match &conns[i] {
+                None => kr,
+                Some(_) if kr & p::NVAL as i16 != 0 => kr,
+                Some(c) => match c.readiness(Some(PollFlags::from_bits_retain(kr as u16))) {
+                    Some(r) => to_poll_bits(&r, p.events),
+                    None => {
+                        lk.forget(p.fd, c);
+                        conns[i] = None;
+                        kr & (p.events | (p::HUP | p::ERR | p::NVAL) as i16)
+                    }
+                },
+            };
+            if p.revents != 0 {
+                n += 1;
+            }
+        }
+        if n > 0 || timeout_ms == 0 || remaining_ms(dl) == 0 {
+            return Ok(n);
+        }
+        let ring_ready = |conns: &[Option<L::Ref>]| {
+            conns.iter().zip(fds.iter()).any(|(c, p)| {
+                c.as_ref().is_some_and(|c| {
+                    let (r, w) = wants(p.events as i32);
+                    c.quick_ready(r, w)
+                })
+            })
+        };
+        // Spin on the rings before paying for a sleep and a wake-up.
+        let mut spun = false;
+        while sys::now_ns() < spin_end {
+            if ring_ready(&conns) {
+                spun = true;
+                break;
+            }
+            for _ in 0..64 {
+                core::hint::spin_loop();
+            }
+        }
+        if spun {
+            continue;
+        }
+        // Arm doorbells, re-check, sleep.
+        let mut nap = remaining_ms(dl);
+        for ((kp, p), c) in k.iter_mut().zip(fds.iter()).zip(&conns) {
+            kp.revents = 0;
+            kp.events = p.events;
+            if let Some(c) = c {
+                let (r, w) = wants(p.events as i32);
+                c.arm(r, w);
+                kp.events = sleep_events(c, r, w);
+                if w && !c.bells_work() && !c.needs_kernel() {
+                    nap = if nap < 0 {
+                        BELL_LESS_NAP_MS
+                    } else {
+                        nap.min(BELL_LESS_NAP_MS)
+                    };
+                }
+            }
+        }
+        if ring_ready(&conns) {
+            continue;
+        }
+        sys::ppoll(&mut k, nap, mask)?;
+    }
+}
+
+/// select(2) through [`poll`]. `sets` are (read, write, except) bitmaps as
+/// slices of `fd_set` words, rewritten in place; returns the number of bits
+/// set, or EBADF like the kernel.
+pub fn select<L: Lookup>(
+    lk: &L,
+    nfds: i32,
+    sets: [Option<&mut libc::fd_set>; 3],
+    timeout_ms: i32,
+    mask: Option<&libc::sigset_t>,
+) -> Result<usize, Errno> {
+    let [mut r, mut w, mut e] = sets;
+    let isset = |s: &Option<&mut libc::fd_set>, fd: i32| {
+        // SAFETY: FD_ISSET reads one bit of a valid fd_set; fd < nfds <= FD_SETSIZE.
+        s.as_ref()
+            .is_some_and(|s| unsafe { libc::FD_ISSET(fd, &**s) })
+    };
+    let mut pfds = Vec::new();
+    for fd in 0..nfds {
+        let mut ev = 0;
+        if isset(&r, fd) {
+            ev |= p::IN;
+        }
+        if isset(&w, fd) {
+            ev |= p::OUT;
+        }
+        if isset(&e, fd) {
+            ev |= p::PRI;
+        }
+        if ev != 0 {
+            pfds.push(libc::pollfd {
+                fd,
+                events: ev as i16,
+                revents: 0,
+            });
+        }
+    }
+    poll(lk, &mut pfds, timeout_ms, mask)?;
+    if pfds.iter().any(|p| p.revents & p::NVAL as i16 != 0) {
+        return Err(Errno::BADF);
+    }
+    for s in [&mut r, &mut w, &mut e].into_iter().flatten() {
+        // SAFETY: FD_ZERO clears a valid fd_set.
+        unsafe { libc::FD_ZERO(&mut **s) };
+    }
+    let mut count = 0;
+    let mut set = |s: &mut Option<&mut libc::fd_set>, fd: i32| {
+        if let Some(s) = s {
+            // SAFETY: fd < nfds <= FD_SETSIZE.
+            unsafe { libc::FD_SET(fd, &mut **s) };
+            count += 1;
+        }
+    };
+    for p in &pfds {
+        let rv = p.revents as i32;
+        let ev = p.events as i32;
+        if ev & p::IN != 0 && rv & (p::IN | p::HUP | p::ERR) != 0 {
+            set(&mut r, p.fd);
+        }
+        if ev & p::OUT != 0 && rv & (p::OUT | p::ERR) != 0 {
+            set(&mut w, p.fd);
+        }
+        if ev & p::PRI != 0 && rv & p::PRI != 0 {
+            set(&mut e, p.fd);
+        }
+    }
+    Ok(count)
+}
+
+// ------------------------------------------------------------------- epoll
+
+struct Watch<R> {
+    fd: RawFd,
+    conn: R,
+    /// The application's events and data.
+    events: u32,
+    data: u64,
+    /// Events registered for `fd` in our private epoll.
+    kernel: u32,
+    /// One-shot watch that fired and awaits EPOLL_CTL_MOD.
+    disabled: bool,
+    /// Edge-triggered state: progress counters when last reported.
+    last_in: u64,
+    last_out: u64,
+    /// Kernel activity counters for directions that are still plain.
+    k_in: u64,
+    k_out: u64,
+}
+
+/// The emulation state of one application epoll instance that watches
+/// accelerated fds.
+///
+/// Accelerated fds are not registered in the application's epoll. They go
+/// into a private epoll (edge-triggered, so undrained data can never make it
+/// spin) which is itself registered in the application's one under a random
+/// cookie.
+pub struct EpollSet<R> {
+    epfd: RawFd,
+    inner: RawFd,
+    cookie: u64,
+    watches: Mutex<Vec<Watch<R>>>,
+}
+
+impl<R> Drop for EpollSet<R> {
+    fn drop(&mut self) {
+        sys::close(self.inner);
+    }
+}
+
+const EPOLLIN: u32 = libc::EPOLLIN as u32;
+const EPOLLOUT: u32 = libc::EPOLLOUT as u32;
+const EPOLLRDHUP: u32 = libc::EPOLLRDHUP as u32;
+const EPOLLHUP: u32 = libc::EPOLLHUP as u32;
+const EPOLLERR: u32 = libc::EPOLLERR as u32;
+const EPOLLET: u32 = libc::EPOLLET as u32;
+const EPOLLONESHOT: u32 = libc::EPOLLONESHOT as u32;
+
+impl<R: Deref<Target = Conn> + Clone> EpollSet<R> {
+    /// Creates the private epoll and registers it in `epfd`.
+    pub fn new(epfd: RawFd) -> Result<Self, Errno> {
+        let inner = sys::epoll_create()?;
+        let mut c = [0u8; 8];
+        let _ = rustix::rand::getrandom(&mut c, rustix::rand::GetRandomFlags::empty());
+        let cookie = u64::from_ne_bytes(c) | 1 << 63;
+        if let Err(e) = sys::epoll_ctl(epfd, libc::EPOLL_CTL_ADD, inner, EPOLLIN, cookie) {
+            sys::close(inner);
+            return Err(e);
+        }
+        Ok(EpollSet {
+            epfd,
+            inner,
+            cookie,
+            watches: Mutex::new(Vec::new()),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Watch<R>>> {
+        self.watches.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn kernel_events(conn: &Conn, events: u32) -> u32 {
+        let mut k = EPOLLIN | EPOLLRDHUP | EPOLLET;
+        if events & EPOLLOUT != 0 && conn.needs_kernel() {
+            k |= EPOLLOUT;
+        }
+        k
+    }
+
+    /// Forgets `fd` (its connection went plain and was dropped elsewhere).
+    pub fn remove(&self, fd: RawFd) {
+        self.lock().retain(|w| w.fd != fd);
+        let _ = sys::epoll_ctl(self.inner, libc::EPOLL_CTL_DEL, fd, 0, 0);
+    }
+
+    /// Whether `fd` is watched here.
+    pub fn contains(&self, fd: RawFd) -> bool {
+        self.lock().iter().any(|w| w.fd == fd)
+    }
+
+    /// epoll_ctl for an accelerated fd.
+    pub fn ctl(&self, op: i32, fd: RawFd, conn: R, events: u32, data: u64) -> Result<(), Errno> {
+        let mut ws = self.lock();
+        let pos = ws.iter().position(|w| w.fd == fd);
+        match (op, pos) {
+            (libc::EPOLL_CTL_ADD, Some(_)) => Err(Errno::EXIST),
+            (libc::EPOLL_CTL_ADD, None) => {
+                let kernel = Self::kernel_events(&conn, events);
+                sys::epoll_ctl(self.inner, libc::EPOLL_CTL_ADD, fd, kernel, fd as u64)?;
+                ws.push(Watch {
+                    fd,
+                    conn,
+                    events,
+                    data,
+                    kernel,
+                    disabled: false,
+                    last_in: u64::MAX,
+                    last_out: u64::MAX,
+                    k_in: 0,
+                    k_out: 0,
+                });
+                Ok(())
+            }
+            (libc::EPOLL_CTL_MOD, Some(i)) => {
+                let w = &mut ws[i];
+                w.events = events;
+                w.data = data;
+                w.disabled = false;
+                // The kernel re-evaluates readiness on MOD: so do we.
+                w.last_in = u64::MAX;
+                w.last_out = u64::MAX;
+                let kernel = Self::kernel_events(&w.conn, events);
+                if kernel != w.kernel {
+                    sys::epoll_ctl(self.inner, libc::EPOLL_CTL_MOD, fd, kernel, fd as u64)?;
+                    w.kernel = kernel;
+                }
+                Ok(())
+            }
+            (libc::EPOLL_CTL_DEL, Some(i)) => {
+                ws.swap_remove(i);
+                let _ = sys::epoll_ctl(self.inner, libc::EPOLL_CTL_DEL, fd, 0, 0);
+                Ok(())
+            }
+            (libc::EPOLL_CTL_MOD | libc::EPOLL_CTL_DEL, None) => Err(Errno::NOENT),
+            _ => Err(Errno::INVAL),
+        }
+    }
+
+    /// Evaluates one watch; returns the events to report, updating ET and
+    /// one-shot state.
+    fn eval(w: &mut Watch<R>, kernel: Option<PollFlags>) -> Option<u32> {
+        if w.disabled {
+            return None;
+        }
+        let conn = &*w.conn;
+        let k = if conn.needs_kernel() {
+            Some(kernel_view(w.fd))
+        } else {
+            kernel
+        };
+        // None: went plain; the caller hands the fd back to the kernel.
+        let r = conn.readiness(k)?;
+        let mut ev = 0;
+        if r.readable {
+            ev |= w.events & EPOLLIN;
+        }
+        if r.writable {
+            ev |= w.events & EPOLLOUT;
+        }
+        if r.rdhup {
+            ev |= w.events & EPOLLRDHUP;
+        }
+        if r.hup {
+            ev |= EPOLLHUP;
+        }
+        if r.err {
+            ev |= EPOLLERR;
+        }
+        if ev == 0 {
+            return None;
+        }
+        if w.events & EPOLLET != 0 {
+            // An edge is progress since the last report: bytes written by the
+            // peer (or EOF) for input, bytes consumed by the peer for output.
+            let (seq_in, seq_out) = conn.progress_counters();
+            let seq_in = seq_in.wrapping_add(w.k_in);
+            let seq_out = seq_out.wrapping_add(w.k_out);
+            let mut edge = 0;
+            if ev & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR) != 0 && seq_in != w.last_in {
+                edge |= ev & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR);
+            }
+            if ev & EPOLLOUT != 0 && seq_out != w.last_out {
+                edge |= EPOLLOUT;
+            }
+            if edge == 0 {
+                return None;
+            }
+            if edge & EPOLLIN != 0 || ev & EPOLLIN == 0 {
+                w.last_in = seq_in;
+            }
+            if edge & EPOLLOUT != 0 {
+                w.last_out = seq_out;
+            }
+            ev = edge;
+        }
+        if w.events & EPOLLONESHOT != 0 {
+            w.disabled = true;
+        }
+        Some(ev)
+    }
+
+    /// epoll_wait. `real_wait` waits on the application's epoll fd (plain fds
+    /// and our cookie).
+    pub fn wait<L: Lookup<Ref = R>>(
+        &self,
+        lk: &L,
+        out: &mut [libc::epoll_event],
+        timeout_ms: i32,
+        real_wait: &mut dyn FnMut(&mut [libc::epoll_event], i32) -> Result<usize, Errno>,
+    ) -> Result<usize, Errno> {
+        if out.is_empty() {
+            return Err(Errno::INVAL);
+        }
+        let dl = deadline(timeout_ms);
+        let spin_end = sys::now_ns() + config::spin_ns();
+        // The first look never sleeps.
+        let mut t = 0;
+        loop {
+            let slept = t != 0;
+            // Kernel first (plain fds, our cookie), then one scan of the
+            // watches: each watch is reported at most once per call.
+            let k = real_wait(out, t)?;
+            let mut bells = false;
+            let mut n = 0;
+            for i in 0..k {
+                let ev = out[i];
+                if ev.u64 == self.cookie {
+                    bells = true;
+                } else {
+                    out[n] = ev;
+                    n += 1;
+                }
+            }
+            let hits = if bells {
+                self.collect_hits()
+            } else {
+                Vec::new()
+            };
+            if n < out.len() {
+                n += self.scan(lk, &mut out[n..], &hits);
+            }
+            if n > 0 || timeout_ms == 0 || (slept && remaining_ms(dl) == 0) {
+                return Ok(n);
+            }
+            // Spin on the rings (no syscalls), then arm doorbells and sleep.
+            let mut ready = false;
+            while !ready && sys::now_ns() < spin_end {
+                ready = self.dry_ready();
+                core::hint::spin_loop();
+            }
+            if ready {
+                t = 0;
+                continue;
+            }
+            let nap_cap = self.arm();
+            if self.dry_ready() {
+                t = 0;
+                continue;
+            }
+            t = remaining_ms(dl);
+            if t == 0 {
+                return Ok(0);
+            }
+            if nap_cap {
+                t = if t < 0 {
+                    BELL_LESS_NAP_MS
+                } else {
+                    t.min(BELL_LESS_NAP_MS)
+                };
+            }
+        }
+    }
+
+    /// Reads which accelerated fds the kernel saw activity on (doorbells,
+    /// hang-ups, plain data) and counts it for edge-triggered watches.
+    fn collect_hits(&self) -> Vec<(RawFd, PollFlags)> {
+        let mut evs = [libc::epoll_event { events: 0, u64: 0 }; 64];
+        let got = sys::epoll_wait(self.inner, &mut evs, 0).unwrap_or(0);
+        let hits: Vec<(RawFd, PollFlags)> = evs[..got]
+            .iter()
+            .map(|e| (e.u64 as RawFd, PollFlags::from_bits_retain(e.events as u16)))
+            .collect();
+        let mut ws = self.lock();
+        for (fd, f) in &hits {
+            if let Some(w) = ws.iter_mut().find(|w| w.fd == *fd) {
+                if f.contains(PollFlags::IN) {
+                    w.k_in = w.k_in.wrapping_add(1);
+                }
+                if f.contains(PollFlags::OUT) {
+                    w.k_out = w.k_out.wrapping_add(1);
+                }
+            }
+        }
+        hits
+    }
+
+    fn scan<L: Lookup<Ref = R>>(
+        &self,
+        lk: &L,
+        out: &mut [libc::epoll_event],
+        hits: &[(RawFd, PollFlags)],
+    ) -> usize {
+        let mut ws = self.lock();
+        // Watches whose fd was closed or now names something else are gone,
+        // as the kernel drops a closed file from an epoll set.
+        ws.retain(|w| lk.conn(w.fd).is_some_and(|c| std::ptr::eq(&*c, &*w.conn)));
+        let mut n = 0;
+        let mut i = 0;
+        while i < ws.len() && n < out.len() {
+            let hit = hits.iter().find(|(fd, _)| *fd == ws[i].fd).map(|h| h.1);
+            if ws[i].conn.is_plain() || {
+                let ev = Self::eval(&mut ws[i], hit);
+                if let Some(ev) = ev {
+                    out[n] = libc::epoll_event {
+                        events: ev,
+                        u64: ws[i].data,
+                    };
+                    n += 1;
+                }
+                ws[i].conn.is_plain()
+            } {
+                // Hand the fd back to the kernel with the app's own events.
+                let w = ws.swap_remove(i);
+                let _ = sys::epoll_ctl(self.inner, libc::EPOLL_CTL_DEL, w.fd, 0, 0);
+                if !w.disabled {
+                    let _ = sys::epoll_ctl(self.epfd, libc::EPOLL_CTL_ADD, w.fd, w.events, w.data);
+                }
+                lk.forget(w.fd, &w.conn);
+                continue;
+            }
+            i += 1;
+        }
+        n
+    }
+
+    /// Whether some watch would report now, from ring state alone.
+    fn dry_ready(&self) -> bool {
+        let ws = self.lock();
+        ws.iter().any(|w| {
+            if w.disabled
+                || !w
+                    .conn
+                    .quick_ready(w.events & EPOLLIN != 0, w.events & EPOLLOUT != 0)
+            {
+                return false;
+            }
+            // Edge-triggered watches only count if there is a new edge.
+            w.events & EPOLLET == 0 || {
+                let (i, o) = w.conn.progress_counters();
+                i.wrapping_add(w.k_in) != w.last_in || o.wrapping_add(w.k_out) != w.last_out
+            }
+        })
+    }
+
+    /// Asks for doorbells on every watch; true if some sleep must be bounded
+    /// because a doorbell cannot reach us yet.
+    fn arm(&self) -> bool {
+        let ws = self.lock();
+        let mut cap = false;
+        for w in ws.iter().filter(|w| !w.disabled) {
+            let (r, wr) = (w.events & EPOLLIN != 0, w.events & EPOLLOUT != 0);
+            w.conn.arm(r, wr);
+            if wr && !w.conn.bells_work() && !w.conn.needs_kernel() {
+                cap = true;
+            }
+        }
+        cap
+    }
+}
