@@ -28,7 +28,7 @@ use rustix::fd::{BorrowedFd, RawFd};
 use rustix::io::Errno;
 use rustix::net::{RecvFlags, SendFlags};
 use std::io::{IoSlice, IoSliceMut};
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -117,6 +117,11 @@ pub struct Conn {
     closed: AtomicBool,
     next_hello_peek: AtomicU64,
     next_live_check: AtomicU64,
+    /// Writes since the last liveness look (the clock is read every 64).
+    tx_ops: AtomicU32,
+    /// Cached remote indices: the tx ring's tail, the rx ring's head.
+    tx_tail_cache: AtomicU64,
+    rx_head_cache: AtomicU64,
 }
 
 /// What one non-blocking pass over the incoming direction found.
@@ -180,6 +185,9 @@ impl Conn {
             closed: AtomicBool::new(false),
             next_hello_peek: AtomicU64::new(0),
             next_live_check: AtomicU64::new(0),
+            tx_ops: AtomicU32::new(0),
+            tx_tail_cache: AtomicU64::new(0),
+            rx_head_cache: AtomicU64::new(0),
         }
     }
 
@@ -541,7 +549,7 @@ impl Conn {
         peek: bool,
     ) -> Result<Step, Errno> {
         let seg = self.seg.get().ok_or(Errno::CONNRESET)?;
-        let ring = seg.ring(self.rx_dir());
+        let ring = seg.ring(self.rx_dir()).with_cache(&self.rx_head_cache);
         let flags = &ring.ctrl().flags;
         let start = dst.filled();
         let data_or =
@@ -712,7 +720,7 @@ impl Conn {
             return Some(r);
         }
         let seg = self.seg.get()?;
-        let ring = seg.ring(self.tx_dir());
+        let ring = seg.ring(self.tx_dir()).with_cache(&self.tx_tail_cache);
         let mut src = SrcCursor::new(bufs);
         let nonblock = o.dontwait || self.nonblocking();
         let mut sent = 0;
@@ -783,6 +791,9 @@ impl Conn {
             return Some(Errno::PIPE);
         }
         // A killed peer sets no flag: look at the socket now and then.
+        if self.tx_ops.fetch_add(1, Relaxed) % 64 != 0 {
+            return None;
+        }
         let now = sys::now_ns();
         if now >= self.next_live_check.load(Relaxed) {
             self.next_live_check.store(now + LIVENESS_NS, Relaxed);

@@ -9,6 +9,7 @@
 
 use crate::copy::copy;
 use crate::layout::RingCtrl;
+use crate::sync::AtomicU64;
 use crate::sync::Ordering::{Acquire, Relaxed, Release};
 use std::io::{IoSlice, IoSliceMut};
 use std::marker::PhantomData;
@@ -21,6 +22,11 @@ pub struct Corrupt;
 /// One direction's ring: control words plus `cap` data bytes.
 pub struct Ring<'a> {
     ctrl: &'a RingCtrl,
+    /// Process-local copy of the other side's index (rtrb's cached remote
+    /// index): re-read from shared memory only when it says full/empty, so
+    /// the hot path does not pull the peer's cache line on every call. It
+    /// can only lag the real index, which errs on the safe side.
+    remote: Option<&'a AtomicU64>,
     data: NonNull<u8>,
     /// Power of two.
     cap: u64,
@@ -35,10 +41,18 @@ impl<'a> Ring<'a> {
         debug_assert!(cap.is_power_of_two());
         Ring {
             ctrl,
+            remote: None,
             data,
             cap: cap as u64,
             _data: PhantomData,
         }
+    }
+
+    /// Uses `cache` as the cached remote index (tail for a producer, head
+    /// for a consumer).
+    pub fn with_cache(mut self, cache: &'a AtomicU64) -> Self {
+        self.remote = Some(cache);
+        self
     }
 
     pub fn ctrl(&self) -> &'a RingCtrl {
@@ -81,8 +95,18 @@ impl<'a> Ring<'a> {
     /// Producer: copies as much of `src` as fits and publishes it.
     pub fn push(&self, src: &mut SrcCursor<'_, '_>) -> Result<usize, Corrupt> {
         let head = self.ctrl.head.load(Relaxed);
-        let tail = self.ctrl.tail.load(Acquire);
-        let free = (self.cap - self.fill(head, tail)?) as usize;
+        let cached = self.remote.map(|c| c.load(Relaxed));
+        let free = match cached.and_then(|t| self.fill(head, t).ok()) {
+            Some(used) if (self.cap - used) as usize >= src.remaining() => (self.cap - used) as usize,
+            _ => {
+                let tail = self.ctrl.tail.load(Acquire);
+                let used = self.fill(head, tail)?;
+                if let Some(c) = self.remote {
+                    c.store(tail, Relaxed);
+                }
+                (self.cap - used) as usize
+            }
+        };
         let want = free.min(src.remaining());
         if want == 0 {
             return Ok(0);
@@ -103,8 +127,18 @@ impl<'a> Ring<'a> {
     /// unless `peek`.
     pub fn pop(&self, dst: &mut DstCursor<'_, '_>, peek: bool) -> Result<usize, Corrupt> {
         let tail = self.ctrl.tail.load(Relaxed);
-        let head = self.ctrl.head.load(Acquire);
-        let avail = self.fill(head, tail)? as usize;
+        let cached = self.remote.map(|c| c.load(Relaxed));
+        let avail = match cached.and_then(|h| self.fill(h, tail).ok()) {
+            Some(n) if n as usize >= dst.remaining() => n as usize,
+            _ => {
+                let head = self.ctrl.head.load(Acquire);
+                let n = self.fill(head, tail)?;
+                if let Some(c) = self.remote {
+                    c.store(head, Relaxed);
+                }
+                n as usize
+            }
+        };
         let want = avail.min(dst.remaining());
         if want == 0 {
             return Ok(0);
