@@ -37,6 +37,9 @@ pub trait Lookup {
     fn forget(&self, fd: RawFd, conn: &Conn);
 }
 
+/// The application's own epoll_wait: fills a buffer, with a timeout in ms.
+pub type RealWait<'a> = dyn FnMut(&mut [libc::epoll_event], i32) -> Result<usize, Errno> + 'a;
+
 /// A sleep is capped at this when a doorbell cannot reach us.
 const BELL_LESS_NAP_MS: i32 = 5;
 
@@ -485,7 +488,7 @@ impl<R: Deref<Target = Conn> + Clone> EpollSet<R> {
         lk: &L,
         out: &mut [libc::epoll_event],
         timeout_ms: i32,
-        real_wait: &mut dyn FnMut(&mut [libc::epoll_event], i32) -> Result<usize, Errno>,
+        real_wait: &mut RealWait<'_>,
     ) -> Result<usize, Errno> {
         if out.is_empty() {
             return Err(Errno::INVAL);

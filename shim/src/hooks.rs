@@ -96,10 +96,10 @@ unsafe fn with_iov_mut<T>(
     if cnt > 0 && iov.is_null() {
         return None;
     }
-    // SAFETY: per the caller; cnt > 0 implies non-null.
     let raw = if cnt == 0 {
         &[][..]
     } else {
+        // SAFETY: per the caller; cnt > 0 implies non-null.
         unsafe { std::slice::from_raw_parts(iov, cnt) }
     };
     if raw.iter().any(|v| v.iov_base.is_null() && v.iov_len > 0) {
@@ -141,10 +141,10 @@ unsafe fn with_iov<T>(
     if cnt > 0 && iov.is_null() {
         return None;
     }
-    // SAFETY: per the caller; cnt > 0 implies non-null.
     let raw = if cnt == 0 {
         &[][..]
     } else {
+        // SAFETY: per the caller; cnt > 0 implies non-null.
         unsafe { std::slice::from_raw_parts(iov, cnt) }
     };
     if raw.iter().any(|v| v.iov_base.is_null() && v.iov_len > 0) {
@@ -962,7 +962,7 @@ unsafe fn ts_ms(t: *const libc::timespec) -> Option<c_int> {
         return None;
     }
     Some(
-        (t.tv_sec as i64 * 1000 + (t.tv_nsec as u64).div_ceil(1_000_000) as i64)
+        (t.tv_sec * 1000 + (t.tv_nsec as u64).div_ceil(1_000_000) as i64)
             .min(i32::MAX as i64) as c_int,
     )
 }
@@ -1092,7 +1092,7 @@ pub unsafe extern "C" fn select(
         None => Some(-1),
         Some(t) if t.tv_sec < 0 || !(0..1_000_000).contains(&t.tv_usec) => None,
         Some(t) => Some(
-            (t.tv_sec as i64 * 1000 + (t.tv_usec as u64).div_ceil(1000) as i64).min(i32::MAX as i64)
+            (t.tv_sec * 1000 + (t.tv_usec as u64).div_ceil(1000) as i64).min(i32::MAX as i64)
                 as c_int,
         ),
     };
