@@ -25,6 +25,7 @@ lint:
 
 test: deps all lint
 	$(CARGO) test --release --workspace
+	CARGO_TARGET_DIR=target/loom RUSTFLAGS="--cfg loom" $(CARGO) test --release --test loom
 
 bench: deps all
 	python3 scripts/bench.py --out $(OUT) --lib $(LIB) --bin test-apps/bin

@@ -16,7 +16,8 @@
 //!   doorbells on the socket can never steal a writer's wake-up.
 
 use crate::config;
-use crate::layout::{CLIENT_ATTACHED, Dir, RingFlags, SWITCHED};
+use crate::layout::{CLIENT_ATTACHED, Dir, RingFlags};
+use crate::protocol;
 use crate::ring::{DstCursor, Ring, SrcCursor};
 use crate::segment::Segment;
 use crate::sync::Ordering::{AcqRel, Acquire, Relaxed, Release, SeqCst};
@@ -369,7 +370,7 @@ impl Conn {
         }
         let flags = &seg.ring(self.tx_dir()).ctrl().flags;
         // Published before any control byte goes out on the socket.
-        flags.switch_at.store(tx.plain_written | SWITCHED, SeqCst);
+        protocol::publish_switch(flags, tx.plain_written);
         if self.role == Role::Client {
             seg.header().client_state.store(CLIENT_ATTACHED, SeqCst);
         }
@@ -388,10 +389,7 @@ impl Conn {
         }
         let Some(seg) = self.seg.get() else { return };
         if rx.limit.is_none() {
-            let v = seg.ring(self.rx_dir()).ctrl().flags.switch_at.load(SeqCst);
-            if v & SWITCHED != 0 {
-                rx.limit = Some(v & !SWITCHED);
-            }
+            rx.limit = protocol::switch_point(&seg.ring(self.rx_dir()).ctrl().flags);
         }
         if rx.limit == Some(rx.plain_read) {
             self.rx_ring.store(true, Release);
@@ -429,8 +427,7 @@ impl Conn {
 
     /// After producing: wake a reader that declared itself waiting.
     fn data_bell(&self, f: &RingFlags) {
-        fence(SeqCst);
-        if f.reader_waiting.load(Relaxed) != 0 && f.reader_waiting.swap(0, SeqCst) != 0 {
+        if protocol::take_waiter(&f.reader_waiting) {
             self.bell();
         }
     }
@@ -438,8 +435,7 @@ impl Conn {
     /// After consuming: wake writers waiting for space.
     fn space_bell(&self, ring: &Ring<'_>) {
         let f = &ring.ctrl().flags;
-        fence(SeqCst);
-        if f.writer_sleeping.load(Relaxed) != 0 && f.writer_sleeping.swap(0, SeqCst) != 0 {
+        if protocol::take_waiter(&f.writer_sleeping) {
             f.space_seq.fetch_add(1, SeqCst);
             let _ = rustix::thread::futex::wake(
                 &f.space_seq,
@@ -449,7 +445,7 @@ impl Conn {
         }
         if f.writer_waiting.load(Relaxed) != 0
             && ring.writable().is_ok_and(|n| n >= ring.capacity() / 2)
-            && f.writer_waiting.swap(0, SeqCst) != 0
+            && protocol::take_waiter(&f.writer_waiting)
         {
             self.bell();
         }
@@ -598,10 +594,7 @@ impl Conn {
                 Err(e) => return Err(e),
             };
             if known.is_none() {
-                fence(SeqCst);
-                let v = flags.switch_at.load(SeqCst);
-                if v & SWITCHED != 0 {
-                    let l = v & !SWITCHED;
+                if let Some(l) = protocol::switch_point(flags) {
                     rx.limit = Some(l);
                     if rx.plain_read > l {
                         return Err(self.broken());
@@ -672,9 +665,7 @@ impl Conn {
             if spin_until(|| self.rx_quick_ready(&ring)) {
                 return Ok(());
             }
-            let f = &ring.ctrl().flags;
-            f.reader_waiting.store(1, SeqCst);
-            fence(SeqCst);
+            protocol::announce_waiting(&ring.ctrl().flags.reader_waiting);
             if self.rx_quick_ready(&ring) {
                 return Ok(());
             }
@@ -835,8 +826,7 @@ impl Conn {
         }
         let f = &ring.ctrl().flags;
         let seq = f.space_seq.load(SeqCst);
-        f.writer_sleeping.store(1, SeqCst);
-        fence(SeqCst);
+        protocol::announce_waiting(&f.writer_sleeping);
         if self.tx_quick_ready(ring) {
             return Ok(());
         }
