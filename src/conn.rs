@@ -1127,3 +1127,190 @@ fn spin_until(mut ready: impl FnMut() -> bool) -> bool {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustix::fd::{AsRawFd, OwnedFd};
+    use rustix::net::{AddressFamily, SocketFlags, SocketType, socketpair};
+
+    fn pair() -> (OwnedFd, OwnedFd) {
+        socketpair(
+            AddressFamily::UNIX,
+            SocketType::STREAM,
+            SocketFlags::CLOEXEC,
+            None,
+        )
+        .unwrap()
+    }
+
+    fn uid() -> u32 {
+        rustix::process::geteuid().as_raw()
+    }
+
+    fn send(c: &Conn, b: &[u8]) -> Result<usize, Errno> {
+        c.send(&[IoSlice::new(b)], SendOpts::default()).unwrap()
+    }
+
+    fn send_nb(c: &Conn, b: &[u8]) -> Result<usize, Errno> {
+        let o = SendOpts {
+            dontwait: true,
+            nosignal: true,
+            raw: (libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) as u32,
+        };
+        c.send(&[IoSlice::new(b)], o).unwrap()
+    }
+
+    fn recv(c: &Conn, n: usize, o: RecvOpts) -> Result<Vec<u8>, Errno> {
+        let mut v = vec![0u8; n];
+        let k = c.recv(&mut [IoSliceMut::new(&mut v)], o).unwrap()?;
+        v.truncate(k);
+        Ok(v)
+    }
+
+    fn nb() -> RecvOpts {
+        RecvOpts {
+            dontwait: true,
+            ..RecvOpts::default()
+        }
+    }
+
+    /// Reads exactly `n` bytes, blocking.
+    fn recv_all(c: &Conn, n: usize) -> Vec<u8> {
+        let o = RecvOpts {
+            waitall: true,
+            ..RecvOpts::default()
+        };
+        recv(c, n, o).unwrap()
+    }
+
+    #[test]
+    fn plain_bytes_then_ring_in_both_directions() {
+        let (a, b) = pair();
+        let client = Conn::client(a.as_raw_fd(), false);
+        // The client writes before the server ever looks: plain bytes.
+        assert_eq!(send(&client, b"early ").unwrap(), 6);
+        let server = Conn::server(b.as_raw_fd(), false, uid()).unwrap();
+        assert_eq!(send(&server, b"hello ").unwrap(), 6); // still plain: client not attached
+        // The client's read sees HELLO, attaches, switches c2s.
+        assert_eq!(recv_all(&client, 6), b"hello ");
+        assert_eq!(send(&client, b"ring").unwrap(), 4);
+        assert_eq!(recv_all(&server, 10), b"early ring");
+        assert!(server.rx_ring.load(Relaxed) && client.tx_ring.load(Relaxed));
+        // The server switched when it reached the ring.
+        assert_eq!(send(&server, b"back").unwrap(), 4);
+        assert_eq!(recv_all(&client, 4), b"back");
+        assert!(client.is_accelerated() && server.is_accelerated());
+        // Large transfer through a full ring, across threads.
+        let total = 3 * config::ring_size() + 12345;
+        let data: Vec<u8> = (0..total).map(|i| (i * 31 % 251) as u8).collect();
+        std::thread::scope(|s| {
+            s.spawn(|| assert_eq!(send(&client, &data).unwrap(), total));
+            assert_eq!(recv_all(&server, total), data);
+        });
+    }
+
+    #[test]
+    fn peek_waitall_and_eof_after_all_bytes() {
+        let (a, b) = pair();
+        let client = Conn::client(a.as_raw_fd(), false);
+        let server = Conn::server(b.as_raw_fd(), false, uid()).unwrap();
+        assert_eq!(recv(&client, 1, nb()), Err(Errno::AGAIN)); // only HELLO so far
+        send(&client, b"abcdef").unwrap();
+        let peek = RecvOpts {
+            peek: true,
+            ..RecvOpts::default()
+        };
+        assert_eq!(recv(&server, 3, peek).unwrap(), b"abc");
+        assert_eq!(recv(&server, 3, nb()).unwrap(), b"abc");
+        assert_eq!(server.bytes_readable(), Some(3));
+        assert_eq!(client.shutdown(libc::SHUT_WR), Some(Ok(())));
+        assert_eq!(recv(&server, 100, nb()).unwrap(), b"def");
+        assert_eq!(recv(&server, 100, nb()).unwrap(), b"");
+        assert_eq!(
+            recv(&server, 100, RecvOpts::default()).unwrap(),
+            b"",
+            "EOF repeats"
+        );
+        // Half-close: the other direction still works.
+        send(&server, b"reply").unwrap();
+        assert_eq!(recv_all(&client, 5), b"reply");
+        let r = server.readiness(Some(PollFlags::empty())).unwrap();
+        assert!(r.readable && r.rdhup && r.writable);
+    }
+
+    #[test]
+    fn closed_reader_gives_epipe_and_nonblocking_full_ring_gives_eagain() {
+        let (a, b) = pair();
+        let client = Conn::client(a.as_raw_fd(), true);
+        let server = Conn::server(b.as_raw_fd(), true, uid()).unwrap();
+        assert_eq!(recv(&client, 1, nb()), Err(Errno::AGAIN));
+        send_nb(&client, b"x").unwrap();
+        assert_eq!(recv(&server, 1, nb()).unwrap(), b"x");
+        // Fill the c2s ring.
+        let chunk = vec![7u8; 65536];
+        let mut total = 0;
+        loop {
+            match send_nb(&client, &chunk) {
+                Ok(n) => total += n,
+                Err(e) => {
+                    assert_eq!(e, Errno::AGAIN);
+                    break;
+                }
+            }
+        }
+        assert_eq!(total, config::ring_size());
+        assert!(!client.readiness(Some(PollFlags::empty())).unwrap().writable);
+        server.close();
+        assert_eq!(send_nb(&client, b"y"), Err(Errno::PIPE));
+    }
+
+    #[test]
+    fn a_server_without_tsss_keeps_the_client_plain() {
+        let (a, b) = pair();
+        let client = Conn::client(a.as_raw_fd(), false);
+        rustix::net::send(&b, b"+OK hi", SendFlags::empty()).unwrap();
+        assert!(
+            client
+                .recv(&mut [IoSliceMut::new(&mut [0u8; 8])], RecvOpts::default())
+                .is_none()
+        );
+        assert!(client.is_plain());
+        let mut buf = [0u8; 8];
+        let (_, n) = rustix::net::recv(&a, &mut buf, RecvFlags::empty()).unwrap();
+        assert_eq!(&buf[..n], b"+OK hi", "nothing consumed");
+    }
+
+    #[test]
+    fn a_short_lookalike_of_hello_is_data() {
+        let (a, b) = pair();
+        let client = Conn::client(a.as_raw_fd(), false);
+        rustix::net::send(&b, &wire::HELLO_MAGIC[..5], SendFlags::empty()).unwrap();
+        assert!(
+            client
+                .recv(&mut [IoSliceMut::new(&mut [0u8; 8])], nb())
+                .is_none()
+        );
+        assert!(client.is_plain());
+    }
+
+    #[test]
+    fn corrupt_indices_reset_the_connection() {
+        let (a, b) = pair();
+        let client = Conn::client(a.as_raw_fd(), false);
+        let server = Conn::server(b.as_raw_fd(), false, uid()).unwrap();
+        send(&client, b"").unwrap();
+        assert_eq!(recv(&client, 1, nb()), Err(Errno::AGAIN));
+        send(&client, b"ok").unwrap();
+        assert_eq!(recv_all(&server, 2), b"ok");
+        // A hostile peer scribbles over the s2c head.
+        let seg = server.seg.get().unwrap();
+        seg.ring(Dir::ServerToClient)
+            .ctrl()
+            .head
+            .store(u64::MAX / 3, SeqCst);
+        assert_eq!(recv(&client, 10, nb()), Err(Errno::CONNRESET));
+        assert_eq!(send(&client, b"z"), Err(Errno::CONNRESET));
+        assert!(client.readiness(None).unwrap().err);
+    }
+}
