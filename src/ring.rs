@@ -97,7 +97,9 @@ impl<'a> Ring<'a> {
         let head = self.ctrl.head.load(Relaxed);
         let cached = self.remote.map(|c| c.load(Relaxed));
         let free = match cached.and_then(|t| self.fill(head, t).ok()) {
-            Some(used) if (self.cap - used) as usize >= src.remaining() => (self.cap - used) as usize,
+            Some(used) if (self.cap - used) as usize >= src.remaining() => {
+                (self.cap - used) as usize
+            }
             _ => {
                 let tail = self.ctrl.tail.load(Acquire);
                 let used = self.fill(head, tail)?;

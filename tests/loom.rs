@@ -76,7 +76,11 @@ fn data_doorbell_is_never_lost() {
         }
         writer.join().unwrap();
         if slept {
-            assert_eq!(bell.load(SeqCst), 1, "reader sleeps with data in the ring and no doorbell");
+            assert_eq!(
+                bell.load(SeqCst),
+                1,
+                "reader sleeps with data in the ring and no doorbell"
+            );
         }
     });
 }
@@ -105,7 +109,11 @@ fn space_wakeup_is_never_lost() {
         }
         reader.join().unwrap();
         if slept {
-            assert_eq!(woken.load(SeqCst), 1, "writer sleeps on free space with no wake-up");
+            assert_eq!(
+                woken.load(SeqCst),
+                1,
+                "writer sleeps on free space with no wake-up"
+            );
         }
     });
 }
@@ -132,7 +140,10 @@ fn switch_never_leaks_a_control_byte() {
             Some(limit) => peeked.min(limit),
             None => peeked,
         };
-        assert!(consumed <= 2, "consumed {consumed} bytes as data, but only 2 were data");
+        assert!(
+            consumed <= 2,
+            "consumed {consumed} bytes as data, but only 2 were data"
+        );
         writer.join().unwrap();
     });
 }

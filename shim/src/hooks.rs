@@ -962,8 +962,8 @@ unsafe fn ts_ms(t: *const libc::timespec) -> Option<c_int> {
         return None;
     }
     Some(
-        (t.tv_sec * 1000 + (t.tv_nsec as u64).div_ceil(1_000_000) as i64)
-            .min(i32::MAX as i64) as c_int,
+        (t.tv_sec * 1000 + (t.tv_nsec as u64).div_ceil(1_000_000) as i64).min(i32::MAX as i64)
+            as c_int,
     )
 }
 
