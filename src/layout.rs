@@ -90,19 +90,6 @@ pub struct SegHeader {
 const _: () = assert!(core::mem::size_of::<SegHeader>() <= HDR_SIZE);
 
 impl RingFlags {
-    #[cfg(not(loom))]
-    pub const fn new() -> Self {
-        RingFlags {
-            reader_waiting: AtomicU32::new(0),
-            writer_waiting: AtomicU32::new(0),
-            writer_sleeping: AtomicU32::new(0),
-            space_seq: AtomicU32::new(0),
-            switch_at: AtomicU64::new(0),
-            wr_closed: AtomicU32::new(0),
-            rd_closed: AtomicU32::new(0),
-        }
-    }
-    #[cfg(loom)]
     pub fn new() -> Self {
         RingFlags {
             reader_waiting: AtomicU32::new(0),
