@@ -82,96 +82,57 @@ fn send_opts(flags: c_int) -> SendOpts {
     }
 }
 
-/// Runs `f` on the caller's iovecs. `None` if one is unusable (the kernel
-/// then reports EFAULT/EINVAL itself).
-///
-/// # Safety
-/// `iov` points to `cnt` iovecs describing writable memory, as for readv.
-unsafe fn with_iov_mut<T>(
-    iov: *const libc::iovec,
-    cnt: c_int,
-    f: impl FnOnce(&mut [IoSliceMut<'_>]) -> T,
-) -> Option<T> {
-    let cnt = usize::try_from(cnt).ok().filter(|&n| n <= 1024)?;
-    if cnt > 0 && iov.is_null() {
-        return None;
-    }
-    let raw = if cnt == 0 {
-        &[][..]
-    } else {
-        // SAFETY: per the caller; cnt > 0 implies non-null.
-        unsafe { std::slice::from_raw_parts(iov, cnt) }
-    };
-    if raw.iter().any(|v| v.iov_base.is_null() && v.iov_len > 0) {
-        return None;
-    }
-    let mk = |v: &libc::iovec| {
-        if v.iov_len == 0 {
-            IoSliceMut::new(&mut [])
-        } else {
-            // SAFETY: per the caller, non-null, iov_len writable bytes.
-            IoSliceMut::new(unsafe {
-                std::slice::from_raw_parts_mut(v.iov_base.cast::<u8>(), v.iov_len)
-            })
+/// Defines a function that runs `f` on the caller's iovecs as std slices;
+/// `None` if one is unusable (the kernel then reports EFAULT/EINVAL
+/// itself). Two instances: readable and writable memory.
+macro_rules! with_iov_fn {
+    ($name:ident, $slice:ident, $from_raw:path, $empty:expr, $($mut_:tt)?) => {
+        /// # Safety
+        /// `iov` points to `cnt` iovecs describing memory valid as for
+        /// readv/writev.
+        unsafe fn $name<T>(iov: *const libc::iovec, cnt: c_int, f: impl FnOnce(&$($mut_)? [$slice<'_>]) -> T) -> Option<T> {
+            let cnt = usize::try_from(cnt).ok().filter(|&n| n <= 1024)?;
+            if cnt > 0 && iov.is_null() {
+                return None;
+            }
+            let raw = if cnt == 0 {
+                &[][..]
+            } else {
+                // SAFETY: per the caller; cnt > 0 implies non-null.
+                unsafe { std::slice::from_raw_parts(iov, cnt) }
+            };
+            if raw.iter().any(|v| v.iov_base.is_null() && v.iov_len > 0) {
+                return None;
+            }
+            let mk = |v: &libc::iovec| {
+                if v.iov_len == 0 {
+                    $slice::new($empty)
+                } else {
+                    // SAFETY: per the caller: non-null, iov_len valid bytes.
+                    $slice::new(unsafe { $from_raw(v.iov_base.cast::<u8>(), v.iov_len) })
+                }
+            };
+            if cnt <= 8 {
+                #[allow(unused_mut)]
+                let mut a: [$slice<'_>; 8] = std::array::from_fn(|i| if i < cnt { mk(&raw[i]) } else { $slice::new($empty) });
+                Some(f(&$($mut_)? a[..cnt]))
+            } else {
+                #[allow(unused_mut)]
+                let mut v: Vec<$slice<'_>> = raw.iter().map(mk).collect();
+                Some(f(&$($mut_)? v))
+            }
         }
     };
-    if cnt <= 8 {
-        let mut a: [IoSliceMut<'_>; 8] = std::array::from_fn(|i| {
-            if i < cnt {
-                mk(&raw[i])
-            } else {
-                IoSliceMut::new(&mut [])
-            }
-        });
-        Some(f(&mut a[..cnt]))
-    } else {
-        let mut v: Vec<IoSliceMut<'_>> = raw.iter().map(mk).collect();
-        Some(f(&mut v))
-    }
 }
 
-/// # Safety
-/// `iov` points to `cnt` iovecs describing readable memory, as for writev.
-unsafe fn with_iov<T>(
-    iov: *const libc::iovec,
-    cnt: c_int,
-    f: impl FnOnce(&[IoSlice<'_>]) -> T,
-) -> Option<T> {
-    let cnt = usize::try_from(cnt).ok().filter(|&n| n <= 1024)?;
-    if cnt > 0 && iov.is_null() {
-        return None;
-    }
-    let raw = if cnt == 0 {
-        &[][..]
-    } else {
-        // SAFETY: per the caller; cnt > 0 implies non-null.
-        unsafe { std::slice::from_raw_parts(iov, cnt) }
-    };
-    if raw.iter().any(|v| v.iov_base.is_null() && v.iov_len > 0) {
-        return None;
-    }
-    let mk = |v: &libc::iovec| {
-        if v.iov_len == 0 {
-            IoSlice::new(&[])
-        } else {
-            // SAFETY: per the caller, non-null, iov_len readable bytes.
-            IoSlice::new(unsafe { std::slice::from_raw_parts(v.iov_base.cast::<u8>(), v.iov_len) })
-        }
-    };
-    if cnt <= 8 {
-        let a: [IoSlice<'_>; 8] = std::array::from_fn(|i| {
-            if i < cnt {
-                mk(&raw[i])
-            } else {
-                IoSlice::new(&[])
-            }
-        });
-        Some(f(&a[..cnt]))
-    } else {
-        let v: Vec<IoSlice<'_>> = raw.iter().map(mk).collect();
-        Some(f(&v))
-    }
-}
+with_iov_fn!(
+    with_iov_mut,
+    IoSliceMut,
+    std::slice::from_raw_parts_mut,
+    &mut [],
+    mut
+);
+with_iov_fn!(with_iov, IoSlice, std::slice::from_raw_parts, &[],);
 
 /// recv on one buffer; `None`: not ours, call the real function.
 ///
