@@ -1,0 +1,254 @@
+/*
+ * idle - CPU cost of waiting on an idle AF_UNIX stream connection.
+ *
+ *   idle server PATH MODE
+ *   idle client PATH MODE SECONDS
+ *
+ * MODE:
+ *   read      the server blocks in read() on the idle connection;
+ *   poll      the server blocks in poll(POLLIN, -1);
+ *   epoll     the server blocks in epoll_wait(EPOLLIN, -1);
+ *   fullring  the server's non-blocking writes fill the socket buffer (or
+ *             ring) until EAGAIN while the client does not read; then the
+ *             server blocks in epoll_wait(EPOLLOUT, -1).
+ *
+ * First both sides exchange a few small messages in both directions, so a
+ * transparent accelerator has finished switching the connection before the
+ * idle period starts.  Then the client stays idle for SECONDS and either
+ * writes one byte (read/poll/epoll) or reads everything until EOF
+ * (fullring), which wakes the server.  The server measures its own CPU time
+ * (getrusage(RUSAGE_SELF), user + system) and the wall time from just before
+ * it starts waiting until it wakes, closes the connection and prints
+ *
+ *   RESULT role=server mode=M cpu_ms=X wall_ms=Y bytes=B ok=1
+ *
+ * ok=1 requires the wake-up to be the expected one (the right byte, or
+ * EPOLLOUT) and the wait to have lasted at least 90% of SECONDS (the client
+ * sends SECONDS in the handshake), so a premature return cannot pass as an
+ * idle wait.  The client prints
+ *
+ *   RESULT role=client mode=M bytes=B ok=1
+ */
+#include "common.h"
+
+#include <poll.h>
+#include <sys/epoll.h>
+#include <sys/resource.h>
+
+enum mode { M_READ, M_POLL, M_EPOLL, M_FULLRING };
+
+static enum mode parse_mode(const char *s)
+{
+    if (strcmp(s, "read") == 0)
+        return M_READ;
+    if (strcmp(s, "poll") == 0)
+        return M_POLL;
+    if (strcmp(s, "epoll") == 0)
+        return M_EPOLL;
+    if (strcmp(s, "fullring") == 0)
+        return M_FULLRING;
+    dief("invalid MODE '%s' (read|poll|epoll|fullring)", s);
+}
+
+static uint64_t cpu_ns(void)
+{
+    struct rusage ru;
+    if (getrusage(RUSAGE_SELF, &ru) != 0)
+        die("getrusage");
+    return (uint64_t)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) * 1000000000ull +
+           (uint64_t)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) * 1000ull;
+}
+
+#define ROUNDS 4
+
+static int do_server(const char *path, enum mode mode)
+{
+    int lfd = listen_unix(path, 0);
+    int fd;
+    for (;;) {
+        fd = accept(lfd, NULL, NULL);
+        if (fd >= 0)
+            break;
+        if (errno == EINTR || errno == ECONNABORTED)
+            continue;
+        die("accept");
+    }
+    xclose(lfd);
+    if (unlink(path) != 0 && errno != ENOENT)
+        die("unlink");
+
+    /* handshake: the client sends its idle time first */
+    unsigned char b8[8];
+    if (read_full(fd, b8, 8) != 8)
+        dief("EOF in handshake");
+    uint64_t idle_ms = get_le64(b8);
+    for (int i = 0; i < ROUNDS; i++) {
+        char b[2];
+        if (read_full(fd, b, 2) != 2 || b[0] != 'h' || b[1] != (char)('0' + i))
+            dief("MISMATCH in handshake");
+        b[0] = 'o';
+        write_all(fd, b, 2);
+    }
+
+    int ok = 0;
+    uint64_t bytes = 0, c0 = 0, t0 = 0;
+    if (mode == M_READ) {
+        c0 = cpu_ns();
+        t0 = now_ns();
+        char c;
+        ssize_t n;
+        do
+            n = read(fd, &c, 1);
+        while (n < 0 && errno == EINTR);
+        if (n < 0)
+            die("read");
+        ok = n == 1 && c == 'w';
+        bytes = n > 0 ? (uint64_t)n : 0;
+    } else if (mode == M_POLL || mode == M_EPOLL) {
+        int ep = -1;
+        if (mode == M_EPOLL) {
+            ep = epoll_create1(0);
+            if (ep < 0)
+                die("epoll_create1");
+            struct epoll_event ev = {.events = EPOLLIN, .data.fd = fd};
+            if (epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev) != 0)
+                die("epoll_ctl");
+        }
+        c0 = cpu_ns();
+        t0 = now_ns();
+        for (;;) {
+            int k;
+            if (mode == M_EPOLL) {
+                struct epoll_event ev;
+                k = epoll_wait(ep, &ev, 1, -1);
+            } else {
+                struct pollfd p = {fd, POLLIN, 0};
+                k = poll(&p, 1, -1);
+            }
+            if (k < 0 && errno == EINTR)
+                continue;
+            if (k < 0)
+                die(mode == M_EPOLL ? "epoll_wait" : "poll");
+            if (k == 0)
+                dief("infinite wait returned 0");
+            break;
+        }
+        char c;
+        ssize_t n = recv(fd, &c, 1, MSG_DONTWAIT);
+        ok = n == 1 && c == 'w';
+        bytes = n > 0 ? (uint64_t)n : 0;
+        if (ep >= 0)
+            xclose(ep);
+    } else {
+        set_nonblock(fd);
+        unsigned char buf[65536];
+        memset(buf, 'f', sizeof buf);
+        for (;;) {
+            ssize_t n = write(fd, buf, sizeof buf);
+            if (n < 0 && errno == EAGAIN)
+                break;
+            if (n < 0 && errno == EINTR)
+                continue;
+            if (n <= 0)
+                die("write");
+            bytes += (uint64_t)n;
+            if (bytes > (8ull << 30))
+                dief("the writer never saw EAGAIN");
+        }
+        int ep = epoll_create1(0);
+        if (ep < 0)
+            die("epoll_create1");
+        struct epoll_event ev = {.events = EPOLLOUT, .data.fd = fd};
+        if (epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev) != 0)
+            die("epoll_ctl");
+        c0 = cpu_ns();
+        t0 = now_ns();
+        for (;;) {
+            int k = epoll_wait(ep, &ev, 1, -1);
+            if (k < 0 && errno == EINTR)
+                continue;
+            if (k < 0)
+                die("epoll_wait");
+            if (k == 0)
+                dief("infinite wait returned 0");
+            break;
+        }
+        ok = (ev.events & EPOLLOUT) != 0;
+        xclose(ep);
+    }
+    uint64_t c1 = cpu_ns(), t1 = now_ns();
+    uint64_t wall_ms = (t1 - t0) / 1000000;
+    if (wall_ms * 10 < idle_ms * 9) {
+        fprintf(stderr, "idle: the wait ended after %" PRIu64 " ms, before the client's %" PRIu64
+                        " ms idle period\n", wall_ms, idle_ms);
+        ok = 0;
+    }
+    xclose(fd);
+    printf("RESULT role=server mode=%s cpu_ms=%.1f wall_ms=%" PRIu64 " bytes=%" PRIu64 " ok=%d\n",
+           mode == M_READ ? "read" : mode == M_POLL ? "poll" : mode == M_EPOLL ? "epoll" : "fullring",
+           (double)(c1 - c0) / 1e6, wall_ms, bytes, ok);
+    return ok ? 0 : 1;
+}
+
+static int do_client(const char *path, enum mode mode, uint64_t secs)
+{
+    int fd = connect_unix(path);
+    unsigned char b8[8];
+    put_le64(b8, secs * 1000);
+    write_all(fd, b8, 8);
+    for (int i = 0; i < ROUNDS; i++) {
+        char b[2] = {'h', (char)('0' + i)};
+        write_all(fd, b, 2);
+        if (read_full(fd, b, 2) != 2 || b[0] != 'o' || b[1] != (char)('0' + i))
+            dief("MISMATCH in handshake");
+    }
+    struct timespec ts = {(time_t)secs, 0};
+    while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
+        ;
+    uint64_t bytes = 0;
+    int ok = 1;
+    if (mode == M_FULLRING) {
+        unsigned char buf[65536];
+        for (;;) {
+            ssize_t n = read(fd, buf, sizeof buf);
+            if (n < 0 && errno == EINTR)
+                continue;
+            if (n < 0)
+                die("read");
+            if (n == 0)
+                break;
+            for (ssize_t i = 0; i < n; i++)
+                if (buf[i] != 'f')
+                    ok = 0;
+            bytes += (uint64_t)n;
+        }
+        if (!ok)
+            fprintf(stderr, "idle: MISMATCH in the filled data\n");
+    } else {
+        write_all(fd, "w", 1);
+        bytes = 1;
+        char c;
+        if (read_full(fd, &c, 1) != 0) /* wait for the server to finish */
+            dief("unexpected data from the server");
+    }
+    xclose(fd);
+    printf("RESULT role=client mode=%s bytes=%" PRIu64 " ok=%d\n",
+           mode == M_READ ? "read" : mode == M_POLL ? "poll" : mode == M_EPOLL ? "epoll" : "fullring",
+           bytes, ok);
+    return ok ? 0 : 1;
+}
+
+int main(int argc, char **argv)
+{
+    set_prog(argv[0]);
+    ignore_sigpipe();
+    if (argc == 4 && strcmp(argv[1], "server") == 0)
+        return do_server(argv[2], parse_mode(argv[3]));
+    if (argc == 5 && strcmp(argv[1], "client") == 0)
+        return do_client(argv[2], parse_mode(argv[3]), parse_size(argv[4], "SECONDS"));
+    fprintf(stderr, "usage: %s server PATH MODE\n"
+                    "       %s client PATH MODE SECONDS\n"
+                    "MODE: read | poll | epoll | fullring\n",
+            g_prog, g_prog);
+    return 1;
+}
