@@ -53,6 +53,8 @@ const BROKEN: u8 = 4;
 const WRITER_NAP_NS: u64 = 100_000_000;
 /// How often a writer polls the socket for a dead peer.
 const LIVENESS_NS: u64 = 20_000_000;
+/// `wr_closed` value of a side that closed with unread data (ECONNRESET).
+const CLOSED_RESET: u32 = 2;
 /// How often a pending client peeks for HELLO from its write path.
 const HELLO_PEEK_NS: u64 = 200_000;
 
@@ -110,8 +112,11 @@ pub struct Conn {
     tx_ring: AtomicBool,
     /// The client attached; its switch waits for the tx lock.
     tx_switch_due: AtomicBool,
-    /// The real socket reported EOF: the peer is gone.
+    /// The peer is gone: EOF or HUP on the socket once its writes run over
+    /// the ring (a live peer then never shuts the socket down for real).
     sock_eof: AtomicBool,
+    /// The peer's ECONNRESET (it closed with our data unread) was reported.
+    reset_taken: AtomicBool,
     shut_rd: AtomicBool,
     shut_wr: AtomicBool,
     /// Our side has been marked closed in the segment.
@@ -181,6 +186,7 @@ impl Conn {
             tx_ring: AtomicBool::new(false),
             tx_switch_due: AtomicBool::new(false),
             sock_eof: AtomicBool::new(false),
+            reset_taken: AtomicBool::new(false),
             shut_rd: AtomicBool::new(false),
             shut_wr: AtomicBool::new(false),
             closed: AtomicBool::new(false),
@@ -495,10 +501,26 @@ impl Conn {
                 BROKEN => return Some(Err(Errno::CONNRESET)),
                 _ => {}
             }
-            if dst.remaining() == 0 {
+            if dst.remaining() == 0 && dst.filled() > 0 {
                 return Some(Ok(dst.filled()));
             }
-            let step = {
+            let step = if dst.remaining() == 0 {
+                // recv(len 0) waits like a read, then returns 0.
+                let mut b = [0u8; 1];
+                let mut probe = [IoSliceMut::new(&mut b)];
+                let mut probe = DstCursor::new(&mut probe);
+                let mut rx = self.lock_rx();
+                self.progress_rx(&mut rx);
+                match self.state.load(Acquire) {
+                    PENDING => Ok(Step::Empty),
+                    PLAIN => continue,
+                    _ => self.rx_step(&mut rx, &mut probe, true),
+                }
+                .map(|s| match s {
+                    Step::Data => Step::Eof,
+                    other => other,
+                })
+            } else {
                 let mut rx = self.lock_rx();
                 self.progress_rx(&mut rx);
                 match self.state.load(Acquire) {
@@ -579,7 +601,11 @@ impl Conn {
                     if rx.limit.is_some() && rx.limit != known {
                         continue;
                     }
-                    self.sock_eof.store(true, Release);
+                    // Before the switch an EOF may be a real SHUT_WR of a
+                    // live peer; after it, only a close (or SHUT_RDWR).
+                    if known.is_some() {
+                        self.sock_eof.store(true, Release);
+                    }
                     return Ok(data_or(dst, Step::Eof));
                 }
                 Ok((_, n)) => n,
@@ -628,9 +654,14 @@ impl Conn {
             if dst.filled() > start || dst.remaining() == 0 {
                 return Ok(Step::Data);
             }
-            if flags.wr_closed.load(Acquire) != 0 || self.shut_rd.load(Acquire) {
+            let wr_closed = flags.wr_closed.load(Acquire);
+            if wr_closed != 0 || self.shut_rd.load(Acquire) {
                 if ring.readable().map_err(|_| self.broken())? > 0 {
                     continue;
+                }
+                // Like the kernel: the error comes once the queue is empty.
+                if wr_closed == CLOSED_RESET && !self.reset_taken.swap(true, AcqRel) {
+                    return Err(Errno::CONNRESET);
                 }
                 return Ok(Step::Eof);
             }
@@ -775,6 +806,9 @@ impl Conn {
 
     /// Why a write must fail now (EPIPE), if it must.
     fn tx_error(&self, ring: &Ring<'_>) -> Option<Errno> {
+        if self.reset_pending() && !self.reset_taken.swap(true, AcqRel) {
+            return Some(Errno::CONNRESET);
+        }
         if self.shut_wr.load(Relaxed)
             || ring.ctrl().flags.rd_closed.load(Acquire) != 0
             || self.sock_eof.load(Relaxed)
@@ -931,11 +965,32 @@ impl Conn {
             return;
         }
         let tx = seg.ring(self.tx_dir());
-        tx.ctrl().flags.wr_closed.store(1, SeqCst);
-        self.data_bell(&tx.ctrl().flags);
         let rx = seg.ring(self.rx_dir());
+        // Closing with unread data resets the peer, as in the kernel.
+        let unread = self.rx_ring.load(Acquire) && rx.readable().map_or(true, |n| n > 0);
+        tx.ctrl()
+            .flags
+            .wr_closed
+            .store(if unread { CLOSED_RESET } else { 1 }, SeqCst);
+        self.data_bell(&tx.ctrl().flags);
         rx.ctrl().flags.rd_closed.store(1, SeqCst);
         self.wake_writers(&rx);
+        // Unread doorbells in our socket would make the kernel reset the
+        // peer on close: stop asking for them, then drain.
+        if self.rx_ring.load(Acquire) {
+            rx.ctrl().flags.reader_waiting.store(0, SeqCst);
+            tx.ctrl().flags.writer_waiting.store(0, SeqCst);
+            self.drain_bells();
+        }
+    }
+
+    /// The peer closed with our data unread and we have not said so yet.
+    fn reset_pending(&self) -> bool {
+        !self.reset_taken.load(Relaxed)
+            && self.rx_ring.load(Relaxed)
+            && self.seg.get().is_some_and(|s| {
+                s.ring(self.rx_dir()).ctrl().flags.wr_closed.load(Acquire) == CLOSED_RESET
+            })
     }
 
     /// A forked child now shares this connection.
@@ -958,7 +1013,12 @@ impl Conn {
     /// must be when [`needs_kernel`](Self::needs_kernel)). `None`: the
     /// connection is plain now; ask the kernel.
     pub fn readiness(&self, kernel: Option<PollFlags>) -> Option<Ready> {
-        let k = kernel.unwrap_or(PollFlags::empty());
+        let mut k = kernel.unwrap_or(PollFlags::empty());
+        let before = (
+            self.state.load(Acquire),
+            self.rx_ring.load(Acquire),
+            self.tx_ring.load(Acquire),
+        );
         if kernel.is_some_and(|k| k.intersects(PollFlags::IN | PollFlags::HUP | PollFlags::ERR))
             && let Ok(mut rx) = self.rx.try_lock()
         {
@@ -970,7 +1030,18 @@ impl Conn {
         if let Ok(mut tx) = self.tx.try_lock() {
             self.progress_tx(&mut tx);
         }
-        match self.state.load(Acquire) {
+        let after = (
+            self.state.load(Acquire),
+            self.rx_ring.load(Acquire),
+            self.tx_ring.load(Acquire),
+        );
+        // Negotiation consumed socket bytes (HELLO) or changed which
+        // directions the kernel speaks for: its earlier view is stale.
+        if kernel.is_some() && before != after && self.needs_kernel() {
+            k = self.kernel_now();
+        }
+        let (state, rx_ring, tx_ring) = after;
+        match state {
             PLAIN => return None,
             BROKEN => {
                 return Some(Ready {
@@ -984,39 +1055,56 @@ impl Conn {
             _ => {}
         }
         let mut r = Ready::default();
-        let eof =
-            self.sock_eof.load(Acquire) || k.contains(PollFlags::HUP) && self.rx_ring.load(Relaxed);
+        let gone = self.sock_eof.load(Acquire) || (rx_ring && k.contains(PollFlags::HUP));
+        let reset = self.reset_pending();
         let seg = self.seg.get();
-        let mut peer_wr_closed = false;
-        let mut peer_rd_closed = false;
-        match (self.rx_ring.load(Acquire), seg) {
+        let shut_rd = self.shut_rd.load(Relaxed);
+        // The kernel's RCV_SHUTDOWN / SEND_SHUTDOWN of our socket.
+        let mut rcv_shut = shut_rd || gone || k.contains(PollFlags::RDHUP);
+        let mut snd_shut = self.shut_wr.load(Relaxed) || gone;
+        match (rx_ring, seg) {
             (true, Some(seg)) => {
                 let ring = seg.ring(self.rx_dir());
-                peer_wr_closed = ring.ctrl().flags.wr_closed.load(Acquire) != 0;
-                r.readable = self.rx_quick_ready(&ring) || eof;
-                r.rdhup = peer_wr_closed || eof;
+                rcv_shut |= ring.ctrl().flags.wr_closed.load(Acquire) != 0;
+                r.readable = self.rx_quick_ready(&ring) || gone || reset;
             }
             _ => {
                 // HELLO still unread (pending client) is not data.
-                let pending = self.state.load(Acquire) == PENDING;
-                r.readable =
-                    k.intersects(PollFlags::IN | PollFlags::HUP | PollFlags::ERR) && !pending;
-                r.rdhup = k.contains(PollFlags::RDHUP);
+                r.readable = state != PENDING
+                    && k.intersects(PollFlags::IN | PollFlags::HUP | PollFlags::ERR);
             }
         }
-        match (self.tx_ring.load(Acquire), seg) {
+        match (tx_ring, seg) {
             (true, Some(seg)) => {
                 let ring = seg.ring(self.tx_dir());
-                peer_rd_closed = ring.ctrl().flags.rd_closed.load(Acquire) != 0;
-                r.writable = self.tx_quick_ready(&ring) || eof;
+                snd_shut |= ring.ctrl().flags.rd_closed.load(Acquire) != 0;
+                r.writable = self.tx_quick_ready(&ring) || gone;
             }
             _ => r.writable = k.contains(PollFlags::OUT),
         }
-        let rcv_shut = self.shut_rd.load(Relaxed) || peer_wr_closed;
-        let snd_shut = self.shut_wr.load(Relaxed) || peer_rd_closed;
-        r.hup = eof || k.contains(PollFlags::HUP) || (rcv_shut && snd_shut);
-        r.err = k.contains(PollFlags::ERR);
+        r.rdhup = rcv_shut;
+        r.hup = k.contains(PollFlags::HUP) || (rcv_shut && snd_shut);
+        // Once both directions run over the ring, a kernel error can only
+        // come from doorbell bytes; the application's errors are emulated.
+        r.err = reset || (k.contains(PollFlags::ERR) && !(rx_ring && tx_ring));
         Some(r)
+    }
+
+    /// The kernel's readiness of the real socket, now.
+    fn kernel_now(&self) -> PollFlags {
+        let sock = self.sock();
+        let mut p = [PollFd::new(
+            &sock,
+            PollFlags::IN | PollFlags::OUT | PollFlags::RDHUP,
+        )];
+        let zero = rustix::time::Timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        match rustix::event::poll(&mut p, Some(&zero)) {
+            Ok(1) => p[0].revents(),
+            _ => PollFlags::empty(),
+        }
     }
 
     /// Ring-only readiness for spinning (atomics, no syscalls). False when

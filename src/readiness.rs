@@ -132,6 +132,7 @@ pub fn poll<L: Lookup>(
     let dl = deadline(timeout_ms);
     let spin_end = sys::now_ns() + config::spin_ns();
     let mut k: Vec<libc::pollfd> = fds.to_vec();
+    let mut trust_ring = true;
     loop {
         // Look: one zero-timeout kernel poll, ring state for accelerated fds.
         for (kp, (p, c)) in k.iter_mut().zip(fds.iter().zip(&conns)) {
@@ -173,9 +174,10 @@ pub fn poll<L: Lookup>(
                 })
             })
         };
-        // Spin on the rings before paying for a sleep and a wake-up.
+        // Spin on the rings before paying for a sleep and a wake-up (but
+        // not again if the last spin's promise was not confirmed above).
         let mut spun = false;
-        while sys::now_ns() < spin_end {
+        while trust_ring && sys::now_ns() < spin_end {
             if ring_ready(&conns) {
                 spun = true;
                 break;
@@ -185,6 +187,7 @@ pub fn poll<L: Lookup>(
             }
         }
         if spun {
+            trust_ring = false;
             continue;
         }
         // Arm doorbells, re-check, sleep.
@@ -205,9 +208,11 @@ pub fn poll<L: Lookup>(
                 }
             }
         }
-        if ring_ready(&conns) {
+        if trust_ring && ring_ready(&conns) {
+            trust_ring = false;
             continue;
         }
+        trust_ring = true;
         sys::ppoll(&mut k, nap, mask)?;
     }
 }
@@ -497,8 +502,10 @@ impl<R: Deref<Target = Conn> + Clone> EpollSet<R> {
         let spin_end = sys::now_ns() + config::spin_ns();
         // The first look never sleeps.
         let mut t = 0;
+        // Set when the ring-only check promised an event the full scan did
+        // not confirm; then we stop trusting it and sleep.
+        let mut trust_dry = true;
         loop {
-            let slept = t != 0;
             // Kernel first (plain fds, our cookie), then one scan of the
             // watches: each watch is reported at most once per call.
             let k = real_wait(out, t)?;
@@ -521,24 +528,27 @@ impl<R: Deref<Target = Conn> + Clone> EpollSet<R> {
             if n < out.len() {
                 n += self.scan(lk, &mut out[n..], &hits);
             }
-            if n > 0 || timeout_ms == 0 || (slept && remaining_ms(dl) == 0) {
+            if n > 0 || timeout_ms == 0 || remaining_ms(dl) == 0 {
                 return Ok(n);
             }
             // Spin on the rings (no syscalls), then arm doorbells and sleep.
             let mut ready = false;
-            while !ready && sys::now_ns() < spin_end {
+            while trust_dry && !ready && sys::now_ns() < spin_end {
                 ready = self.dry_ready();
                 core::hint::spin_loop();
             }
             if ready {
                 t = 0;
+                trust_dry = false;
                 continue;
             }
             let nap_cap = self.arm();
-            if self.dry_ready() {
+            if trust_dry && self.dry_ready() {
                 t = 0;
+                trust_dry = false;
                 continue;
             }
+            trust_dry = true;
             t = remaining_ms(dl);
             if t == 0 {
                 return Ok(0);
@@ -615,22 +625,23 @@ impl<R: Deref<Target = Conn> + Clone> EpollSet<R> {
         n
     }
 
-    /// Whether some watch would report now, from ring state alone.
+    /// Whether some watch would report now, from ring state alone
+    /// (edge-triggered ones only on a new edge in a direction they want).
     fn dry_ready(&self) -> bool {
         let ws = self.lock();
         ws.iter().any(|w| {
-            if w.disabled
-                || !w
-                    .conn
-                    .quick_ready(w.events & EPOLLIN != 0, w.events & EPOLLOUT != 0)
-            {
+            if w.disabled {
                 return false;
             }
-            // Edge-triggered watches only count if there is a new edge.
-            w.events & EPOLLET == 0 || {
-                let (i, o) = w.conn.progress_counters();
-                i.wrapping_add(w.k_in) != w.last_in || o.wrapping_add(w.k_out) != w.last_out
-            }
+            let (want_in, want_out) = (w.events & EPOLLIN != 0, w.events & EPOLLOUT != 0);
+            let (i, o) = w.conn.progress_counters();
+            let et = w.events & EPOLLET != 0;
+            (want_in
+                && w.conn.quick_ready(true, false)
+                && (!et || i.wrapping_add(w.k_in) != w.last_in))
+                || (want_out
+                    && w.conn.quick_ready(false, true)
+                    && (!et || o.wrapping_add(w.k_out) != w.last_out))
         })
     }
 

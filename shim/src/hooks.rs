@@ -523,8 +523,12 @@ pub unsafe extern "C" fn shutdown(fd: c_int, how: c_int) -> c_int {
 /// libc contract.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn read(fd: c_int, buf: *mut c_void, n: size_t) -> ssize_t {
-    // SAFETY: the caller's buffer.
-    if let Some(r) = unsafe { recv_one(fd, buf, n, 0) } {
+    // read(2) of 0 bytes returns 0 at once on a socket (recv(2) waits):
+    // the kernel answers that one.
+    if n > 0
+        // SAFETY: the caller's buffer.
+        && let Some(r) = unsafe { recv_one(fd, buf, n, 0) }
+    {
         return r;
     }
     // SAFETY: passthrough.
@@ -541,6 +545,7 @@ pub unsafe extern "C" fn __read_chk(
     buflen: size_t,
 ) -> ssize_t {
     if n <= buflen
+        && n > 0
         // SAFETY: the caller's buffer, n <= its size.
         && let Some(r) = unsafe { recv_one(fd, buf, n, 0) }
     {
@@ -656,7 +661,10 @@ pub unsafe extern "C" fn __recvfrom_chk(
 /// libc contract.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn readv(fd: c_int, iov: *const libc::iovec, cnt: c_int) -> ssize_t {
-    if let Some(c) = accel(fd)
+    // SAFETY: the caller's iovecs (only lengths are read).
+    let empty = unsafe { with_iov(iov, cnt, |b| b.iter().all(|s| s.is_empty())) }.unwrap_or(true);
+    if !empty
+        && let Some(c) = accel(fd)
         // SAFETY: the caller's iovecs.
         && let Some(Some(r)) = unsafe { with_iov_mut(iov, cnt, |b| c.recv(b, RecvOpts::default())) }
     {
