@@ -233,7 +233,10 @@ impl Proc {
         let t = Instant::now();
         let mut last = (usize::MAX, usize::MAX);
         while t.elapsed() < Duration::from_millis(500) {
-            let cur = (self.out.lock().unwrap().len(), self.err.lock().unwrap().len());
+            let cur = (
+                self.out.lock().unwrap().len(),
+                self.err.lock().unwrap().len(),
+            );
             if cur == last {
                 break;
             }
@@ -326,7 +329,10 @@ fn wait_all(ps: &mut [&mut Proc], timeout: Duration, what: &str) {
             p.kill();
         }
         let r: Vec<&Proc> = ps.iter().map(|p| &**p).collect();
-        panic!("{what}: {late:?} did not exit within {timeout:?}\n{}", reports(&r));
+        panic!(
+            "{what}: {late:?} did not exit within {timeout:?}\n{}",
+            reports(&r)
+        );
     }
 }
 
@@ -363,8 +369,7 @@ fn run_pair(server: &Spec, sock: &str, client: &Spec, timeout: Duration) -> (Pro
 
 fn result_ok(p: &Proc) -> bool {
     p.success()
-        && p
-            .stdout()
+        && p.stdout()
             .lines()
             .any(|l| l.starts_with("RESULT ") && l.split_whitespace().any(|w| w == "ok=1"))
 }
@@ -568,7 +573,12 @@ fn both_sides_accelerated() {
     let (s, c) = run_pair(
         &Spec::app("pingpong server", "pingpong", &["server", &sock]).preload(true),
         &sock,
-        &Spec::app("pingpong client", "pingpong", &["client", &sock, "64", "2000"]).preload(true),
+        &Spec::app(
+            "pingpong client",
+            "pingpong",
+            &["client", &sock, "64", "2000"],
+        )
+        .preload(true),
         T60,
     );
     assert_ok(&[&s, &c]);
@@ -629,8 +639,12 @@ fn statically_linked_peer() {
     let (s, c) = run_pair(
         &Spec::app("pingpong server", "pingpong", &["server", &sock]).preload(true),
         &sock,
-        &Spec::app("pingpong_static client", "pingpong_static", &["client", &sock, "64", "2000"])
-            .preload(true),
+        &Spec::app(
+            "pingpong_static client",
+            "pingpong_static",
+            &["client", &sock, "64", "2000"],
+        )
+        .preload(true),
         T60,
     );
     let all = [&s, &c];
@@ -647,9 +661,19 @@ fn statically_linked_peer() {
     // Static server, preloaded dynamic client.
     let sock = d.sock("b");
     let (s, c) = run_pair(
-        &Spec::app("pingpong_static server", "pingpong_static", &["server", &sock]).preload(true),
+        &Spec::app(
+            "pingpong_static server",
+            "pingpong_static",
+            &["server", &sock],
+        )
+        .preload(true),
         &sock,
-        &Spec::app("pingpong client", "pingpong", &["client", &sock, "64", "2000"]).preload(true),
+        &Spec::app(
+            "pingpong client",
+            "pingpong",
+            &["client", &sock, "64", "2000"],
+        )
+        .preload(true),
         T60,
     );
     let all = [&s, &c];
@@ -678,14 +702,24 @@ fn kill9_mid_stream() {
     let d = TempDir::new("kill9");
     for kill_server in [true, false] {
         let sock = d.sock(if kill_server { "ks" } else { "kc" });
-        let mut s = Proc::spawn(&Spec::app("stream server", "stream", &["server", &sock]).preload(true));
+        let mut s =
+            Proc::spawn(&Spec::app("stream server", "stream", &["server", &sock]).preload(true));
         wait_for_path(Path::new(&sock), &mut s);
         let mut c = Proc::spawn(
-            &Spec::app("stream client", "stream", &["client", &sock, "65536", "100g"]).preload(true),
+            &Spec::app(
+                "stream client",
+                "stream",
+                &["client", &sock, "65536", "100g"],
+            )
+            .preload(true),
         );
         let acc = wait_for_log(&mut s, "accelerated", Duration::from_secs(10))
             && wait_for_log(&mut c, "accelerated", Duration::from_secs(10));
-        assert!(acc, "the connection was not accelerated\n{}", reports(&[&s, &c]));
+        assert!(
+            acc,
+            "the connection was not accelerated\n{}",
+            reports(&[&s, &c])
+        );
         thread::sleep(Duration::from_millis(500));
         assert!(
             !s.poll() && !c.poll(),
@@ -751,7 +785,11 @@ fn hundred_connections() {
         reports(&[&s, &c])
     );
     let ids = shmids_of(&[&s, &c]);
-    assert!(ids.len() >= 100, "only {} distinct shmids logged", ids.len());
+    assert!(
+        ids.len() >= 100,
+        "only {} distinct shmids logged",
+        ids.len()
+    );
 }
 
 #[test]
@@ -846,7 +884,12 @@ fn idle_cpu() {
             failures.push(format!("mode {m}: not accelerated\n{}", reports(&all)));
             continue;
         }
-        let line = s.stdout().lines().find(|l| l.starts_with("RESULT ")).unwrap().to_string();
+        let line = s
+            .stdout()
+            .lines()
+            .find(|l| l.starts_with("RESULT "))
+            .unwrap()
+            .to_string();
         let cpu: f64 = line
             .split_whitespace()
             .find_map(|w| w.strip_prefix("cpu_ms="))
@@ -961,16 +1004,26 @@ fn socat_transfer() {
     let inp = input.to_string_lossy().into_owned();
     for server_sends in [false, true] {
         let sock = d.sock(if server_sends { "r" } else { "f" });
-        let out = d.path(if server_sends { "out-r.bin" } else { "out-f.bin" });
+        let out = d.path(if server_sends {
+            "out-r.bin"
+        } else {
+            "out-f.bin"
+        });
         let outp = out.to_string_lossy().into_owned();
         let listen = format!("UNIX-LISTEN:{sock}");
         let connect = format!("UNIX-CONNECT:{sock}");
         let fin = format!("FILE:{inp}");
         let fout = format!("FILE:{outp},create");
         let (sargs, cargs) = if server_sends {
-            ([fin.as_str(), listen.as_str()], [connect.as_str(), fout.as_str()])
+            (
+                [fin.as_str(), listen.as_str()],
+                [connect.as_str(), fout.as_str()],
+            )
         } else {
-            ([listen.as_str(), fout.as_str()], [fin.as_str(), connect.as_str()])
+            (
+                [listen.as_str(), fout.as_str()],
+                [fin.as_str(), connect.as_str()],
+            )
         };
         let mut sa = vec!["-u"];
         sa.extend(sargs);
@@ -1012,5 +1065,8 @@ fn socat_transfer() {
 fn diff_helper_lists_changes() {
     let d = line_diff("a\nb\nc\n", "a\nB\nc\n", "x", "y");
     assert!(d.contains("-b\n") && d.contains("+B\n"), "{d}");
-    assert_eq!(shmids_in("fd 3: offered shmid 12 (x)\nshmid 7, rings"), [7, 12].into());
+    assert_eq!(
+        shmids_in("fd 3: offered shmid 12 (x)\nshmid 7, rings"),
+        [7, 12].into()
+    );
 }
