@@ -1208,7 +1208,7 @@ fn spin_until(mut ready: impl FnMut() -> bool) -> bool {
             if ready() {
                 return true;
             }
-            backoff.spin();
+            backoff.snooze();
         }
         if sys::now_ns() - start >= budget {
             return false;

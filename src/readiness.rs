@@ -177,14 +177,14 @@ pub fn poll<L: Lookup>(
         // Spin on the rings before paying for a sleep and a wake-up (but
         // not again if the last spin's promise was not confirmed above).
         let mut spun = false;
+        // Spin, then yield: a peer sharing our core must get to run.
+        let backoff = crossbeam_utils::Backoff::new();
         while trust_ring && sys::now_ns() < spin_end {
             if ring_ready(&conns) {
                 spun = true;
                 break;
             }
-            for _ in 0..64 {
-                core::hint::spin_loop();
-            }
+            backoff.snooze();
         }
         if spun {
             trust_ring = false;
@@ -533,9 +533,10 @@ impl<R: Deref<Target = Conn> + Clone> EpollSet<R> {
             }
             // Spin on the rings (no syscalls), then arm doorbells and sleep.
             let mut ready = false;
+            let backoff = crossbeam_utils::Backoff::new();
             while trust_dry && !ready && sys::now_ns() < spin_end {
                 ready = self.dry_ready();
-                core::hint::spin_loop();
+                backoff.snooze();
             }
             if ready {
                 t = 0;
