@@ -20,6 +20,16 @@
  *   RESULT kind=pipe|file size=S bytes=B secs=T gbps=X ok=1
  */
 #include "common.h"
+#include <sched.h>
+
+static void pin_cpu(int cpu)
+{
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    CPU_SET(cpu, &set);
+    if (sched_setaffinity(0, sizeof set, &set) != 0)
+        die("sched_setaffinity");
+}
 
 #include <sys/wait.h>
 
@@ -90,9 +100,18 @@ int main(int argc, char **argv)
             die("pipe");
         fflush(stdout);
         t0 = now_ns();
+        /* PIPEFILE_PIN=same: both ends on CPU 0; =split: reader on CPU 0,
+         * writer on CPU 1. Unpinned, scheduler placement and cross-CPU
+         * wake-ups move pipe throughput by +-20% between identical runs,
+         * which hides any small overhead. */
+        const char *pin_env = getenv("PIPEFILE_PIN");
+        int pin = pin_env != NULL;
+        int split = pin && strcmp(pin_env, "split") == 0;
         pid_t pid = fork();
         if (pid < 0)
             die("fork");
+        if (pin)
+            pin_cpu(split && pid == 0 ? 1 : 0);
         if (pid == 0) {
             if (close(p[0]) != 0)
                 die("close");
