@@ -20,6 +20,7 @@ use crate::layout::{CLIENT_ATTACHED, Dir, RingFlags};
 use crate::protocol;
 use crate::ring::{DstCursor, Ring, SrcCursor};
 use crate::segment::Segment;
+use crate::side::{ShmGuard, Side, SideBlock};
 use crate::sync::Ordering::{AcqRel, Acquire, Relaxed, Release, SeqCst};
 use crate::sync::fence;
 use crate::sys;
@@ -29,8 +30,9 @@ use rustix::fd::{BorrowedFd, RawFd};
 use rustix::io::Errno;
 use rustix::net::{RecvFlags, SendFlags};
 use std::io::{IoSlice, IoSliceMut};
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64};
-use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::ops::{Deref, DerefMut};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU32, AtomicU64};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Role {
@@ -99,28 +101,14 @@ struct TxState {
 }
 
 pub struct Conn {
+    /// The descriptor the connection was made on (for log lines only).
     fd: RawFd,
     role: Role,
-    state: AtomicU8,
-    nonblock: AtomicBool,
+    /// Shared by every process of our side (fork), never by the peer.
+    side: Side,
+    /// This process's mapping of the segment, attached lazily when another
+    /// process of our side did the attaching.
     seg: OnceLock<Segment>,
-    rx: Mutex<RxState>,
-    tx: Mutex<TxState>,
-    /// All plain bytes of the incoming direction consumed: ring phase.
-    rx_ring: AtomicBool,
-    /// Our writes go to the ring.
-    tx_ring: AtomicBool,
-    /// The client attached; its switch waits for the tx lock.
-    tx_switch_due: AtomicBool,
-    /// The peer is gone: EOF or HUP on the socket once its writes run over
-    /// the ring (a live peer then never shuts the socket down for real).
-    sock_eof: AtomicBool,
-    /// The peer's ECONNRESET (it closed with our data unread) was reported.
-    reset_taken: AtomicBool,
-    shut_rd: AtomicBool,
-    shut_wr: AtomicBool,
-    /// Our side has been marked closed in the segment.
-    closed: AtomicBool,
     next_hello_peek: AtomicU64,
     next_live_check: AtomicU64,
     /// Writes since the last liveness look (the clock is read every 64).
@@ -128,6 +116,66 @@ pub struct Conn {
     /// Cached remote indices: the tx ring's tail, the rx ring's head.
     tx_tail_cache: AtomicU64,
     rx_head_cache: AtomicU64,
+    /// Descriptors of this process naming the connection (dup and friends).
+    aliases: AtomicU32,
+}
+
+/// The rx lock held, with the plain-phase counters loaded; written back to
+/// the shared block on drop.
+struct RxGuard<'a> {
+    _lock: ShmGuard<'a>,
+    block: &'a SideBlock,
+    st: RxState,
+}
+
+impl Deref for RxGuard<'_> {
+    type Target = RxState;
+    fn deref(&self) -> &RxState {
+        &self.st
+    }
+}
+
+impl DerefMut for RxGuard<'_> {
+    fn deref_mut(&mut self) -> &mut RxState {
+        &mut self.st
+    }
+}
+
+impl Drop for RxGuard<'_> {
+    fn drop(&mut self) {
+        self.block.plain_read.store(self.st.plain_read, Relaxed);
+        self.block
+            .limit_plus1
+            .store(self.st.limit.map_or(0, |l| l + 1), Relaxed);
+    }
+}
+
+/// The tx lock held, with the plain byte count loaded.
+struct TxGuard<'a> {
+    _lock: ShmGuard<'a>,
+    block: &'a SideBlock,
+    st: TxState,
+}
+
+impl Deref for TxGuard<'_> {
+    type Target = TxState;
+    fn deref(&self) -> &TxState {
+        &self.st
+    }
+}
+
+impl DerefMut for TxGuard<'_> {
+    fn deref_mut(&mut self) -> &mut TxState {
+        &mut self.st
+    }
+}
+
+impl Drop for TxGuard<'_> {
+    fn drop(&mut self) {
+        self.block
+            .plain_written
+            .store(self.st.plain_written, Relaxed);
+    }
 }
 
 /// What one non-blocking pass over the incoming direction found.
@@ -138,8 +186,9 @@ enum Step {
 }
 
 impl Conn {
-    /// A client socket that connected with the marker bound; HELLO may follow.
-    pub fn client(fd: RawFd, nonblock: bool) -> Conn {
+    /// A client socket that connected with the marker bound; HELLO may
+    /// follow. Errors only if the side block cannot be made (then stay plain).
+    pub fn client(fd: RawFd, nonblock: bool) -> Result<Conn, String> {
         Self::new(fd, Role::Client, PENDING, nonblock)
     }
 
@@ -150,11 +199,11 @@ impl Conn {
         let cap = config::ring_size();
         let me = rustix::process::geteuid().as_raw();
         let grant = (peer_uid != me).then_some(peer_uid);
+        let c = Self::new(fd, Role::Server, OFFERED, nonblock)?;
         let (seg, hello) =
             Segment::create(cap, cap, grant).map_err(|e| format!("cannot create segment: {e}"))?;
-        let c = Self::new(fd, Role::Server, OFFERED, nonblock);
         match rustix::net::send(
-            c.sock(),
+            sock(fd),
             &hello.encode(),
             SendFlags::DONTWAIT | SendFlags::NOSIGNAL,
         ) {
@@ -163,6 +212,7 @@ impl Conn {
             Ok(n) => return Err(format!("HELLO send was short ({n} bytes)")),
             Err(e) => return Err(format!("cannot send HELLO: {e}")),
         }
+        c.remember_segment(&hello);
         let _ = c.seg.set(seg);
         crate::log!(
             crate::log::DEBUG,
@@ -173,28 +223,75 @@ impl Conn {
         Ok(c)
     }
 
-    fn new(fd: RawFd, role: Role, state: u8, nonblock: bool) -> Conn {
-        Conn {
+    fn new(fd: RawFd, role: Role, state: u8, nonblock: bool) -> Result<Conn, String> {
+        let side = Side::new().map_err(|e| format!("cannot map side state: {e}"))?;
+        side.block().state.store(state, Release);
+        side.block().nonblock.store(nonblock, Release);
+        Ok(Conn {
             fd,
             role,
-            state: AtomicU8::new(state),
-            nonblock: AtomicBool::new(nonblock),
+            side,
             seg: OnceLock::new(),
-            rx: Mutex::new(RxState::default()),
-            tx: Mutex::new(TxState::default()),
-            rx_ring: AtomicBool::new(false),
-            tx_ring: AtomicBool::new(false),
-            tx_switch_due: AtomicBool::new(false),
-            sock_eof: AtomicBool::new(false),
-            reset_taken: AtomicBool::new(false),
-            shut_rd: AtomicBool::new(false),
-            shut_wr: AtomicBool::new(false),
-            closed: AtomicBool::new(false),
             next_hello_peek: AtomicU64::new(0),
             next_live_check: AtomicU64::new(0),
             tx_ops: AtomicU32::new(0),
             tx_tail_cache: AtomicU64::new(0),
             rx_head_cache: AtomicU64::new(0),
+            aliases: AtomicU32::new(1),
+        })
+    }
+
+    fn sb(&self) -> &SideBlock {
+        self.side.block()
+    }
+
+    /// Stores where the segment is, for the other processes of our side.
+    fn remember_segment(&self, h: &wire::Hello) {
+        let b = self.sb();
+        b.seg_shmid.store(h.shmid as u64, Relaxed);
+        b.seg_nonce.store(h.nonce, Relaxed);
+        b.seg_caps
+            .store(u64::from(h.cap_c2s) << 32 | u64::from(h.cap_s2c), Release);
+    }
+
+    /// This process's mapping of the segment, attaching it if another
+    /// process of our side made or attached it.
+    fn seg(&self) -> Option<&Segment> {
+        if let Some(s) = self.seg.get() {
+            return Some(s);
+        }
+        if !matches!(self.sb().state.load(Acquire), OFFERED | ATTACHED) {
+            return None;
+        }
+        let b = self.sb();
+        let caps = b.seg_caps.load(Acquire);
+        if caps == 0 {
+            return None;
+        }
+        let h = wire::Hello {
+            version: wire::PROTO_VERSION,
+            hdr_size: crate::layout::HDR_SIZE as u32,
+            shmid: b.seg_shmid.load(Relaxed) as i32,
+            cap_c2s: (caps >> 32) as u32,
+            cap_s2c: caps as u32,
+            nonce: b.seg_nonce.load(Relaxed),
+        };
+        let me = rustix::process::geteuid().as_raw();
+        match Segment::attach(&h, me) {
+            Ok(s) => {
+                let _ = self.seg.set(s);
+                self.seg.get()
+            }
+            Err(e) => {
+                crate::log!(
+                    crate::log::INFO,
+                    "fd {}: cannot attach segment {}: {e}",
+                    self.fd,
+                    h.shmid
+                );
+                self.sb().state.store(BROKEN, Release);
+                None
+            }
         }
     }
 
@@ -209,30 +306,24 @@ impl Conn {
     /// No longer accelerated: the caller should forget this connection and
     /// pass every call to the kernel.
     pub fn is_plain(&self) -> bool {
-        self.state.load(Acquire) == PLAIN
+        self.sb().state.load(Acquire) == PLAIN
     }
 
     /// Both directions run over the ring.
     pub fn is_accelerated(&self) -> bool {
-        self.rx_ring.load(Acquire) && self.tx_ring.load(Acquire)
+        self.sb().rx_ring.load(Acquire) && self.sb().tx_ring.load(Acquire)
     }
 
     pub fn set_nonblocking(&self, on: bool) {
-        self.nonblock.store(on, Relaxed);
+        self.sb().nonblock.store(on, Relaxed);
     }
 
     pub fn nonblocking(&self) -> bool {
-        self.nonblock.load(Relaxed)
+        self.sb().nonblock.load(Relaxed)
     }
 
     pub fn shmid(&self) -> Option<i32> {
-        self.seg.get().map(Segment::shmid)
-    }
-
-    fn sock(&self) -> BorrowedFd<'_> {
-        // SAFETY: the fd stays open while this Conn is reachable: the shim
-        // unregisters it before the real close.
-        unsafe { BorrowedFd::borrow_raw(self.fd) }
+        self.seg().map(Segment::shmid)
     }
 
     fn rx_dir(&self) -> Dir {
@@ -249,28 +340,53 @@ impl Conn {
         }
     }
 
-    fn side(&self) -> usize {
-        match self.role {
-            Role::Client => 0,
-            Role::Server => 1,
+    fn rx_guard<'a>(&'a self, lock: ShmGuard<'a>) -> RxGuard<'a> {
+        let b = self.sb();
+        let l = b.limit_plus1.load(Relaxed);
+        RxGuard {
+            _lock: lock,
+            block: b,
+            st: RxState {
+                plain_read: b.plain_read.load(Relaxed),
+                limit: l.checked_sub(1),
+            },
         }
     }
 
-    fn lock_rx(&self) -> MutexGuard<'_, RxState> {
-        self.rx.lock().unwrap_or_else(|p| p.into_inner())
+    fn tx_guard<'a>(&'a self, lock: ShmGuard<'a>) -> TxGuard<'a> {
+        let b = self.sb();
+        TxGuard {
+            _lock: lock,
+            block: b,
+            st: TxState {
+                plain_written: b.plain_written.load(Relaxed),
+            },
+        }
     }
 
-    fn lock_tx(&self) -> MutexGuard<'_, TxState> {
-        self.tx.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock_rx(&self) -> RxGuard<'_> {
+        self.rx_guard(self.sb().rx_lock.lock())
+    }
+
+    fn lock_tx(&self) -> TxGuard<'_> {
+        self.tx_guard(self.sb().tx_lock.lock())
+    }
+
+    fn try_lock_rx(&self) -> Option<RxGuard<'_>> {
+        self.sb().rx_lock.try_lock().map(|g| self.rx_guard(g))
+    }
+
+    fn try_lock_tx(&self) -> Option<TxGuard<'_>> {
+        self.sb().tx_lock.try_lock().map(|g| self.tx_guard(g))
     }
 
     fn go_plain(&self, why: core::fmt::Arguments<'_>) {
-        self.state.store(PLAIN, Release);
+        self.sb().state.store(PLAIN, Release);
         crate::log!(crate::log::INFO, "fd {}: plain: {}", self.fd, why);
     }
 
     fn broken(&self) -> Errno {
-        if self.state.swap(BROKEN, AcqRel) != BROKEN {
+        if self.sb().state.swap(BROKEN, AcqRel) != BROKEN {
             crate::log!(
                 crate::log::INFO,
                 "fd {}: shared segment corrupted by the peer; connection reset",
@@ -283,17 +399,16 @@ impl Conn {
     // ---------------------------------------------------------------- negotiation
 
     /// Client, rx lock held: looks at the first bytes from the server.
-    fn resolve_hello(&self, rx: &mut RxState) {
-        if self.state.load(Acquire) != PENDING {
+    fn resolve_hello(&self, fd: RawFd, rx: &mut RxState) {
+        if self.sb().state.load(Acquire) != PENDING {
             return;
         }
         let mut buf = [0u8; HELLO_LEN];
-        let n =
-            match rustix::net::recv(self.sock(), &mut buf, RecvFlags::PEEK | RecvFlags::DONTWAIT) {
-                Ok((_, n)) => n,
-                Err(Errno::AGAIN | Errno::INTR) => return,
-                Err(e) => return self.go_plain(format_args!("socket error before HELLO: {e}")),
-            };
+        let n = match rustix::net::recv(sock(fd), &mut buf, RecvFlags::PEEK | RecvFlags::DONTWAIT) {
+            Ok((_, n)) => n,
+            Err(Errno::AGAIN | Errno::INTR) => return,
+            Err(e) => return self.go_plain(format_args!("socket error before HELLO: {e}")),
+        };
         if n == 0 {
             return self.go_plain(format_args!("peer closed before offering"));
         }
@@ -306,10 +421,10 @@ impl Conn {
             FirstBytes::Hello(h) => h,
         };
         // HELLO is not application data whatever happens next: consume it.
-        match rustix::net::recv(self.sock(), &mut buf, RecvFlags::DONTWAIT) {
+        match rustix::net::recv(sock(fd), &mut buf, RecvFlags::DONTWAIT) {
             Ok((_, HELLO_LEN)) => {}
             _ => {
-                self.state.store(BROKEN, Release);
+                self.sb().state.store(BROKEN, Release);
                 return;
             }
         }
@@ -317,7 +432,7 @@ impl Conn {
             Ok(h) => h,
             Err(e) => return self.go_plain(format_args!("invalid HELLO ({e})")),
         };
-        if self.shut_wr.load(Acquire) {
+        if self.sb().shut_wr.load(Acquire) {
             return self.go_plain(format_args!("already shut down for writing"));
         }
         let me = rustix::process::geteuid().as_raw();
@@ -327,12 +442,13 @@ impl Conn {
                 return self.go_plain(format_args!("cannot use segment {}: {e}", hello.shmid));
             }
         };
+        self.remember_segment(&hello);
         let _ = self.seg.set(seg);
         rx.plain_read = 0;
-        self.state.store(ATTACHED, Release);
-        self.tx_switch_due.store(true, Release);
-        if let Ok(mut tx) = self.tx.try_lock() {
-            self.progress_tx(&mut tx);
+        self.sb().state.store(ATTACHED, Release);
+        self.sb().tx_switch_due.store(true, Release);
+        if let Some(mut tx) = self.try_lock_tx() {
+            self.progress_tx(fd, &mut tx);
         }
         crate::log!(
             crate::log::INFO,
@@ -345,14 +461,14 @@ impl Conn {
     }
 
     /// Tx lock held: switches our writes to the ring once allowed.
-    fn progress_tx(&self, tx: &mut TxState) {
-        if self.tx_ring.load(Relaxed) || self.shut_wr.load(Relaxed) {
+    fn progress_tx(&self, fd: RawFd, tx: &mut TxState) {
+        if self.sb().tx_ring.load(Relaxed) || self.sb().shut_wr.load(Relaxed) {
             return;
         }
-        let Some(seg) = self.seg.get() else { return };
+        let Some(seg) = self.seg() else { return };
         match self.role {
             Role::Client => {
-                if !self.tx_switch_due.load(Acquire) {
+                if !self.sb().tx_switch_due.load(Acquire) {
                     return;
                 }
             }
@@ -361,6 +477,7 @@ impl Conn {
                     return;
                 }
                 if self
+                    .sb()
                     .state
                     .compare_exchange(OFFERED, ATTACHED, AcqRel, Relaxed)
                     .is_ok()
@@ -380,40 +497,40 @@ impl Conn {
         if self.role == Role::Client {
             seg.header().client_state.store(CLIENT_ATTACHED, SeqCst);
         }
-        self.tx_ring.store(true, Release);
+        self.sb().tx_ring.store(true, Release);
         // Wakes a reader sleeping on the socket so it sees the switch.
-        self.bell();
+        self.bell(fd);
     }
 
     /// Rx lock held: enters the ring phase once every plain byte is read.
-    fn progress_rx(&self, rx: &mut RxState) {
-        if self.rx_ring.load(Relaxed) {
+    fn progress_rx(&self, fd: RawFd, rx: &mut RxState) {
+        if self.sb().rx_ring.load(Relaxed) {
             return;
         }
-        if self.role == Role::Client && self.state.load(Acquire) == PENDING {
-            self.resolve_hello(rx);
+        if self.role == Role::Client && self.sb().state.load(Acquire) == PENDING {
+            self.resolve_hello(fd, rx);
         }
-        let Some(seg) = self.seg.get() else { return };
+        let Some(seg) = self.seg() else { return };
         if rx.limit.is_none() {
             rx.limit = protocol::switch_point(&seg.ring(self.rx_dir()).ctrl().flags);
         }
         if rx.limit == Some(rx.plain_read) {
-            self.rx_ring.store(true, Release);
+            self.sb().rx_ring.store(true, Release);
             // The server switches its writes before reading the ring, so
             // that space doorbells have a switched socket to travel on.
-            if let Ok(mut tx) = self.tx.try_lock() {
-                self.progress_tx(&mut tx);
+            if let Some(mut tx) = self.try_lock_tx() {
+                self.progress_tx(fd, &mut tx);
             }
         }
     }
 
     /// Runs whatever negotiation step is due, without blocking.
-    pub fn progress(&self) {
-        if let Ok(mut rx) = self.rx.try_lock() {
-            self.progress_rx(&mut rx);
+    pub fn progress(&self, fd: RawFd) {
+        if let Some(mut rx) = self.try_lock_rx() {
+            self.progress_rx(fd, &mut rx);
         }
-        if let Ok(mut tx) = self.tx.try_lock() {
-            self.progress_tx(&mut tx);
+        if let Some(mut tx) = self.try_lock_tx() {
+            self.progress_tx(fd, &mut tx);
         }
     }
 
@@ -421,25 +538,21 @@ impl Conn {
 
     /// One control byte to the peer; only once our direction is switched, so
     /// it can never land in the application's stream.
-    fn bell(&self) {
-        if self.tx_ring.load(Acquire) {
-            let _ = rustix::net::send(
-                self.sock(),
-                &[0u8],
-                SendFlags::DONTWAIT | SendFlags::NOSIGNAL,
-            );
+    fn bell(&self, fd: RawFd) {
+        if self.sb().tx_ring.load(Acquire) {
+            let _ = rustix::net::send(sock(fd), &[0u8], SendFlags::DONTWAIT | SendFlags::NOSIGNAL);
         }
     }
 
     /// After producing: wake a reader that declared itself waiting.
-    fn data_bell(&self, f: &RingFlags) {
+    fn data_bell(&self, fd: RawFd, f: &RingFlags) {
         if protocol::take_waiter(&f.reader_waiting) {
-            self.bell();
+            self.bell(fd);
         }
     }
 
     /// After consuming: wake writers waiting for space.
-    fn space_bell(&self, ring: &Ring<'_>) {
+    fn space_bell(&self, fd: RawFd, ring: &Ring<'_>) {
         let f = &ring.ctrl().flags;
         if protocol::take_waiter(&f.writer_sleeping) {
             f.space_seq.fetch_add(1, SeqCst);
@@ -453,24 +566,24 @@ impl Conn {
             && ring.writable().is_ok_and(|n| n >= ring.capacity() / 2)
             && protocol::take_waiter(&f.writer_waiting)
         {
-            self.bell();
+            self.bell(fd);
         }
     }
 
     /// Rx ring phase, rx lock held: reads and discards control bytes.
-    fn drain_bells(&self) {
+    fn drain_bells(&self, fd: RawFd) {
         let mut buf = [0u8; 64];
         loop {
-            match rustix::net::recv(self.sock(), &mut buf, RecvFlags::DONTWAIT) {
+            match rustix::net::recv(sock(fd), &mut buf, RecvFlags::DONTWAIT) {
                 Ok((_, 0)) => {
-                    self.sock_eof.store(true, Release);
+                    self.sb().sock_eof.store(true, Release);
                     return;
                 }
                 Ok((_, n)) if n == buf.len() => {}
                 Ok(_) | Err(Errno::AGAIN) => return,
                 Err(Errno::INTR) => {}
                 Err(_) => {
-                    self.sock_eof.store(true, Release);
+                    self.sb().sock_eof.store(true, Release);
                     return;
                 }
             }
@@ -481,7 +594,12 @@ impl Conn {
 
     /// `recv`-family semantics. `None` means "not accelerated (any more):
     /// call the real function".
-    pub fn recv(&self, bufs: &mut [IoSliceMut<'_>], o: RecvOpts) -> Option<Result<usize, Errno>> {
+    pub fn recv(
+        &self,
+        fd: RawFd,
+        bufs: &mut [IoSliceMut<'_>],
+        o: RecvOpts,
+    ) -> Option<Result<usize, Errno>> {
         let mut dst = DstCursor::new(bufs);
         let nonblock = o.dontwait || self.nonblocking();
         let target = if o.waitall && !o.peek {
@@ -490,7 +608,7 @@ impl Conn {
             1
         };
         loop {
-            match self.state.load(Acquire) {
+            match self.sb().state.load(Acquire) {
                 PLAIN => {
                     return if dst.filled() == 0 {
                         None
@@ -510,11 +628,11 @@ impl Conn {
                 let mut probe = [IoSliceMut::new(&mut b)];
                 let mut probe = DstCursor::new(&mut probe);
                 let mut rx = self.lock_rx();
-                self.progress_rx(&mut rx);
-                match self.state.load(Acquire) {
+                self.progress_rx(fd, &mut rx);
+                match self.sb().state.load(Acquire) {
                     PENDING => Ok(Step::Empty),
                     PLAIN => continue,
-                    _ => self.rx_step(&mut rx, &mut probe, true),
+                    _ => self.rx_step(fd, &mut rx, &mut probe, true),
                 }
                 .map(|s| match s {
                     Step::Data => Step::Eof,
@@ -522,11 +640,11 @@ impl Conn {
                 })
             } else {
                 let mut rx = self.lock_rx();
-                self.progress_rx(&mut rx);
-                match self.state.load(Acquire) {
+                self.progress_rx(fd, &mut rx);
+                match self.sb().state.load(Acquire) {
                     PENDING => Ok(Step::Empty),
                     PLAIN => continue,
-                    _ => self.rx_step(&mut rx, &mut dst, o.peek),
+                    _ => self.rx_step(fd, &mut rx, &mut dst, o.peek),
                 }
             };
             match step {
@@ -549,7 +667,7 @@ impl Conn {
                     Err(Errno::AGAIN)
                 });
             }
-            if let Err(e) = self.wait_rx() {
+            if let Err(e) = self.wait_rx(fd) {
                 return Some(if dst.filled() > 0 {
                     Ok(dst.filled())
                 } else {
@@ -562,19 +680,20 @@ impl Conn {
     /// One non-blocking pass: plain bytes below the limit, then the ring.
     fn rx_step(
         &self,
+        fd: RawFd,
         rx: &mut RxState,
         dst: &mut DstCursor<'_, '_>,
         peek: bool,
     ) -> Result<Step, Errno> {
-        let seg = self.seg.get().ok_or(Errno::CONNRESET)?;
+        let seg = self.seg().ok_or(Errno::CONNRESET)?;
         let ring = seg.ring(self.rx_dir()).with_cache(&self.rx_head_cache);
         let flags = &ring.ctrl().flags;
         let start = dst.filled();
         let data_or =
             |dst: &DstCursor<'_, '_>, s: Step| if dst.filled() > start { Step::Data } else { s };
-        while !self.rx_ring.load(Relaxed) {
-            self.progress_rx(rx);
-            if self.rx_ring.load(Relaxed) {
+        while !self.sb().rx_ring.load(Relaxed) {
+            self.progress_rx(fd, rx);
+            if self.sb().rx_ring.load(Relaxed) {
                 break;
             }
             if dst.remaining() == 0 || (peek && dst.filled() > start) {
@@ -595,22 +714,22 @@ impl Conn {
             } else {
                 RecvFlags::DONTWAIT | RecvFlags::PEEK
             };
-            let mut n = match rustix::net::recv(self.sock(), &mut cur[..want], first) {
+            let mut n = match rustix::net::recv(sock(fd), &mut cur[..want], first) {
                 Ok((_, 0)) => {
-                    self.progress_rx(rx);
+                    self.progress_rx(fd, rx);
                     if rx.limit.is_some() && rx.limit != known {
                         continue;
                     }
                     // Before the switch an EOF may be a real SHUT_WR of a
                     // live peer; after it, only a close (or SHUT_RDWR).
                     if known.is_some() {
-                        self.sock_eof.store(true, Release);
+                        self.sb().sock_eof.store(true, Release);
                     }
                     return Ok(data_or(dst, Step::Eof));
                 }
                 Ok((_, n)) => n,
                 Err(Errno::AGAIN) => {
-                    self.progress_rx(rx);
+                    self.progress_rx(fd, rx);
                     if rx.limit.is_some() && rx.limit != known {
                         continue;
                     }
@@ -628,7 +747,7 @@ impl Conn {
                     n = n.min((l - rx.plain_read) as usize);
                 }
                 if !peek && n > 0 {
-                    match rustix::net::recv(self.sock(), &mut cur[..n], RecvFlags::DONTWAIT) {
+                    match rustix::net::recv(sock(fd), &mut cur[..n], RecvFlags::DONTWAIT) {
                         Ok((_, k)) if k == n => {}
                         _ => return Err(self.broken()),
                     }
@@ -647,7 +766,7 @@ impl Conn {
             let n = ring.pop(dst, peek).map_err(|_| self.broken())?;
             if n > 0 {
                 if !peek {
-                    self.space_bell(&ring);
+                    self.space_bell(fd, &ring);
                 }
                 return Ok(Step::Data);
             }
@@ -655,18 +774,18 @@ impl Conn {
                 return Ok(Step::Data);
             }
             let wr_closed = flags.wr_closed.load(Acquire);
-            if wr_closed != 0 || self.shut_rd.load(Acquire) {
+            if wr_closed != 0 || self.sb().shut_rd.load(Acquire) {
                 if ring.readable().map_err(|_| self.broken())? > 0 {
                     continue;
                 }
                 // Like the kernel: the error comes once the queue is empty.
-                if wr_closed == CLOSED_RESET && !self.reset_taken.swap(true, AcqRel) {
+                if wr_closed == CLOSED_RESET && !self.sb().reset_taken.swap(true, AcqRel) {
                     return Err(Errno::CONNRESET);
                 }
                 return Ok(Step::Eof);
             }
-            self.drain_bells();
-            if self.sock_eof.load(Acquire) {
+            self.drain_bells(fd);
+            if self.sb().sock_eof.load(Acquire) {
                 if ring.readable().map_err(|_| self.broken())? > 0 {
                     continue;
                 }
@@ -680,17 +799,17 @@ impl Conn {
     fn rx_quick_ready(&self, ring: &Ring<'_>) -> bool {
         ring.readable().map_or(true, |n| n > 0)
             || ring.ctrl().flags.wr_closed.load(Acquire) != 0
-            || self.shut_rd.load(Relaxed)
-            || self.sock_eof.load(Relaxed)
+            || self.sb().shut_rd.load(Relaxed)
+            || self.sb().sock_eof.load(Relaxed)
     }
 
     /// Blocks until the incoming direction may have progressed: spins on the
     /// ring briefly, then sleeps in a blocking one-byte MSG_PEEK on the real
     /// socket, which honours SO_RCVTIMEO and SA_RESTART exactly as the
     /// kernel would for this very read.
-    fn wait_rx(&self) -> Result<(), Errno> {
-        let ring_phase = self.rx_ring.load(Acquire);
-        let seg = self.seg.get();
+    fn wait_rx(&self, fd: RawFd) -> Result<(), Errno> {
+        let ring_phase = self.sb().rx_ring.load(Acquire);
+        let seg = self.seg();
         if let (true, Some(seg)) = (ring_phase, seg) {
             let ring = seg.ring(self.rx_dir());
             if spin_until(|| self.rx_quick_ready(&ring)) {
@@ -702,7 +821,7 @@ impl Conn {
             }
         }
         let mut b = [0u8; 1];
-        match rustix::net::recv(self.sock(), &mut b, RecvFlags::PEEK) {
+        match rustix::net::recv(sock(fd), &mut b, RecvFlags::PEEK) {
             Ok(_) => Ok(()),
             Err(e @ (Errno::AGAIN | Errno::INTR)) => Err(e),
             // Errors surface from the next pass.
@@ -713,35 +832,40 @@ impl Conn {
     // ---------------------------------------------------------------- send
 
     /// `send`-family semantics. `None`: call the real function.
-    pub fn send(&self, bufs: &[IoSlice<'_>], o: SendOpts) -> Option<Result<usize, Errno>> {
-        match self.state.load(Acquire) {
+    pub fn send(
+        &self,
+        fd: RawFd,
+        bufs: &[IoSlice<'_>],
+        o: SendOpts,
+    ) -> Option<Result<usize, Errno>> {
+        match self.sb().state.load(Acquire) {
             PLAIN => return None,
             BROKEN => return Some(Err(Errno::CONNRESET)),
             _ => {}
         }
         let mut tx = self.lock_tx();
-        if self.role == Role::Client && self.state.load(Acquire) == PENDING {
+        if self.role == Role::Client && self.sb().state.load(Acquire) == PENDING {
             let now = sys::now_ns();
             if now >= self.next_hello_peek.load(Relaxed) {
                 self.next_hello_peek.store(now + HELLO_PEEK_NS, Relaxed);
-                if let Ok(mut rx) = self.rx.try_lock() {
-                    self.resolve_hello(&mut rx);
+                if let Some(mut rx) = self.try_lock_rx() {
+                    self.resolve_hello(fd, &mut rx);
                 }
-                if self.state.load(Acquire) == PLAIN {
+                if self.sb().state.load(Acquire) == PLAIN {
                     return None;
                 }
             }
         }
-        self.progress_tx(&mut tx);
-        if !self.tx_ring.load(Relaxed) {
+        self.progress_tx(fd, &mut tx);
+        if !self.sb().tx_ring.load(Relaxed) {
             let flags = SendFlags::from_bits_retain(o.raw);
-            let r = rustix::net::sendmsg(self.sock(), bufs, &mut Default::default(), flags);
+            let r = rustix::net::sendmsg(sock(fd), bufs, &mut Default::default(), flags);
             if let Ok(n) = r {
                 tx.plain_written += n as u64;
             }
             return Some(r);
         }
-        let seg = self.seg.get()?;
+        let seg = self.seg()?;
         let ring = seg.ring(self.tx_dir()).with_cache(&self.tx_tail_cache);
         let mut src = SrcCursor::new(bufs);
         let nonblock = o.dontwait || self.nonblocking();
@@ -759,7 +883,7 @@ impl Conn {
             return Some(Ok(0));
         }
         loop {
-            if let Some(e) = self.tx_error(&ring) {
+            if let Some(e) = self.tx_error(fd, &ring) {
                 return Some(fail(e, sent));
             }
             let n = match ring.push(&mut src) {
@@ -768,7 +892,7 @@ impl Conn {
             };
             if n > 0 {
                 sent += n;
-                self.data_bell(&ring.ctrl().flags);
+                self.data_bell(fd, &ring.ctrl().flags);
             }
             if src.remaining() == 0 {
                 return Some(Ok(sent));
@@ -780,7 +904,7 @@ impl Conn {
                     Err(Errno::AGAIN)
                 });
             }
-            if let Err(e) = self.wait_tx(&ring) {
+            if let Err(e) = self.wait_tx(fd, &ring) {
                 return Some(fail(e, sent));
             }
         }
@@ -794,7 +918,7 @@ impl Conn {
         f: impl FnOnce() -> Result<usize, Errno>,
     ) -> Option<Result<usize, Errno>> {
         let mut tx = self.lock_tx();
-        if self.tx_ring.load(Relaxed) {
+        if self.sb().tx_ring.load(Relaxed) {
             return None;
         }
         let r = f();
@@ -805,13 +929,13 @@ impl Conn {
     }
 
     /// Why a write must fail now (EPIPE), if it must.
-    fn tx_error(&self, ring: &Ring<'_>) -> Option<Errno> {
-        if self.reset_pending() && !self.reset_taken.swap(true, AcqRel) {
+    fn tx_error(&self, fd: RawFd, ring: &Ring<'_>) -> Option<Errno> {
+        if self.reset_pending() && !self.sb().reset_taken.swap(true, AcqRel) {
             return Some(Errno::CONNRESET);
         }
-        if self.shut_wr.load(Relaxed)
+        if self.sb().shut_wr.load(Relaxed)
             || ring.ctrl().flags.rd_closed.load(Acquire) != 0
-            || self.sock_eof.load(Relaxed)
+            || self.sb().sock_eof.load(Relaxed)
         {
             return Some(Errno::PIPE);
         }
@@ -822,15 +946,15 @@ impl Conn {
         let now = sys::now_ns();
         if now >= self.next_live_check.load(Relaxed) {
             self.next_live_check.store(now + LIVENESS_NS, Relaxed);
-            if self.peer_hung_up() {
+            if self.peer_hung_up(fd) {
                 return Some(Errno::PIPE);
             }
         }
         None
     }
 
-    fn peer_hung_up(&self) -> bool {
-        let sock = self.sock();
+    fn peer_hung_up(&self, fd: RawFd) -> bool {
+        let sock = sock(fd);
         let mut p = [PollFd::new(&sock, PollFlags::empty())];
         let zero = rustix::time::Timespec {
             tv_sec: 0,
@@ -839,7 +963,7 @@ impl Conn {
         if let Ok(1) = rustix::event::poll(&mut p, Some(&zero))
             && p[0].revents().intersects(PollFlags::HUP | PollFlags::ERR)
         {
-            self.sock_eof.store(true, Release);
+            self.sb().sock_eof.store(true, Release);
             return true;
         }
         false
@@ -848,13 +972,13 @@ impl Conn {
     fn tx_quick_ready(&self, ring: &Ring<'_>) -> bool {
         ring.writable().map_or(true, |n| n >= ring.capacity() / 2)
             || ring.ctrl().flags.rd_closed.load(Acquire) != 0
-            || self.sock_eof.load(Relaxed)
+            || self.sb().sock_eof.load(Relaxed)
     }
 
     /// Blocks until the ring has room (half of it), the peer is gone, or a
     /// signal interrupts, on a shared futex with a bounded nap so that a
     /// killed peer is noticed.
-    fn wait_tx(&self, ring: &Ring<'_>) -> Result<(), Errno> {
+    fn wait_tx(&self, fd: RawFd, ring: &Ring<'_>) -> Result<(), Errno> {
         if spin_until(|| self.tx_quick_ready(ring)) {
             return Ok(());
         }
@@ -876,7 +1000,7 @@ impl Conn {
         ) {
             Err(Errno::INTR) if !sys::all_handlers_restart() => Err(Errno::INTR),
             Err(Errno::TIMEDOUT) => {
-                if self.peer_hung_up() {
+                if self.peer_hung_up(fd) {
                     Err(Errno::PIPE)
                 } else {
                     Ok(())
@@ -889,39 +1013,39 @@ impl Conn {
     // ---------------------------------------------------------------- shutdown / close
 
     /// `shutdown(2)`. `None`: call the real function.
-    pub fn shutdown(&self, how: i32) -> Option<Result<(), Errno>> {
+    pub fn shutdown(&self, fd: RawFd, how: i32) -> Option<Result<(), Errno>> {
         let (rd, wr) = match how {
             libc::SHUT_RD => (true, false),
             libc::SHUT_WR => (false, true),
             libc::SHUT_RDWR => (true, true),
             _ => return Some(Err(Errno::INVAL)),
         };
-        match self.state.load(Acquire) {
+        match self.sb().state.load(Acquire) {
             PLAIN => return None,
             BROKEN => return Some(Err(Errno::CONNRESET)),
             _ => {}
         }
-        let seg = self.seg.get();
+        let seg = self.seg();
         let mut real = false;
         if wr {
             let mut tx = self.lock_tx();
-            self.progress_tx(&mut tx);
-            if let (true, Some(seg)) = (self.tx_ring.load(Relaxed), seg) {
+            self.progress_tx(fd, &mut tx);
+            if let (true, Some(seg)) = (self.sb().tx_ring.load(Relaxed), seg) {
                 let f = &seg.ring(self.tx_dir()).ctrl().flags;
                 f.wr_closed.store(1, SeqCst);
-                self.data_bell(f);
+                self.data_bell(fd, f);
             } else {
                 // Still a plain stream: the kernel's own EOF does the job.
                 real = true;
             }
-            self.shut_wr.store(true, Release);
+            self.sb().shut_wr.store(true, Release);
         }
         if rd {
-            self.shut_rd.store(true, Release);
+            self.sb().shut_rd.store(true, Release);
             if let Some(seg) = seg {
                 let ring = seg.ring(self.rx_dir());
                 ring.ctrl().flags.rd_closed.store(1, SeqCst);
-                self.wake_writers(&ring);
+                self.wake_writers(fd, &ring);
             }
         }
         if rd && wr {
@@ -933,14 +1057,14 @@ impl Conn {
                 (true, false) => rustix::net::Shutdown::Read,
                 _ => rustix::net::Shutdown::Write,
             };
-            if let Err(e) = rustix::net::shutdown(self.sock(), how) {
+            if let Err(e) = rustix::net::shutdown(sock(fd), how) {
                 return Some(Err(e));
             }
         }
         Some(Ok(()))
     }
 
-    fn wake_writers(&self, ring: &Ring<'_>) {
+    fn wake_writers(&self, fd: RawFd, ring: &Ring<'_>) {
         let f = &ring.ctrl().flags;
         f.space_seq.fetch_add(1, SeqCst);
         let _ = rustix::thread::futex::wake(
@@ -949,55 +1073,64 @@ impl Conn {
             i32::MAX as u32,
         );
         if f.writer_waiting.swap(0, SeqCst) != 0 {
-            self.bell();
+            self.bell(fd);
         }
     }
 
     /// This process drops its last descriptor of the connection. Marks our
     /// side closed in the segment if no other process shares it; the real
     /// close that follows gives the peer EOF/HUP on the socket as well.
-    pub fn close(&self) {
-        if self.closed.swap(true, AcqRel) {
+    pub fn close(&self, fd: RawFd) {
+        if self.sb().closed.swap(true, AcqRel) {
             return;
         }
-        let Some(seg) = self.seg.get() else { return };
-        if seg.header().sharers[self.side()].fetch_sub(1, SeqCst) > 1 {
+        let Some(seg) = self.seg() else { return };
+        if self.sb().sharers.fetch_sub(1, SeqCst) > 1 {
             return;
         }
         let tx = seg.ring(self.tx_dir());
         let rx = seg.ring(self.rx_dir());
         // Closing with unread data resets the peer, as in the kernel.
-        let unread = self.rx_ring.load(Acquire) && rx.readable().map_or(true, |n| n > 0);
+        let unread = self.sb().rx_ring.load(Acquire) && rx.readable().map_or(true, |n| n > 0);
         tx.ctrl()
             .flags
             .wr_closed
             .store(if unread { CLOSED_RESET } else { 1 }, SeqCst);
-        self.data_bell(&tx.ctrl().flags);
+        self.data_bell(fd, &tx.ctrl().flags);
         rx.ctrl().flags.rd_closed.store(1, SeqCst);
-        self.wake_writers(&rx);
+        self.wake_writers(fd, &rx);
         // Unread doorbells in our socket would make the kernel reset the
         // peer on close: stop asking for them, then drain.
-        if self.rx_ring.load(Acquire) {
+        if self.sb().rx_ring.load(Acquire) {
             rx.ctrl().flags.reader_waiting.store(0, SeqCst);
             tx.ctrl().flags.writer_waiting.store(0, SeqCst);
-            self.drain_bells();
+            self.drain_bells(fd);
         }
     }
 
     /// The peer closed with our data unread and we have not said so yet.
     fn reset_pending(&self) -> bool {
-        !self.reset_taken.load(Relaxed)
-            && self.rx_ring.load(Relaxed)
-            && self.seg.get().is_some_and(|s| {
+        !self.sb().reset_taken.load(Relaxed)
+            && self.sb().rx_ring.load(Relaxed)
+            && self.seg().is_some_and(|s| {
                 s.ring(self.rx_dir()).ctrl().flags.wr_closed.load(Acquire) == CLOSED_RESET
             })
     }
 
+    /// Another descriptor of this process now names the connection.
+    pub fn add_alias(&self) {
+        self.aliases.fetch_add(1, Relaxed);
+    }
+
+    /// One of this process's descriptors is being closed; true if it was
+    /// the last one (the caller then calls [`close`](Self::close)).
+    pub fn drop_alias(&self) -> bool {
+        self.aliases.fetch_sub(1, AcqRel) == 1
+    }
+
     /// A forked child now shares this connection.
     pub fn on_fork_child(&self) {
-        if let Some(seg) = self.seg.get() {
-            seg.header().sharers[self.side()].fetch_add(1, SeqCst);
-        }
+        self.sb().sharers.fetch_add(1, SeqCst);
     }
 
     // ---------------------------------------------------------------- readiness
@@ -1005,40 +1138,40 @@ impl Conn {
     /// Whether computing readiness needs the kernel's view of the socket
     /// (some direction is still a plain stream).
     pub fn needs_kernel(&self) -> bool {
-        !(self.rx_ring.load(Relaxed) && self.tx_ring.load(Relaxed))
+        !(self.sb().rx_ring.load(Relaxed) && self.sb().tx_ring.load(Relaxed))
     }
 
     /// Poll-style readiness. `kernel` holds revents of a zero-timeout poll of
     /// the real socket for POLLIN|POLLOUT|POLLRDHUP, if one was made (it
     /// must be when [`needs_kernel`](Self::needs_kernel)). `None`: the
     /// connection is plain now; ask the kernel.
-    pub fn readiness(&self, kernel: Option<PollFlags>) -> Option<Ready> {
+    pub fn readiness(&self, fd: RawFd, kernel: Option<PollFlags>) -> Option<Ready> {
         let mut k = kernel.unwrap_or(PollFlags::empty());
         let before = (
-            self.state.load(Acquire),
-            self.rx_ring.load(Acquire),
-            self.tx_ring.load(Acquire),
+            self.sb().state.load(Acquire),
+            self.sb().rx_ring.load(Acquire),
+            self.sb().tx_ring.load(Acquire),
         );
         if kernel.is_some_and(|k| k.intersects(PollFlags::IN | PollFlags::HUP | PollFlags::ERR))
-            && let Ok(mut rx) = self.rx.try_lock()
+            && let Some(mut rx) = self.try_lock_rx()
         {
-            self.progress_rx(&mut rx);
-            if self.rx_ring.load(Relaxed) && self.state.load(Acquire) != PLAIN {
-                self.drain_bells();
+            self.progress_rx(fd, &mut rx);
+            if self.sb().rx_ring.load(Relaxed) && self.sb().state.load(Acquire) != PLAIN {
+                self.drain_bells(fd);
             }
         }
-        if let Ok(mut tx) = self.tx.try_lock() {
-            self.progress_tx(&mut tx);
+        if let Some(mut tx) = self.try_lock_tx() {
+            self.progress_tx(fd, &mut tx);
         }
         let after = (
-            self.state.load(Acquire),
-            self.rx_ring.load(Acquire),
-            self.tx_ring.load(Acquire),
+            self.sb().state.load(Acquire),
+            self.sb().rx_ring.load(Acquire),
+            self.sb().tx_ring.load(Acquire),
         );
         // Negotiation consumed socket bytes (HELLO) or changed which
         // directions the kernel speaks for: its earlier view is stale.
         if kernel.is_some() && before != after && self.needs_kernel() {
-            k = self.kernel_now();
+            k = self.kernel_now(fd);
         }
         let (state, rx_ring, tx_ring) = after;
         match state {
@@ -1055,13 +1188,13 @@ impl Conn {
             _ => {}
         }
         let mut r = Ready::default();
-        let gone = self.sock_eof.load(Acquire) || (rx_ring && k.contains(PollFlags::HUP));
+        let gone = self.sb().sock_eof.load(Acquire) || (rx_ring && k.contains(PollFlags::HUP));
         let reset = self.reset_pending();
-        let seg = self.seg.get();
-        let shut_rd = self.shut_rd.load(Relaxed);
+        let seg = self.seg();
+        let shut_rd = self.sb().shut_rd.load(Relaxed);
         // The kernel's RCV_SHUTDOWN / SEND_SHUTDOWN of our socket.
         let mut rcv_shut = shut_rd || gone || k.contains(PollFlags::RDHUP);
-        let mut snd_shut = self.shut_wr.load(Relaxed) || gone;
+        let mut snd_shut = self.sb().shut_wr.load(Relaxed) || gone;
         match (rx_ring, seg) {
             (true, Some(seg)) => {
                 let ring = seg.ring(self.rx_dir());
@@ -1091,8 +1224,8 @@ impl Conn {
     }
 
     /// The kernel's readiness of the real socket, now.
-    fn kernel_now(&self) -> PollFlags {
-        let sock = self.sock();
+    fn kernel_now(&self, fd: RawFd) -> PollFlags {
+        let sock = sock(fd);
         let mut p = [PollFd::new(
             &sock,
             PollFlags::IN | PollFlags::OUT | PollFlags::RDHUP,
@@ -1110,27 +1243,29 @@ impl Conn {
     /// Ring-only readiness for spinning (atomics, no syscalls). False when
     /// unsure.
     pub fn quick_ready(&self, want_read: bool, want_write: bool) -> bool {
-        let Some(seg) = self.seg.get() else {
+        let Some(seg) = self.seg() else {
             return false;
         };
-        (want_read && self.rx_ring.load(Relaxed) && self.rx_quick_ready(&seg.ring(self.rx_dir())))
+        (want_read
+            && self.sb().rx_ring.load(Relaxed)
+            && self.rx_quick_ready(&seg.ring(self.rx_dir())))
             || (want_write
-                && self.tx_ring.load(Relaxed)
+                && self.sb().tx_ring.load(Relaxed)
                 && self.tx_quick_ready(&seg.ring(self.tx_dir())))
     }
 
     /// Before a poll/epoll sleep: ask the peer for doorbells. The caller
     /// re-checks [`quick_ready`](Self::quick_ready) afterwards.
     pub fn arm(&self, want_read: bool, want_write: bool) {
-        let Some(seg) = self.seg.get() else { return };
-        if want_read && self.rx_ring.load(Relaxed) {
+        let Some(seg) = self.seg() else { return };
+        if want_read && self.sb().rx_ring.load(Relaxed) {
             seg.ring(self.rx_dir())
                 .ctrl()
                 .flags
                 .reader_waiting
                 .store(1, SeqCst);
         }
-        if want_write && self.tx_ring.load(Relaxed) {
+        if want_write && self.sb().tx_ring.load(Relaxed) {
             seg.ring(self.tx_dir())
                 .ctrl()
                 .flags
@@ -1143,19 +1278,19 @@ impl Conn {
     /// Whether the peer can ring our doorbell for both directions (else a
     /// poll/epoll sleep must be bounded).
     pub fn bells_work(&self) -> bool {
-        self.rx_ring.load(Relaxed)
+        self.sb().rx_ring.load(Relaxed)
     }
 
     /// Monotonic counters for edge-triggered epoll: input progress (bytes
     /// the peer wrote, EOF) and output progress (bytes the peer consumed,
     /// its read side closing).
     pub fn progress_counters(&self) -> (u64, u64) {
-        let Some(seg) = self.seg.get() else {
+        let Some(seg) = self.seg() else {
             return (0, 0);
         };
         let rx = seg.ring(self.rx_dir());
         let tx = seg.ring(self.tx_dir());
-        let eof = u64::from(self.sock_eof.load(Relaxed)) << 61;
+        let eof = u64::from(self.sb().sock_eof.load(Relaxed)) << 61;
         let seq_in = rx
             .head()
             .wrapping_add(u64::from(rx.ctrl().flags.wr_closed.load(Relaxed) != 0) << 60)
@@ -1168,17 +1303,17 @@ impl Conn {
     }
 
     /// Bytes readable now (FIONREAD / SIOCINQ). `None`: ask the kernel.
-    pub fn bytes_readable(&self) -> Option<usize> {
-        self.progress();
-        if self.state.load(Acquire) == PLAIN {
+    pub fn bytes_readable(&self, fd: RawFd) -> Option<usize> {
+        self.progress(fd);
+        if self.sb().state.load(Acquire) == PLAIN {
             return None;
         }
-        let seg = self.seg.get();
-        let plain = if self.rx_ring.load(Acquire) {
+        let seg = self.seg();
+        let plain = if self.sb().rx_ring.load(Acquire) {
             0
         } else {
-            let k = rustix::io::ioctl_fionread(self.sock()).unwrap_or(0) as usize;
-            if self.state.load(Acquire) == PENDING {
+            let k = rustix::io::ioctl_fionread(sock(fd)).unwrap_or(0) as usize;
+            if self.sb().state.load(Acquire) == PENDING {
                 return Some(0);
             }
             let rx = self.lock_rx();
@@ -1187,12 +1322,22 @@ impl Conn {
                 None => k,
             }
         };
-        let ring = match (self.rx_ring.load(Acquire), seg) {
+        let ring = match (self.sb().rx_ring.load(Acquire), seg) {
             (true, Some(seg)) => seg.ring(self.rx_dir()).readable().unwrap_or(0),
             _ => 0,
         };
         Some(plain + ring)
     }
+}
+
+/// The socket for one call. Every entry point takes the descriptor the
+/// application used: with dup() a connection has several, and any of them
+/// may be closed while the others live on.
+fn sock(fd: RawFd) -> BorrowedFd<'static> {
+    // SAFETY: `fd` is the application's descriptor for the duration of its
+    // call (closing it concurrently is the application's bug, as with the
+    // kernel, and at worst makes our syscalls fail with EBADF).
+    unsafe { BorrowedFd::borrow_raw(fd) }
 }
 
 /// Spins (bounded by TSSS_SPIN_US) until `ready`; true if it became ready.
@@ -1237,7 +1382,8 @@ mod tests {
     }
 
     fn send(c: &Conn, b: &[u8]) -> Result<usize, Errno> {
-        c.send(&[IoSlice::new(b)], SendOpts::default()).unwrap()
+        c.send(c.fd(), &[IoSlice::new(b)], SendOpts::default())
+            .unwrap()
     }
 
     fn send_nb(c: &Conn, b: &[u8]) -> Result<usize, Errno> {
@@ -1246,12 +1392,12 @@ mod tests {
             nosignal: true,
             raw: (libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) as u32,
         };
-        c.send(&[IoSlice::new(b)], o).unwrap()
+        c.send(c.fd(), &[IoSlice::new(b)], o).unwrap()
     }
 
     fn recv(c: &Conn, n: usize, o: RecvOpts) -> Result<Vec<u8>, Errno> {
         let mut v = vec![0u8; n];
-        let k = c.recv(&mut [IoSliceMut::new(&mut v)], o).unwrap()?;
+        let k = c.recv(c.fd(), &mut [IoSliceMut::new(&mut v)], o).unwrap()?;
         v.truncate(k);
         Ok(v)
     }
@@ -1275,7 +1421,7 @@ mod tests {
     #[test]
     fn plain_bytes_then_ring_in_both_directions() {
         let (a, b) = pair();
-        let client = Conn::client(a.as_raw_fd(), false);
+        let client = Conn::client(a.as_raw_fd(), false).unwrap();
         // The client writes before the server ever looks: plain bytes.
         assert_eq!(send(&client, b"early ").unwrap(), 6);
         let server = Conn::server(b.as_raw_fd(), false, uid()).unwrap();
@@ -1284,7 +1430,7 @@ mod tests {
         assert_eq!(recv_all(&client, 6), b"hello ");
         assert_eq!(send(&client, b"ring").unwrap(), 4);
         assert_eq!(recv_all(&server, 10), b"early ring");
-        assert!(server.rx_ring.load(Relaxed) && client.tx_ring.load(Relaxed));
+        assert!(server.sb().rx_ring.load(Relaxed) && client.sb().tx_ring.load(Relaxed));
         // The server switched when it reached the ring.
         assert_eq!(send(&server, b"back").unwrap(), 4);
         assert_eq!(recv_all(&client, 4), b"back");
@@ -1301,7 +1447,7 @@ mod tests {
     #[test]
     fn peek_waitall_and_eof_after_all_bytes() {
         let (a, b) = pair();
-        let client = Conn::client(a.as_raw_fd(), false);
+        let client = Conn::client(a.as_raw_fd(), false).unwrap();
         let server = Conn::server(b.as_raw_fd(), false, uid()).unwrap();
         assert_eq!(recv(&client, 1, nb()), Err(Errno::AGAIN)); // only HELLO so far
         send(&client, b"abcdef").unwrap();
@@ -1311,8 +1457,8 @@ mod tests {
         };
         assert_eq!(recv(&server, 3, peek).unwrap(), b"abc");
         assert_eq!(recv(&server, 3, nb()).unwrap(), b"abc");
-        assert_eq!(server.bytes_readable(), Some(3));
-        assert_eq!(client.shutdown(libc::SHUT_WR), Some(Ok(())));
+        assert_eq!(server.bytes_readable(server.fd()), Some(3));
+        assert_eq!(client.shutdown(client.fd(), libc::SHUT_WR), Some(Ok(())));
         assert_eq!(recv(&server, 100, nb()).unwrap(), b"def");
         assert_eq!(recv(&server, 100, nb()).unwrap(), b"");
         assert_eq!(
@@ -1323,14 +1469,16 @@ mod tests {
         // Half-close: the other direction still works.
         send(&server, b"reply").unwrap();
         assert_eq!(recv_all(&client, 5), b"reply");
-        let r = server.readiness(Some(PollFlags::empty())).unwrap();
+        let r = server
+            .readiness(server.fd(), Some(PollFlags::empty()))
+            .unwrap();
         assert!(r.readable && r.rdhup && r.writable);
     }
 
     #[test]
     fn closed_reader_gives_epipe_and_nonblocking_full_ring_gives_eagain() {
         let (a, b) = pair();
-        let client = Conn::client(a.as_raw_fd(), true);
+        let client = Conn::client(a.as_raw_fd(), true).unwrap();
         let server = Conn::server(b.as_raw_fd(), true, uid()).unwrap();
         assert_eq!(recv(&client, 1, nb()), Err(Errno::AGAIN));
         send_nb(&client, b"x").unwrap();
@@ -1348,19 +1496,28 @@ mod tests {
             }
         }
         assert_eq!(total, config::ring_size());
-        assert!(!client.readiness(Some(PollFlags::empty())).unwrap().writable);
-        server.close();
+        assert!(
+            !client
+                .readiness(client.fd(), Some(PollFlags::empty()))
+                .unwrap()
+                .writable
+        );
+        server.close(server.fd());
         assert_eq!(send_nb(&client, b"y"), Err(Errno::PIPE));
     }
 
     #[test]
     fn a_server_without_tsss_keeps_the_client_plain() {
         let (a, b) = pair();
-        let client = Conn::client(a.as_raw_fd(), false);
+        let client = Conn::client(a.as_raw_fd(), false).unwrap();
         rustix::net::send(&b, b"+OK hi", SendFlags::empty()).unwrap();
         assert!(
             client
-                .recv(&mut [IoSliceMut::new(&mut [0u8; 8])], RecvOpts::default())
+                .recv(
+                    client.fd(),
+                    &mut [IoSliceMut::new(&mut [0u8; 8])],
+                    RecvOpts::default()
+                )
                 .is_none()
         );
         assert!(client.is_plain());
@@ -1372,11 +1529,11 @@ mod tests {
     #[test]
     fn a_short_lookalike_of_hello_is_data() {
         let (a, b) = pair();
-        let client = Conn::client(a.as_raw_fd(), false);
+        let client = Conn::client(a.as_raw_fd(), false).unwrap();
         rustix::net::send(&b, &wire::HELLO_MAGIC[..5], SendFlags::empty()).unwrap();
         assert!(
             client
-                .recv(&mut [IoSliceMut::new(&mut [0u8; 8])], nb())
+                .recv(client.fd(), &mut [IoSliceMut::new(&mut [0u8; 8])], nb())
                 .is_none()
         );
         assert!(client.is_plain());
@@ -1385,20 +1542,20 @@ mod tests {
     #[test]
     fn corrupt_indices_reset_the_connection() {
         let (a, b) = pair();
-        let client = Conn::client(a.as_raw_fd(), false);
+        let client = Conn::client(a.as_raw_fd(), false).unwrap();
         let server = Conn::server(b.as_raw_fd(), false, uid()).unwrap();
         send(&client, b"").unwrap();
         assert_eq!(recv(&client, 1, nb()), Err(Errno::AGAIN));
         send(&client, b"ok").unwrap();
         assert_eq!(recv_all(&server, 2), b"ok");
         // A hostile peer scribbles over the s2c head.
-        let seg = server.seg.get().unwrap();
+        let seg = server.seg().unwrap();
         seg.ring(Dir::ServerToClient)
             .ctrl()
             .head
             .store(u64::MAX / 3, SeqCst);
         assert_eq!(recv(&client, 10, nb()), Err(Errno::CONNRESET));
         assert_eq!(send(&client, b"z"), Err(Errno::CONNRESET));
-        assert!(client.readiness(None).unwrap().err);
+        assert!(client.readiness(client.fd(), None).unwrap().err);
     }
 }

@@ -80,9 +80,6 @@ pub struct SegHeader {
     pub version: AtomicU32,
     /// One of `CLIENT_*`; stored by the client.
     pub client_state: AtomicU32,
-    /// Processes holding each side open (0 client, 1 server); bumped on fork
-    /// so that only the last close marks the side closed.
-    pub sharers: [AtomicU32; 2],
     pub rings: [RingCtrl; 2],
 }
 

@@ -23,6 +23,8 @@ pub mod readiness;
 pub mod ring;
 #[cfg(not(loom))]
 pub mod segment;
+#[cfg(not(loom))]
+pub mod side;
 pub mod sync;
 pub mod sys;
 pub mod wire;

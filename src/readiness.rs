@@ -150,7 +150,7 @@ pub fn poll<L: Lookup>(
             p.revents = match &conns[i] {
                 None => kr,
                 Some(_) if kr & p::NVAL as i16 != 0 => kr,
-                Some(c) => match c.readiness(Some(PollFlags::from_bits_retain(kr as u16))) {
+                Some(c) => match c.readiness(p.fd, Some(PollFlags::from_bits_retain(kr as u16))) {
                     Some(r) => to_poll_bits(&r, p.events),
                     None => {
                         lk.forget(p.fd, c);
@@ -436,7 +436,7 @@ impl<R: Deref<Target = Conn> + Clone> EpollSet<R> {
             kernel
         };
         // None: went plain; the caller hands the fd back to the kernel.
-        let r = conn.readiness(k)?;
+        let r = conn.readiness(w.fd, k)?;
         let mut ev = 0;
         if r.readable {
             ev |= w.events & EPOLLIN;

@@ -84,8 +84,6 @@ impl Segment {
         let h = seg.header();
         h.version.store(u32::from(PROTO_VERSION), Release);
         h.nonce.store(nonce, Release);
-        h.sharers[0].store(1, Release);
-        h.sharers[1].store(1, Release);
         h.magic.store(SEG_MAGIC, Release);
         let hello = Hello {
             version: PROTO_VERSION,

@@ -145,7 +145,7 @@ unsafe fn recv_one(fd: RawFd, buf: *mut c_void, n: size_t, flags: c_int) -> Opti
         iov_len: n,
     };
     // SAFETY: one iovec built from the caller's buffer.
-    let r = unsafe { with_iov_mut(&iov, 1, |b| c.recv(b, recv_opts(flags))) }??;
+    let r = unsafe { with_iov_mut(&iov, 1, |b| c.recv(fd, b, recv_opts(flags))) }??;
     Some(ssize(r))
 }
 
@@ -158,7 +158,7 @@ unsafe fn send_one(fd: RawFd, buf: *const c_void, n: size_t, flags: c_int) -> Op
         iov_len: n,
     };
     // SAFETY: one iovec built from the caller's buffer.
-    let r = unsafe { with_iov(&iov, 1, |b| c.send(b, send_opts(flags))) }??;
+    let r = unsafe { with_iov(&iov, 1, |b| c.send(fd, b, send_opts(flags))) }??;
     Some(ssize(r))
 }
 
@@ -360,11 +360,16 @@ pub unsafe extern "C" fn connect(fd: c_int, addr: *const sockaddr, len: socklen_
         let bfd = unsafe { rustix::fd::BorrowedFd::borrow_raw(fd) };
         let nb =
             rustix::fs::fcntl_getfl(bfd).is_ok_and(|f| f.contains(rustix::fs::OFlags::NONBLOCK));
-        drop(table::insert(fd, Entry::Conn(Conn::client(fd, nb))));
-        log!(
-            DEBUG,
-            "fd {fd}: connected with the tsss marker; waiting for the server's offer"
-        );
+        match Conn::client(fd, nb) {
+            Ok(c) => {
+                drop(table::insert(fd, Entry::Conn(c)));
+                log!(
+                    DEBUG,
+                    "fd {fd}: connected with the tsss marker; waiting for the server's offer"
+                );
+            }
+            Err(why) => log!(INFO, "fd {fd}: plain: {why}"),
+        }
     }
     set_errno(if r == 0 { saved } else { e });
     r
@@ -487,16 +492,41 @@ pub unsafe extern "C" fn getpeername(
     unsafe { name_hidden(real::getpeername, fd, addr, alen) }
 }
 
+/// Forgets `fd` before the kernel closes it: the connection ends (for
+/// this process) when its last descriptor goes. Runs while `fd` still
+/// names the socket, since ending may ring the peer's doorbell on it.
+fn forget_fd(fd: c_int) {
+    if let Some(g) = table::remove(fd) {
+        if let Entry::Conn(c) = &*g
+            && c.drop_alias()
+        {
+            c.close(fd);
+        }
+        drop(g);
+    }
+}
+
+/// `new` now names what `old` names (after a successful dup).
+fn alias_fd(old: c_int, new: c_int) {
+    if new < 0 || old == new {
+        return;
+    }
+    match table::get(old) {
+        Some(g) => {
+            if let Entry::Conn(c) = &*g {
+                c.add_alias();
+            }
+            table::alias(new, &g);
+        }
+        None => drop(table::remove(new)),
+    }
+}
+
 /// # Safety
 /// libc contract.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn close(fd: c_int) -> c_int {
-    if let Some(g) = table::remove(fd) {
-        if let Entry::Conn(c) = &*g {
-            c.close();
-        }
-        drop(g);
-    }
+    forget_fd(fd);
     // SAFETY: passthrough.
     unsafe { real::close(fd) }
 }
@@ -504,9 +534,87 @@ pub unsafe extern "C" fn close(fd: c_int) -> c_int {
 /// # Safety
 /// libc contract.
 #[unsafe(no_mangle)]
+pub unsafe extern "C" fn dup(fd: c_int) -> c_int {
+    // SAFETY: passthrough.
+    let r = unsafe { real::dup(fd) };
+    alias_fd(fd, r);
+    r
+}
+
+/// Whether `fd` is an open descriptor.
+fn is_open(fd: c_int) -> bool {
+    // SAFETY: borrowed for one call.
+    rustix::io::fcntl_getfd(unsafe { rustix::fd::BorrowedFd::borrow_raw(fd) }).is_ok()
+}
+
+/// # Safety
+/// libc contract.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn dup2(old: c_int, new: c_int) -> c_int {
+    // dup2 closes `new` first, unless it would fail.
+    if old != new && is_open(old) {
+        forget_fd(new);
+    }
+    // SAFETY: passthrough.
+    let r = unsafe { real::dup2(old, new) };
+    if r >= 0 {
+        alias_fd(old, r);
+    }
+    r
+}
+
+/// # Safety
+/// libc contract.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn dup3(old: c_int, new: c_int, flags: c_int) -> c_int {
+    if old != new && is_open(old) {
+        forget_fd(new);
+    }
+    // SAFETY: passthrough.
+    let r = unsafe { real::dup3(old, new, flags) };
+    if r >= 0 {
+        alias_fd(old, r);
+    }
+    r
+}
+
+/// # Safety
+/// libc contract.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn close_range(
+    first: libc::c_uint,
+    last: libc::c_uint,
+    flags: c_int,
+) -> c_int {
+    // CLOSE_RANGE_CLOEXEC only marks descriptors; nothing closes now.
+    if flags & libc::CLOSE_RANGE_CLOEXEC as c_int == 0 && first <= last {
+        for fd in table::fds_in(first, last) {
+            forget_fd(fd);
+        }
+    }
+    // SAFETY: passthrough.
+    unsafe { real::close_range(first, last, flags) }
+}
+
+/// # Safety
+/// libc contract.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn closefrom(low: c_int) {
+    if let Ok(first) = u32::try_from(low) {
+        for fd in table::fds_in(first, u32::MAX) {
+            forget_fd(fd);
+        }
+    }
+    // SAFETY: passthrough.
+    unsafe { real::closefrom(low) }
+}
+
+/// # Safety
+/// libc contract.
+#[unsafe(no_mangle)]
 pub unsafe extern "C" fn shutdown(fd: c_int, how: c_int) -> c_int {
     if let Some(c) = accel(fd)
-        && let Some(r) = c.shutdown(how)
+        && let Some(r) = c.shutdown(fd, how)
     {
         return match r {
             Ok(()) => 0,
@@ -666,7 +774,7 @@ pub unsafe extern "C" fn readv(fd: c_int, iov: *const libc::iovec, cnt: c_int) -
     if !empty
         && let Some(c) = accel(fd)
         // SAFETY: the caller's iovecs.
-        && let Some(Some(r)) = unsafe { with_iov_mut(iov, cnt, |b| c.recv(b, RecvOpts::default())) }
+        && let Some(Some(r)) = unsafe { with_iov_mut(iov, cnt, |b| c.recv(fd, b, RecvOpts::default())) }
     {
         return ssize(r);
     }
@@ -686,7 +794,7 @@ pub unsafe extern "C" fn recvmsg(fd: c_int, msg: *mut libc::msghdr, flags: c_int
         // SAFETY: the caller's iovecs.
         if let Some(Some(r)) = unsafe {
             with_iov_mut(m.msg_iov, m.msg_iovlen as c_int, |b| {
-                c.recv(b, recv_opts(flags))
+                c.recv(fd, b, recv_opts(flags))
             })
         } {
             if r.is_ok() {
@@ -768,7 +876,7 @@ pub unsafe extern "C" fn sendto(
 pub unsafe extern "C" fn writev(fd: c_int, iov: *const libc::iovec, cnt: c_int) -> ssize_t {
     if let Some(c) = accel(fd)
         // SAFETY: the caller's iovecs.
-        && let Some(Some(r)) = unsafe { with_iov(iov, cnt, |b| c.send(b, SendOpts::default())) }
+        && let Some(Some(r)) = unsafe { with_iov(iov, cnt, |b| c.send(fd, b, SendOpts::default())) }
     {
         return ssize(r);
     }
@@ -807,7 +915,7 @@ pub unsafe extern "C" fn sendmsg(fd: c_int, msg: *const libc::msghdr, flags: c_i
             // SAFETY: the caller's iovecs.
             if let Some(Some(r)) = unsafe {
                 with_iov(m.msg_iov, m.msg_iovlen as c_int, |b| {
-                    c.send(b, send_opts(flags))
+                    c.send(fd, b, send_opts(flags))
                 })
             } {
                 return ssize(r);
@@ -842,6 +950,10 @@ pub unsafe extern "C" fn fcntl64(fd: c_int, cmd: c_int, arg: c_ulong) -> c_int {
 }
 
 fn after_fcntl(fd: c_int, cmd: c_int, arg: c_ulong, r: c_int) {
+    if r >= 0 && (cmd == libc::F_DUPFD || cmd == libc::F_DUPFD_CLOEXEC) {
+        alias_fd(fd, r);
+        return;
+    }
     if r != -1
         && cmd == libc::F_SETFL
         && let Some(c) = accel(fd)
@@ -857,7 +969,7 @@ pub unsafe extern "C" fn ioctl(fd: c_int, req: c_ulong, arg: *mut c_void) -> c_i
     if let Some(c) = accel(fd) {
         match req {
             libc::FIONREAD => {
-                if let Some(n) = c.bytes_readable() {
+                if let Some(n) = c.bytes_readable(fd) {
                     if arg.is_null() {
                         return fail(Errno::FAULT);
                     }

@@ -62,6 +62,11 @@ real! {
     connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int;
     accept4(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t, flags: c_int) -> c_int;
     close(fd: c_int) -> c_int;
+    dup(fd: c_int) -> c_int;
+    dup2(old: c_int, new: c_int) -> c_int;
+    dup3(old: c_int, new: c_int, flags: c_int) -> c_int;
+    close_range(first: libc::c_uint, last: libc::c_uint, flags: c_int) -> c_int;
+    closefrom(low: c_int) -> ();
     shutdown(fd: c_int, how: c_int) -> c_int;
     read(fd: c_int, buf: *mut c_void, n: size_t) -> ssize_t;
     __read_chk(fd: c_int, buf: *mut c_void, n: size_t, buflen: size_t) -> ssize_t;

@@ -151,6 +151,38 @@ pub fn insert(fd: i32, entry: Entry) -> Option<Guard> {
     Some(Guard(node))
 }
 
+/// Makes `fd` name the same entry as `g` (dup). A stale entry at `fd` is
+/// released; the caller has already dealt with a live one.
+pub fn alias(fd: i32, g: &Guard) {
+    let Some(s) = slot(fd, true) else { return };
+    g.0.refs.fetch_add(1, Relaxed);
+    let old = s.swap(g.0 as *const Node as *mut Node, AcqRel);
+    if !old.is_null() {
+        // SAFETY: nodes are never freed; this releases the slot's reference.
+        drop(Guard(unsafe { &*old }));
+    }
+}
+
+/// Descriptors in `first..=last` that have an entry.
+pub fn fds_in(first: u32, last: u32) -> Vec<i32> {
+    let mut out = Vec::new();
+    let end = (last as usize).min(MAX_FD - 1);
+    let mut fd = first as usize;
+    while fd <= end {
+        let chunk = TABLE[fd >> L2_BITS].load(Acquire);
+        if chunk.is_null() {
+            fd = (fd | (L2 - 1)) + 1;
+            continue;
+        }
+        // SAFETY: chunks are never freed.
+        if !unsafe { &*chunk }[fd & (L2 - 1)].load(Acquire).is_null() {
+            out.push(fd as i32);
+        }
+        fd += 1;
+    }
+    out
+}
+
 /// Removes `fd`'s entry; the returned guard holds what the slot held.
 pub fn remove(fd: i32) -> Option<Guard> {
     let s = slot(fd, false)?;

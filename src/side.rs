@@ -1,0 +1,205 @@
+//! State of one side of a connection, shared by every process of that side
+//! (a forked child uses the same connection as its parent) and invisible to
+//! the peer.
+//!
+//! It lives in a one-page MAP_SHARED mapping of a memfd (through memmap2),
+//! so fork shares it instead of copying it: two processes of one side can
+//! never publish different switch offsets or race on a ring. The memfd is
+//! closed once mapped; the mapping needs no descriptor. Across exec the
+//! mapping is gone and the new image gets a fresh block (see `handover`).
+
+use crate::sync::Ordering::{Acquire, Relaxed, Release};
+use rustix::io::Errno;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64};
+
+/// The shared state. All fields are atomics; the `*_lock`s serialise the
+/// plain-phase counters and the rings' producer/consumer sides.
+#[repr(C)]
+pub struct SideBlock {
+    pub state: AtomicU8,
+    pub nonblock: AtomicBool,
+    /// All plain bytes of the incoming direction consumed: ring phase.
+    pub rx_ring: AtomicBool,
+    /// Our writes go to the ring.
+    pub tx_ring: AtomicBool,
+    /// The client attached; its switch waits for the tx lock.
+    pub tx_switch_due: AtomicBool,
+    /// The peer is gone (EOF/HUP on the socket after its switch).
+    pub sock_eof: AtomicBool,
+    /// The peer's ECONNRESET was reported.
+    pub reset_taken: AtomicBool,
+    pub shut_rd: AtomicBool,
+    pub shut_wr: AtomicBool,
+    /// Our side has been marked closed in the segment.
+    pub closed: AtomicBool,
+    /// Processes holding this side open.
+    pub sharers: AtomicU32,
+    pub rx_lock: ShmLock,
+    pub tx_lock: ShmLock,
+    /// Plain bytes consumed / the peer's published switch point (+1, 0 =
+    /// unknown) / plain bytes sent; guarded by the rx and tx locks.
+    pub plain_read: AtomicU64,
+    pub limit_plus1: AtomicU64,
+    pub plain_written: AtomicU64,
+    /// The segment (from HELLO), so that any process of this side can
+    /// attach it: the client may have attached in another process.
+    pub seg_shmid: AtomicU64,
+    pub seg_nonce: AtomicU64,
+    pub seg_caps: AtomicU64,
+}
+
+/// An owned mapping of a [`SideBlock`].
+pub struct Side {
+    map: memmap2::MmapMut,
+}
+
+impl Side {
+    /// A fresh, zeroed block, shared with future fork children.
+    pub fn new() -> Result<Side, Errno> {
+        let fd = rustix::fs::memfd_create("tsss-side", rustix::fs::MemfdFlags::CLOEXEC)?;
+        rustix::fs::ftruncate(&fd, 4096)?;
+        // SAFETY: a fresh memfd nobody else can see; MmapMut maps it
+        // MAP_SHARED, and the mapping outlives the descriptor.
+        let map = unsafe { memmap2::MmapOptions::new().len(4096).map_mut(&fd) }
+            .map_err(|e| Errno::from_raw_os_error(e.raw_os_error().unwrap_or(libc::ENOMEM)))?;
+        let side = Side { map };
+        side.block().sharers.store(1, Release);
+        Ok(side)
+    }
+
+    pub fn block(&self) -> &SideBlock {
+        // SAFETY: 4096 page-aligned bytes, zero-initialised (a valid
+        // SideBlock: every field is an atomic whose zero is a valid value),
+        // only accessed through atomics.
+        unsafe { &*(self.map.as_ptr() as *const SideBlock) }
+    }
+}
+
+const _: () = assert!(core::mem::size_of::<SideBlock>() <= 4096);
+
+/// A lock in memory shared between processes (a futex without
+/// FUTEX_PRIVATE_FLAG). A holder killed by a signal cannot wedge the other
+/// processes: a waiter that times out checks whether the holder's process
+/// still exists and takes the lock over if not.
+#[repr(C)]
+pub struct ShmLock {
+    /// 0 free, 1 locked, 2 locked with waiters.
+    word: AtomicU32,
+    /// Process id of the holder, for the liveness check.
+    owner: AtomicU32,
+}
+
+pub struct ShmGuard<'a>(&'a ShmLock);
+
+impl ShmLock {
+    pub fn try_lock(&self) -> Option<ShmGuard<'_>> {
+        self.word.compare_exchange(0, 1, Acquire, Relaxed).ok()?;
+        self.owner.store(pid(), Relaxed);
+        Some(ShmGuard(self))
+    }
+
+    pub fn lock(&self) -> ShmGuard<'_> {
+        if let Some(g) = self.try_lock() {
+            return g;
+        }
+        // Drepper's "futexes are tricky" mutex #3.
+        let mut c = self.word.swap(2, Acquire);
+        while c != 0 {
+            let nap = rustix::time::Timespec {
+                tv_sec: 0,
+                tv_nsec: 200_000_000,
+            };
+            let r = rustix::thread::futex::wait(
+                &self.word,
+                rustix::thread::futex::Flags::empty(),
+                2,
+                Some(&nap),
+            );
+            if r == Err(Errno::TIMEDOUT) {
+                let holder = self.owner.load(Relaxed);
+                if holder != 0
+                    && !process_alive(holder)
+                    && self
+                        .owner
+                        .compare_exchange(holder, 0, Relaxed, Relaxed)
+                        .is_ok()
+                {
+                    // The holder died inside a call: free the lock; the
+                    // swap below then takes it.
+                    self.word.store(0, Release);
+                }
+            }
+            c = self.word.swap(2, Acquire);
+        }
+        self.owner.store(pid(), Relaxed);
+        ShmGuard(self)
+    }
+}
+
+impl Drop for ShmGuard<'_> {
+    fn drop(&mut self) {
+        self.0.owner.store(0, Relaxed);
+        if self.0.word.swap(0, Release) == 2 {
+            let _ =
+                rustix::thread::futex::wake(&self.0.word, rustix::thread::futex::Flags::empty(), 1);
+        }
+    }
+}
+
+fn pid() -> u32 {
+    rustix::process::getpid().as_raw_nonzero().get() as u32
+}
+
+fn process_alive(p: u32) -> bool {
+    // SAFETY: kill with signal 0 only checks existence and permission.
+    let r = unsafe { libc::syscall(libc::SYS_kill, p as libc::pid_t, 0) };
+    r == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shared_across_fork() {
+        let side = Side::new().unwrap();
+        let b = side.block();
+        // SAFETY: the child only touches atomics in the shared page and exits.
+        match unsafe { libc::fork() } {
+            0 => {
+                b.plain_written.store(42, Relaxed);
+                let _g = b.tx_lock.lock();
+                // SAFETY: leave without running the parent's test harness.
+                unsafe { libc::_exit(0) };
+            }
+            child => {
+                let mut st = 0;
+                // SAFETY: waiting for our own child.
+                unsafe { libc::waitpid(child, &mut st, 0) };
+                assert_eq!(b.plain_written.load(Relaxed), 42);
+                // The child died holding the lock: we still get it.
+                let t = std::time::Instant::now();
+                drop(b.tx_lock.lock());
+                assert!(t.elapsed() < std::time::Duration::from_secs(2));
+            }
+        }
+    }
+
+    #[test]
+    fn lock_excludes_threads() {
+        let side = Side::new().unwrap();
+        let b = side.block();
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                s.spawn(|| {
+                    for _ in 0..10_000 {
+                        let _g = b.rx_lock.lock();
+                        let v = b.plain_read.load(Relaxed);
+                        b.plain_read.store(v + 1, Relaxed);
+                    }
+                });
+            }
+        });
+        assert_eq!(b.plain_read.load(Relaxed), 40_000);
+    }
+}
