@@ -4,7 +4,8 @@
     python3 scripts/bench.py [--quick] [--out bench-results]
                              [--lib target/release/libtsss.so]
                              [--bin test-apps/bin] [--repeats R]
-                             [--cases stream,pingpong,pipe,file]
+                             [--cases stream,pingpong,syscall,pipe,file,
+                                      webcache,redis,socat]
                              [--plain-only] [--timeout 120]
 
 Runs every case plain and with LD_PRELOAD=<lib> on BOTH client and server,
@@ -16,6 +17,17 @@ only ever inflates):
   * stream    throughput, message sizes 16 B .. 1 MiB   (GB/s and M msg/s)
   * pingpong  round-trip time, 16 B .. 16 KiB           (median and p99, us)
   * pipe/file throughput through non-socket fds          (GB/s)
+  * webcache  file cache server (boss + 4 worker threads) and a client with
+              8 keep-alive connections fetching 20 files of 1 KiB..4 MiB
+              (test-apps/webcache; size column = connections)
+                                                         (req/s and GB/s)
+  * redis     redis-benchmark -c 50 against redis-server on a Unix socket,
+              geometric mean over set,get,incr,lpush,lpop, without and with
+              -P 16 pipelining (size column = clients); SKIPPED when
+              redis-server / redis-benchmark are not installed   (req/s)
+  * socat     a 200 MiB file through socat -u UNIX-LISTEN / UNIX-CONNECT,
+              wall time, output compared with the input; SKIPPED when
+              socat is not installed                     (GB/s)
 
 ratio is always "> 1 means tsss is better": tsss/plain for throughput,
 plain/tsss for latency.
@@ -28,18 +40,21 @@ whose preload could not be loaded is a FAILURE: its stderr is printed and
 the script exits 1 at the end.  Falling short of a performance target is
 reported but is not a failure.
 
-To add a case (e.g. redis), write a function `fn(runner, mode)` returning a
-dict {metric_name: value} (or a list of (metric, value) pairs) and append a
-Case(...) to the list built in build_cases().  TSSS_BENCH_EXTRA is reserved
-for such extra cases and currently ignored.
+To add a case, write a function `fn(runner, mode)` returning a dict
+{metric_name: value} (or a list of (metric, value) pairs) and append a
+Case(...) to the list built in build_cases().  A case whose tools are
+missing raises SkipCase: it is reported as SKIPPED, not as a failure.
+TSSS_BENCH_EXTRA is reserved for extra cases and currently ignored.
 """
 
 import argparse
 import atexit
 import csv
 import datetime
+import math
 import os
 import platform
+import re
 import shutil
 import signal
 import statistics
@@ -72,6 +87,23 @@ PINGPONG_ITERS = {16: 20000, 64: 20000, 1024: 20000, 16384: 10000}
 PIPEFILE_TOTALS = {("pipe", 4096): 1 * G, ("pipe", 65536): 512 * M,
                    ("file", 4096): 512 * M, ("file", 65536): 1 * G}
 
+# webcache: cache workers, client connections, requests per connection
+# (~4 GB of file bytes, ~0.4 s plain), number of files from mkfiles
+WEBCACHE = {"workers": 4, "conns": 8, "reqs": 1000, "files": 20}
+# redis-benchmark: requests per test without / with -P 16 (~1.1 s + ~0.4 s
+# per run plain; the whole case ~16 s with the default 5 repeats), clients,
+# tests
+REDIS = {"n": 30000, "n_p16": 150000, "clients": 50,
+         "tests": ("set", "get", "incr", "lpush", "lpop")}
+SOCAT_BYTES = 200 * M
+
+ALL_GROUPS = ("stream", "pingpong", "syscall", "pipe", "file",
+              "webcache", "redis", "socat")
+# test-app binaries each group needs
+GROUP_BINS = {"stream": ("stream",), "pingpong": ("pingpong",),
+              "syscall": ("syscost",), "pipe": ("pipefile",),
+              "file": ("pipefile",), "webcache": ("webcache",)}
+
 # (case, size, metric, minimum ratio) -- reported as PASS / FALL SHORT
 TARGETS = [
     ("stream", 64, "gbps", 10.0),
@@ -97,6 +129,8 @@ M_NS_CALL = Metric("ns_per_call", "ns", False)
 M_MMSGS = Metric("mmsgs", "Mmsg/s", True)
 M_RTT_MED = Metric("rtt_med_us", "us", False)
 M_RTT_P99 = Metric("rtt_p99_us", "us", False)
+M_RPS = Metric("rps", "req/s", True)
+M_RPS_P16 = Metric("rps_p16", "req/s", True)
 
 
 class Case:
@@ -132,6 +166,10 @@ class Case:
 
 class RunFailure(Exception):
     pass
+
+
+class SkipCase(Exception):
+    """The case cannot run here (a tool is not installed): SKIPPED."""
 
 
 # ---------------------------------------------------------------------------
@@ -322,6 +360,241 @@ def syscost_fn(calls):
     return fn
 
 
+def webcache_fn(workers, conns, reqs, nfiles):
+    def fn(rt, mode):
+        fdir = os.path.join(rt.file_dir, "webcache-files")
+        if not os.path.isdir(fdir):  # once per bench run, outside timing
+            rt.run_one("plain", ["webcache", "mkfiles", fdir + ".tmp", nfiles])
+            os.rename(fdir + ".tmp", fdir)
+        names = sorted(os.listdir(fdir)) + ["missing.dat"]  # one ERR notfound
+        sock = rt.sock_path()
+        c, s = rt.run_pair(mode, ["webcache", "cache", sock, fdir, workers,
+                                  "--max-conns", conns],
+                           ["webcache", "webproxy", sock, conns, reqs] + names, sock)
+        if (c.get("requests"), c.get("bytes")) != (s.get("requests"), s.get("bytes")):
+            raise RunFailure("webcache: webproxy requests/bytes %s/%s != cache %s/%s"
+                             % (c.get("requests"), c.get("bytes"),
+                                s.get("requests"), s.get("bytes")))
+        return {"rps": float(c["rps"]), "gbps": float(c["gbps"])}
+    return fn
+
+
+def _preload_failed(mode, text):
+    return mode == "tsss" and "cannot be preloaded" in (text or "")
+
+
+def _wait_socket(proc, sock, what, logf=None):
+    deadline = time.monotonic() + 10
+    while not os.path.exists(sock):
+        if proc.poll() is not None:
+            raise RunFailure("%s exited (status %s) before creating its socket\n%s"
+                             % (what, proc.returncode, _read_log(logf)))
+        if time.monotonic() > deadline:
+            raise RunFailure("%s: socket %s did not appear within 10 s\n%s"
+                             % (what, sock, _read_log(logf)))
+        time.sleep(0.005)
+
+
+def _read_log(path, limit=4000):
+    if not path:
+        return ""
+    try:
+        with open(path, errors="replace") as f:
+            t = f.read()
+    except OSError:
+        return ""
+    return ("--- log ---\n" + t[-limit:]) if t else ""
+
+
+def _stop(proc, timeout=5):
+    """Wait for proc to exit (SIGTERM, then SIGKILL, on timeout)."""
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    _live.discard(proc)
+
+
+REDIS_RPS_RE = re.compile(r"^\s*([A-Z][A-Z_]*)(?: \([^)]*\))?: ([0-9.]+) requests per second")
+
+
+def parse_redis_benchmark(out):
+    """{test (upper case): requests per second} from redis-benchmark -q."""
+    res = {}
+    for line in re.split(r"[\r\n]+", out):
+        m = REDIS_RPS_RE.match(line)
+        if m:
+            res[m.group(1)] = float(m.group(2))
+    return res
+
+
+def geomean(vals):
+    return math.exp(sum(math.log(v) for v in vals) / len(vals))
+
+
+def redis_fn(n, n_p16, clients, tests):
+    def fn(rt, mode):
+        tools = {t: shutil.which(t) for t in ("redis-server", "redis-benchmark",
+                                              "redis-cli")}
+        missing = [t for t in ("redis-server", "redis-benchmark") if not tools[t]]
+        if missing:
+            raise SkipCase("%s not installed" % " and ".join(missing))
+        sock = rt.sock_path()
+        if os.path.exists(sock):
+            os.unlink(sock)
+        log = sock + ".log"
+        env = rt.env(mode)
+        with open(log, "w") as logf:
+            srv = subprocess.Popen(
+                [tools["redis-server"], "--port", "0", "--unixsocket", sock,
+                 "--save", "", "--appendonly", "no", "--dir", rt.file_dir,
+                 "--daemonize", "no"],
+                env=env, stdout=logf, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL)
+        _live.add(srv)
+        vals = {}
+        try:
+            _wait_socket(srv, sock, "redis-server", log)
+            for metric, extra, nreq in (("rps", [], n), ("rps_p16", ["-P", "16"], n_p16)):
+                cmd = [tools["redis-benchmark"], "-s", sock, "-q", "-n", str(nreq),
+                       "-c", str(clients), "-t", ",".join(tests)] + extra
+                try:
+                    p = subprocess.run(cmd, env=env, stdout=subprocess.PIPE,
+                                       stderr=subprocess.PIPE, universal_newlines=True,
+                                       timeout=rt.timeout)
+                except subprocess.TimeoutExpired as e:
+                    raise RunFailure("%s: timed out after %ss\n%s"
+                                     % (" ".join(cmd), rt.timeout, e.stderr or ""))
+                got = parse_redis_benchmark(p.stdout)
+                want = [t.upper() for t in tests]
+                if (p.returncode != 0 or _preload_failed(mode, p.stderr)
+                        or any(t not in got or got[t] <= 0 for t in want)):
+                    raise RunFailure("%s exited with status %s, results %s\n"
+                                     "--- stdout ---\n%s--- stderr ---\n%s%s"
+                                     % (" ".join(cmd), p.returncode, got,
+                                        p.stdout[-3000:], p.stderr[-3000:],
+                                        _read_log(log)))
+                vals[metric] = geomean([got[t] for t in want])
+            if srv.poll() is not None:
+                raise RunFailure("redis-server exited (status %s) during the benchmark\n%s"
+                                 % (srv.returncode, _read_log(log)))
+            # shut the server down; SIGTERM also makes redis exit cleanly
+            if tools["redis-cli"]:
+                subprocess.run([tools["redis-cli"], "-s", sock, "shutdown", "nosave"],
+                               env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, timeout=10)
+            else:
+                srv.terminate()
+            try:
+                srv.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                raise RunFailure("redis-server did not exit after shutdown\n%s"
+                                 % _read_log(log))
+            if srv.returncode != 0 or _preload_failed(mode, _read_log(log)):
+                raise RunFailure("redis-server exited with status %s\n%s"
+                                 % (srv.returncode, _read_log(log)))
+        finally:
+            if srv.poll() is None:
+                srv.kill()
+                srv.wait()
+            _live.discard(srv)
+            for f in (sock, log):
+                try:
+                    os.unlink(f)
+                except OSError:
+                    pass
+        return vals
+    return fn
+
+
+def _files_equal(a, b, chunk=4 * M):
+    if os.path.getsize(a) != os.path.getsize(b):
+        return False
+    with open(a, "rb") as fa, open(b, "rb") as fb:
+        while True:
+            x, y = fa.read(chunk), fb.read(chunk)
+            if x != y:
+                return False
+            if not x:
+                return True
+
+
+def socat_fn(nbytes):
+    def fn(rt, mode):
+        socat = shutil.which("socat")
+        if not socat:
+            raise SkipCase("socat not installed")
+        src = os.path.join(rt.file_dir, "socat.in")
+        if not os.path.exists(src):  # once per bench run
+            with open(src + ".tmp", "wb") as f:
+                block = os.urandom(M)
+                for i in range(nbytes // M):
+                    # vary every MiB so a misplaced block cannot compare equal
+                    f.write(i.to_bytes(8, "little") + block[8:])
+                f.write(os.urandom(nbytes % M))
+            os.rename(src + ".tmp", src)
+        dst = os.path.join(rt.file_dir, "socat.out")
+        if os.path.exists(dst):
+            os.unlink(dst)
+        sock = rt.sock_path()
+        if os.path.exists(sock):
+            os.unlink(sock)
+        env = rt.env(mode)
+        slog = sock + ".log"
+        with open(slog, "w") as logf:
+            srv = subprocess.Popen([socat, "-u", "UNIX-LISTEN:%s" % sock,
+                                    "FILE:%s,create" % dst],
+                                   env=env, stdout=logf, stderr=subprocess.STDOUT,
+                                   stdin=subprocess.DEVNULL)
+        _live.add(srv)
+        try:
+            _wait_socket(srv, sock, "socat UNIX-LISTEN", slog)
+            cmd = [socat, "-u", "FILE:%s" % src, "UNIX-CONNECT:%s" % sock]
+            t0 = time.monotonic()
+            try:
+                cli = subprocess.run(cmd, env=env, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, universal_newlines=True,
+                                     timeout=rt.timeout)
+            except subprocess.TimeoutExpired as e:
+                raise RunFailure("%s: timed out after %ss\n%s"
+                                 % (" ".join(cmd), rt.timeout, e.stderr or ""))
+            try:
+                srv.wait(timeout=rt.timeout if cli.returncode == 0 else 5)
+            except subprocess.TimeoutExpired:
+                raise RunFailure("socat UNIX-LISTEN did not exit after the sender "
+                                 "(status %s)\n--- sender stderr ---\n%s%s"
+                                 % (cli.returncode, cli.stderr, _read_log(slog)))
+            secs = time.monotonic() - t0
+            if (cli.returncode != 0 or srv.returncode != 0
+                    or _preload_failed(mode, cli.stderr)
+                    or _preload_failed(mode, _read_log(slog))):
+                raise RunFailure("socat: sender status %s, receiver status %s\n"
+                                 "--- sender stderr ---\n%s%s"
+                                 % (cli.returncode, srv.returncode, cli.stderr,
+                                    _read_log(slog)))
+            if not _files_equal(src, dst):
+                raise RunFailure("socat: MISMATCH: received file (%d bytes) differs "
+                                 "from the sent one (%d bytes)"
+                                 % (os.path.getsize(dst), os.path.getsize(src)))
+        finally:
+            if srv.poll() is None:
+                srv.kill()
+                srv.wait()
+            _live.discard(srv)
+            for f in (sock, slog, dst):
+                try:
+                    os.unlink(f)
+                except OSError:
+                    pass
+        return {"gbps": nbytes / secs / 1e9}
+    return fn
+
+
 def build_cases(quick, groups):
     div = 10 if quick else 1
     cases = []
@@ -341,7 +614,20 @@ def build_cases(quick, groups):
             cases.append(Case(kind, size, [M_GBPS],
                               pipefile_fn(kind, size, max(size, total // div // size * size)),
                               best_of=3 if quick else 9))
-    # TSSS_BENCH_EXTRA: reserved for extra cases (e.g. redis); ignored for now.
+    if "webcache" in groups:
+        w = WEBCACHE
+        cases.append(Case("webcache", w["conns"], [M_RPS, M_GBPS],
+                          webcache_fn(w["workers"], w["conns"],
+                                      max(10, w["reqs"] // div), w["files"])))
+    if "redis" in groups:
+        r = REDIS
+        cases.append(Case("redis", r["clients"], [M_RPS, M_RPS_P16],
+                          redis_fn(max(1000, r["n"] // div), max(1000, r["n_p16"] // div),
+                                   r["clients"], r["tests"])))
+    if "socat" in groups:
+        cases.append(Case("socat", SOCAT_BYTES // div, [M_GBPS],
+                          socat_fn(SOCAT_BYTES // div)))
+    # TSSS_BENCH_EXTRA: reserved for extra cases; ignored for now.
     return cases
 
 
@@ -500,8 +786,9 @@ def main():
                     help="directory with the test-app binaries")
     ap.add_argument("--repeats", type=int, default=None,
                     help="repeats per case and mode (default 5, --quick 2)")
-    ap.add_argument("--cases", default="stream,pingpong,syscall,pipe,file",
-                    help="comma separated groups to run (default: all)")
+    ap.add_argument("--cases", default=",".join(ALL_GROUPS),
+                    help="comma separated groups to run (default: all: %s)"
+                    % ",".join(ALL_GROUPS))
     ap.add_argument("--warmup", type=int, default=1,
                     help="discarded warm-up runs per case and mode (default 1)")
     ap.add_argument("--plain-only", action="store_true",
@@ -516,12 +803,12 @@ def main():
     if repeats < 1 or args.warmup < 0:
         sys.exit("error: --repeats must be >= 1 and --warmup >= 0")
     groups = set(x.strip() for x in args.cases.split(",") if x.strip())
-    unknown = groups - {"stream", "pingpong", "syscall", "pipe", "file"}
+    unknown = groups - set(ALL_GROUPS)
     if unknown:
         sys.exit("error: unknown case group(s): %s" % ", ".join(sorted(unknown)))
 
     bin_dir = os.path.abspath(args.bin)
-    for b in ("stream", "pingpong", "pipefile"):
+    for b in sorted(set(x for g in groups for x in GROUP_BINS.get(g, ()))):
         if not os.access(os.path.join(bin_dir, b), os.X_OK):
             sys.exit("error: test app %s not found in %s (build with: make -C test-apps)"
                      % (b, bin_dir))
@@ -554,18 +841,25 @@ def main():
         flush=True)
 
     failures = []
+    skipped = []
     raw = []
     t_start = time.monotonic()
-    for case in cases:
+    for case in list(cases):
         # rep < 0: discarded warm-up runs (first touch of memory / page cache
         # in a fresh VM is much slower); their failures still count.
+        skip = None
         for rep in range(-args.warmup, case.best_of or repeats):
+            if skip:
+                break
             order = modes if rep % 2 == 0 else tuple(reversed(modes))
             for mode in order:
                 try:
                     vals = case.fn(runner, mode)
                     if isinstance(vals, (list, tuple)):
                         vals = dict(vals)
+                except SkipCase as e:
+                    skip = "SKIPPED: %s: %s" % (case.label(), e)
+                    break
                 except RunFailure as e:
                     case.failed = True
                     msg = "FAILURE: %s [%s] repeat %d: %s" % (case.label(), mode, rep, e)
@@ -578,6 +872,12 @@ def main():
                     if k in case.samples[mode]:
                         case.samples[mode][k].append(v)
                     raw.append([case.group, case.size, mode, rep, k, v])
+        if skip:
+            skipped.append(skip)
+            cases.remove(case)
+            sys.stderr.write("  " + skip + "\n")
+            sys.stderr.flush()
+            continue
         first = case.metrics[0].name
         sys.stderr.write("  %-14s plain %-9s tsss %-9s %s\n" % (
             case.label(), fmt(case.median("plain", first)),
@@ -618,6 +918,10 @@ def main():
                 f.write("- %s\n" % l)
             f.write("\n")
         f.write("![throughput](throughput.svg)\n\n![rtt](rtt.svg)\n")
+        if skipped:
+            f.write("\n## Skipped\n\n")
+            for m in skipped:
+                f.write("- %s\n" % m)
         if failures:
             f.write("\n## FAILURES\n\n")
             for m in failures:
@@ -625,6 +929,8 @@ def main():
     print("\nwrote %s/{bench.csv,raw.csv,throughput.svg,rtt.svg,summary.md} (%.0f s)"
           % (out_dir, elapsed))
 
+    for m in skipped:
+        print(m)
     if failures:
         print("\n%d FAILURE(S):" % len(failures))
         for m in failures:
