@@ -32,7 +32,7 @@ use rustix::net::{RecvFlags, SendFlags};
 use std::io::{IoSlice, IoSliceMut};
 use std::ops::{Deref, DerefMut};
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU32, AtomicU64};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Role {
@@ -118,6 +118,8 @@ pub struct Conn {
     rx_head_cache: AtomicU64,
     /// Descriptors of this process naming the connection (dup and friends).
     aliases: AtomicU32,
+    /// This process has given up its share (its last descriptor closed).
+    closed: AtomicBool,
 }
 
 /// The rx lock held, with the plain-phase counters loaded; written back to
@@ -238,6 +240,7 @@ impl Conn {
             tx_tail_cache: AtomicU64::new(0),
             rx_head_cache: AtomicU64::new(0),
             aliases: AtomicU32::new(1),
+            closed: AtomicBool::new(false),
         })
     }
 
@@ -677,6 +680,74 @@ impl Conn {
         }
     }
 
+    /// A receive that carries ancillary data (recvmsg with a control
+    /// buffer) while our incoming direction is still a plain socket: runs
+    /// `f(max)`, the real recvmsg with its data capped at `max` bytes, so
+    /// the kernel hands over descriptors and credentials itself and the
+    /// switch point is never crossed. `None`: HELLO still unread, or the
+    /// direction already runs over the ring.
+    pub fn recv_plain_with(
+        &self,
+        fd: RawFd,
+        nonblock_call: bool,
+        f: impl FnOnce(usize) -> Result<usize, Errno>,
+    ) -> Option<Result<usize, Errno>> {
+        let mut f = Some(f);
+        loop {
+            {
+                let mut rx = self.lock_rx();
+                self.progress_rx(fd, &mut rx);
+                if self.sb().state.load(Acquire) != OFFERED
+                    && self.sb().state.load(Acquire) != ATTACHED
+                    || self.sb().rx_ring.load(Acquire)
+                {
+                    return None;
+                }
+                let queued = rustix::io::ioctl_fionread(sock(fd)).unwrap_or(0) as usize;
+                // Bytes seen before the limit is published are data.
+                let limit = rx.limit.or_else(|| {
+                    let l = self
+                        .seg()
+                        .and_then(|s| protocol::switch_point(&s.ring(self.rx_dir()).ctrl().flags));
+                    rx.limit = l;
+                    l
+                });
+                let allowed = match limit {
+                    Some(l) => (l.saturating_sub(rx.plain_read)) as usize,
+                    None => queued,
+                };
+                let at_eof = allowed == 0
+                    && limit.is_none()
+                    && matches!(
+                        rustix::net::recv(
+                            sock(fd),
+                            &mut [0u8; 1],
+                            RecvFlags::PEEK | RecvFlags::DONTWAIT
+                        ),
+                        Ok((_, 0))
+                    );
+                if allowed > 0 || at_eof {
+                    // At EOF the real call just returns 0.
+                    let r = (f.take()?)(allowed.max(1));
+                    if let Ok(n) = r {
+                        rx.plain_read += n as u64;
+                    }
+                    return Some(r);
+                }
+                if limit.is_some() {
+                    // Every plain byte was read: the ring takes over.
+                    return None;
+                }
+            }
+            if nonblock_call || self.nonblocking() {
+                return Some(Err(Errno::AGAIN));
+            }
+            if let Err(e) = self.wait_rx(fd) {
+                return Some(Err(e));
+            }
+        }
+    }
+
     /// One non-blocking pass: plain bytes below the limit, then the ring.
     fn rx_step(
         &self,
@@ -928,6 +999,70 @@ impl Conn {
         Some(r)
     }
 
+    /// sendfile(2)/splice(2) into the connection once our direction runs
+    /// over the ring: up to `count` bytes go from `in_fd` (at `*off`, or its
+    /// file position) straight into the ring. `None`: the direction is still
+    /// a plain socket; the caller uses the real call through
+    /// [`send_plain_with`](Self::send_plain_with).
+    pub fn send_from_fd(
+        &self,
+        fd: RawFd,
+        in_fd: RawFd,
+        mut off: Option<&mut i64>,
+        count: usize,
+        nonblock_call: bool,
+    ) -> Option<Result<usize, Errno>> {
+        match self.sb().state.load(Acquire) {
+            PLAIN => return None,
+            BROKEN => return Some(Err(Errno::CONNRESET)),
+            _ => {}
+        }
+        let _tx = self.lock_tx();
+        if !self.sb().tx_ring.load(Relaxed) {
+            return None;
+        }
+        let seg = self.seg()?;
+        let ring = seg.ring(self.tx_dir()).with_cache(&self.tx_tail_cache);
+        let nonblock = nonblock_call || self.nonblocking();
+        let mut sent = 0;
+        while sent < count {
+            if let Some(e) = self.tx_error(fd, &ring) {
+                if e == Errno::PIPE && sent == 0 {
+                    sys::raise_sigpipe();
+                }
+                return Some(if sent > 0 { Ok(sent) } else { Err(e) });
+            }
+            let r = ring.push_with(count - sent, |p, len| {
+                // SAFETY: push_with hands us `len` writable ring bytes.
+                unsafe { sys::read_into(in_fd, p, len, off.as_deref_mut()) }
+            });
+            let n = match r {
+                Err(_) => return Some(Err(self.broken())),
+                Ok(Err(e)) => return Some(if sent > 0 { Ok(sent) } else { Err(e) }),
+                Ok(Ok(n)) => n,
+            };
+            if n > 0 {
+                sent += n;
+                self.data_bell(fd, &ring.ctrl().flags);
+                continue;
+            }
+            if ring.writable().unwrap_or(0) > 0 {
+                break; // end of the input file
+            }
+            if nonblock {
+                return Some(if sent > 0 {
+                    Ok(sent)
+                } else {
+                    Err(Errno::AGAIN)
+                });
+            }
+            if let Err(e) = self.wait_tx(fd, &ring) {
+                return Some(if sent > 0 { Ok(sent) } else { Err(e) });
+            }
+        }
+        Some(Ok(sent))
+    }
+
     /// Why a write must fail now (EPIPE), if it must.
     fn tx_error(&self, fd: RawFd, ring: &Ring<'_>) -> Option<Errno> {
         if self.reset_pending() && !self.sb().reset_taken.swap(true, AcqRel) {
@@ -1081,7 +1216,7 @@ impl Conn {
     /// side closed in the segment if no other process shares it; the real
     /// close that follows gives the peer EOF/HUP on the socket as well.
     pub fn close(&self, fd: RawFd) {
-        if self.sb().closed.swap(true, AcqRel) {
+        if self.closed.swap(true, AcqRel) {
             return;
         }
         let Some(seg) = self.seg() else { return };
@@ -1128,8 +1263,13 @@ impl Conn {
         self.aliases.fetch_sub(1, AcqRel) == 1
     }
 
-    /// A forked child now shares this connection.
-    pub fn on_fork_child(&self) {
+    /// A child about to be forked will share this connection.
+    ///
+    /// Called in the parent *before* fork (pthread_atfork prepare): a child
+    /// handler would race with the parent closing its copy right after fork
+    /// returns. A failed fork leaves the count one too high, which only
+    /// means the socket's own EOF, not the flag, ends the connection.
+    pub fn before_fork(&self) {
         self.sb().sharers.fetch_add(1, SeqCst);
     }
 

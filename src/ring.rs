@@ -125,6 +125,47 @@ impl<'a> Ring<'a> {
         Ok(want)
     }
 
+    /// Producer: lets `fill(ptr, len)` write up to `max` bytes straight
+    /// into free ring space (e.g. a read(2) from a file: one copy), then
+    /// publishes what it wrote. `fill` returns how many bytes it wrote
+    /// (fewer ends the call). Errors from `fill` pass through once nothing
+    /// was written.
+    pub fn push_with<E>(
+        &self,
+        max: usize,
+        mut fill: impl FnMut(*mut u8, usize) -> Result<usize, E>,
+    ) -> Result<Result<usize, E>, Corrupt> {
+        let head = self.ctrl.head.load(Relaxed);
+        let tail = self.ctrl.tail.load(Acquire);
+        if let Some(c) = self.remote {
+            c.store(tail, Relaxed);
+        }
+        let free = (self.cap - self.fill(head, tail)?) as usize;
+        let want = free.min(max);
+        let mut done = 0;
+        while done < want {
+            let pos = ((head + done as u64) & (self.cap - 1)) as usize;
+            let contiguous = (self.cap as usize - pos).min(want - done);
+            // SAFETY: pos + contiguous <= cap, inside the data area.
+            let dst = unsafe { self.data.as_ptr().add(pos) };
+            match fill(dst, contiguous) {
+                Ok(n) => {
+                    let n = n.min(contiguous);
+                    done += n;
+                    if n < contiguous {
+                        break;
+                    }
+                }
+                Err(e) if done == 0 => return Ok(Err(e)),
+                Err(_) => break,
+            }
+        }
+        if done > 0 {
+            self.ctrl.head.store(head + done as u64, Release);
+        }
+        Ok(Ok(done))
+    }
+
     /// Consumer: copies up to `dst.remaining()` bytes out; consumes them
     /// unless `peek`.
     pub fn pop(&self, dst: &mut DstCursor<'_, '_>, peek: bool) -> Result<usize, Corrupt> {

@@ -30,8 +30,6 @@ pub struct SideBlock {
     pub reset_taken: AtomicBool,
     pub shut_rd: AtomicBool,
     pub shut_wr: AtomicBool,
-    /// Our side has been marked closed in the segment.
-    pub closed: AtomicBool,
     /// Processes holding this side open.
     pub sharers: AtomicU32,
     pub rx_lock: ShmLock,

@@ -240,3 +240,28 @@ pub fn ppoll(
         )
     })
 }
+
+/// read(2) or pread(2) (when `off` is given, which it then advances) into
+/// raw memory: the file-to-ring copy of sendfile/splice.
+///
+/// # Safety
+/// `p` is valid for writes of `len` bytes.
+pub unsafe fn read_into(
+    fd: i32,
+    p: *mut u8,
+    len: usize,
+    off: Option<&mut i64>,
+) -> Result<usize, Errno> {
+    match off {
+        Some(o) => {
+            // SAFETY: per the caller.
+            let r = ret(unsafe { libc::syscall(libc::SYS_pread64, fd, p, len, *o) });
+            if let Ok(n) = r {
+                *o += n as i64;
+            }
+            r
+        }
+        // SAFETY: per the caller.
+        None => ret(unsafe { libc::syscall(libc::SYS_read, fd, p, len) }),
+    }
+}

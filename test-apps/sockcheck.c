@@ -32,6 +32,7 @@
  * prints do not depend on the directory.
  */
 #include "common.h"
+#include <sys/syscall.h>
 
 #include <poll.h>
 #include <sys/epoll.h>
@@ -42,7 +43,7 @@
 #include <sys/uio.h>
 #include <sys/wait.h>
 
-#define NSCEN 10
+#define NSCEN 12
 #define LOGCAP (1u << 18)
 #define SOCK "sock"
 
@@ -1275,9 +1276,91 @@ static void sc10(int fd)
     }
 }
 
+/* ---- scenario 11: descriptor copies ------------------------------------------ */
+
+static void sc11(int fd)
+{
+    if (IS_C) {
+        int d = dup(fd);
+        L("dup = %s", d >= 0 ? "ok" : "fail");
+        do_write(d, "via-dup");
+        DO(close(d));
+        L("close(dup) = %s", RV);
+        do_write(fd, "|orig");
+        d = fcntl(fd, F_DUPFD_CLOEXEC, 50);
+        L("F_DUPFD_CLOEXEC = %s", d >= 50 ? "ok" : "fail");
+        do_write(d, "|fdup");
+        DO(close(d));
+        DO(dup2(fd, 60));
+        L("dup2 = %s", RV);
+        do_write(60, "|dup2");
+        DO(dup3(fd, 61, O_CLOEXEC));
+        L("dup3 = %s", RV);
+        do_write(61, "|dup3");
+        DO(close_range(60, 61, 0));
+        L("close_range = %s", RV);
+        DO(write(60, "x", 1));
+        L("write(closed) = %s", RV);
+        int moved = dup(fd);
+        DO(close(fd));
+        L("close(original) = %s", RV);
+        do_write(moved, "|moved");
+        handover();
+        do_read(moved, 64);
+        DO(close(moved));
+        L("close(last copy) = %s", RV);
+    } else {
+        wait_peer();
+        do_read(fd, 4096);
+        do_write(fd, "bye");
+        sig_peer();
+        do_read(fd, 64);
+    }
+}
+
+/* ---- scenario 12: fork ------------------------------------------------------ */
+
+static void sc12(int fd)
+{
+    if (IS_C) {
+        do_write(fd, "ping");
+        do_read(fd, 64);
+        pid_t k = fork();
+        if (k < 0)
+            fail("fork");
+        if (k == 0) {
+            /* the child writes through the inherited connection */
+            if (write(fd, "again", 5) != 5)
+                _exit(1);
+            _exit(0);
+        }
+        int st = 0;
+        waitpid(k, &st, 0);
+        L("child wrote through the inherited connection: exit %d", WEXITSTATUS(st));
+        do_read(fd, 64);
+        do_read(fd, 64);
+    } else {
+        /* accept, fork a child to serve, close our copy: the classic server */
+        pid_t k = fork();
+        if (k < 0)
+            fail("fork");
+        if (k == 0) {
+            do_read(fd, 64);
+            do_write(fd, "pong");
+            do_read(fd, 64);
+            do_write(fd, "done");
+            _exit(0);
+        }
+        int rc = close(fd);
+        int st = 0;
+        waitpid(k, &st, 0);
+        L("parent closed its copy = %d; child exit %d", rc, WEXITSTATUS(st));
+    }
+}
+
 /* ---- driver ------------------------------------------------------------------ */
 
-static void (*const g_scen[NSCEN + 1])(int) = {NULL, sc1, sc2, sc3, sc4, sc5, sc6, sc7, sc8, sc9, sc10};
+static void (*const g_scen[NSCEN + 1])(int) = {NULL, sc1, sc2, sc3, sc4, sc5, sc6, sc7, sc8, sc9, sc10, sc11, sc12};
 static const char *const g_names[NSCEN + 1] = {
     NULL,
     "basic I/O calls (read/write, readv/writev, send/recv, sendto/recvfrom, sendmsg/recvmsg)",
@@ -1290,6 +1373,8 @@ static const char *const g_names[NSCEN + 1] = {
     "addresses (accept, getsockname, getpeername; connect+send before accept; bound client; abstract)",
     "full duplex (1 MiB each way in 1000-byte non-blocking writes)",
     "close with unread data (ECONNRESET)",
+    "descriptor copies (dup, F_DUPFD_CLOEXEC, dup2, dup3, close_range, close the original)",
+    "fork (server child serves, parent closes; client child writes through the inherited fd)",
 };
 
 /*

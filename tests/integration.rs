@@ -1070,3 +1070,62 @@ fn diff_helper_lists_changes() {
         [7, 12].into()
     );
 }
+
+// ------------------------------------------------------------------ webproxy/cache
+
+/// The webproxy/cache pair from tssx: a cache with a boss thread and a
+/// worker pool, a proxy with concurrent connections; bodies verified.
+fn webcache(name: &str, sendfile: bool) {
+    let t = TempDir::new(name);
+    let dir = t.path("files");
+    std::fs::create_dir_all(&dir).unwrap();
+    let dir_s = dir.to_str().unwrap().to_string();
+    let mk = Command::new(bin("webcache"))
+        .args(["mkfiles", &dir_s, "12"])
+        .output()
+        .unwrap();
+    assert!(
+        mk.status.success(),
+        "mkfiles failed: {}",
+        String::from_utf8_lossy(&mk.stderr)
+    );
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names.push("missing.dat".into());
+    let sock = t.sock("cache");
+    let mut sargs = vec!["cache", &sock, &dir_s, "4", "--max-conns", "8"];
+    if sendfile {
+        sargs.push("--sendfile");
+    }
+    let server = Spec::app("cache", "webcache", &sargs)
+        .preload(true)
+        .env("WEBCACHE_TIMEOUT", "60");
+    let mut cargs = vec!["webproxy", sock.as_str(), "8", "100"];
+    cargs.extend(names.iter().map(String::as_str));
+    let client = Spec::app("webproxy", "webcache", &cargs)
+        .preload(true)
+        .env("WEBCACHE_TIMEOUT", "60");
+    let (s, c) = run_pair(&server, &sock, &client, Duration::from_secs(90));
+    assert_ok(&[&s, &c]);
+    assert_eq!(
+        count(&s.stderr(), "accelerated"),
+        8,
+        "{}",
+        reports(&[&s, &c])
+    );
+    assert_segments_gone(&[&s, &c]);
+}
+
+#[test]
+fn webcache_read_write() {
+    webcache("webcache_rw", false);
+}
+
+/// sendfile(2) into an accelerated socket goes file -> ring.
+#[test]
+fn webcache_sendfile() {
+    webcache("webcache_sf", true);
+}

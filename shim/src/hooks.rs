@@ -791,6 +791,15 @@ pub unsafe extern "C" fn recvmsg(fd: c_int, msg: *mut libc::msghdr, flags: c_int
     {
         // SAFETY: msg is a valid msghdr per the caller.
         let m = unsafe { &mut *msg };
+        if !m.msg_control.is_null() && m.msg_controllen > 0 {
+            let nb = flags & libc::MSG_DONTWAIT != 0;
+            // SAFETY: the caller's message, passed on with fewer data bytes.
+            let plain =
+                c.recv_plain_with(fd, nb, |max| unsafe { recvmsg_capped(fd, msg, flags, max) });
+            if let Some(r) = plain {
+                return ssize(r);
+            }
+        }
         // SAFETY: the caller's iovecs.
         if let Some(Some(r)) = unsafe {
             with_iov_mut(m.msg_iov, m.msg_iovlen as c_int, |b| {
@@ -820,6 +829,55 @@ pub unsafe extern "C" fn recvmsg(fd: c_int, msg: *mut libc::msghdr, flags: c_int
         }
     }
     r
+}
+
+/// The real recvmsg with the data capped at `max` bytes (the rest of the
+/// message as the caller gave it, control buffer included).
+///
+/// # Safety
+/// `msg` is a valid msghdr, as for recvmsg.
+unsafe fn recvmsg_capped(
+    fd: c_int,
+    msg: *mut libc::msghdr,
+    flags: c_int,
+    max: usize,
+) -> Result<usize, Errno> {
+    // SAFETY: per the caller.
+    let m = unsafe { &mut *msg };
+    let iovs = if m.msg_iov.is_null() || m.msg_iovlen == 0 {
+        &[][..]
+    } else {
+        // SAFETY: the caller's iovec array.
+        unsafe { std::slice::from_raw_parts(m.msg_iov, m.msg_iovlen) }
+    };
+    let mut left = max;
+    let mut capped: Vec<libc::iovec> = Vec::with_capacity(iovs.len());
+    for v in iovs {
+        if left == 0 {
+            break;
+        }
+        let l = v.iov_len.min(left);
+        capped.push(libc::iovec {
+            iov_base: v.iov_base,
+            iov_len: l,
+        });
+        left -= l;
+    }
+    let mut m2 = *m;
+    m2.msg_iov = capped.as_mut_ptr();
+    m2.msg_iovlen = capped.len();
+    // SAFETY: a copy of the caller's message with a shorter iovec list.
+    let r = unsafe { real::recvmsg(fd, &mut m2, flags) };
+    if r < 0 {
+        return Err(Errno::from_raw_os_error(errno()));
+    }
+    m.msg_controllen = m2.msg_controllen;
+    m.msg_flags = m2.msg_flags;
+    m.msg_namelen = m2.msg_namelen;
+    if !m.msg_name.is_null() {
+        hide_marker_in(m.msg_name.cast(), &mut m.msg_namelen);
+    }
+    Ok(r as usize)
 }
 
 // ------------------------------------------------------------------ send
@@ -924,6 +982,130 @@ pub unsafe extern "C" fn sendmsg(fd: c_int, msg: *const libc::msghdr, flags: c_i
     }
     // SAFETY: passthrough.
     unsafe { real::sendmsg(fd, msg, flags) }
+}
+
+// ------------------------------------------------------------------ file to socket
+
+/// sendfile/splice into `out`: the real call while our direction is still
+/// a plain socket (its bytes counted), else file to ring in one copy.
+///
+/// # Safety
+/// `real_call` performs the caller's call with the caller's arguments.
+unsafe fn send_from_fd(
+    out: c_int,
+    inp: c_int,
+    off: *mut i64,
+    n: size_t,
+    nonblock: bool,
+    real_call: impl FnOnce() -> ssize_t,
+) -> Option<ssize_t> {
+    let c = accel(out)?;
+    let mut real_call = Some(real_call);
+    let plain = c.send_plain_with(|| match real_call.take().map(|f| f()) {
+        Some(r) if r >= 0 => Ok(r as usize),
+        _ => Err(Errno::from_raw_os_error(errno())),
+    });
+    if let Some(r) = plain {
+        return Some(ssize(r));
+    }
+    // SAFETY: off is null or the caller's valid offset.
+    let off = unsafe { off.as_mut() };
+    c.send_from_fd(out, inp, off, n, nonblock).map(ssize)
+}
+
+/// # Safety
+/// libc contract.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn sendfile(
+    out: c_int,
+    inp: c_int,
+    off: *mut libc::off_t,
+    n: size_t,
+) -> ssize_t {
+    // SAFETY: the caller's arguments, passed on.
+    let r = unsafe { send_from_fd(out, inp, off, n, false, || real::sendfile(out, inp, off, n)) };
+    if let Some(r) = r {
+        return r;
+    }
+    // SAFETY: passthrough.
+    unsafe { real::sendfile(out, inp, off, n) }
+}
+
+/// # Safety
+/// libc contract.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn sendfile64(
+    out: c_int,
+    inp: c_int,
+    off: *mut libc::off64_t,
+    n: size_t,
+) -> ssize_t {
+    // SAFETY: the caller's arguments, passed on.
+    if let Some(r) = unsafe {
+        send_from_fd(out, inp, off, n, false, || {
+            real::sendfile64(out, inp, off, n)
+        })
+    } {
+        return r;
+    }
+    // SAFETY: passthrough.
+    unsafe { real::sendfile64(out, inp, off, n) }
+}
+
+/// # Safety
+/// libc contract.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn splice(
+    fin: c_int,
+    offin: *mut libc::loff_t,
+    fout: c_int,
+    offout: *mut libc::loff_t,
+    n: size_t,
+    flags: libc::c_uint,
+) -> ssize_t {
+    let nonblock = flags & libc::SPLICE_F_NONBLOCK != 0;
+    // Into an accelerated socket (from a pipe).
+    if offout.is_null()
+        // SAFETY: the caller's arguments, passed on.
+        && let Some(r) = unsafe {
+            send_from_fd(fout, fin, offin, n, nonblock, || real::splice(fin, offin, fout, offout, n, flags))
+        }
+    {
+        return r;
+    }
+    // Out of an accelerated socket (into a pipe): peek, write, then consume
+    // exactly what the pipe took, so a full pipe loses nothing.
+    if offin.is_null()
+        && n > 0
+        && let Some(c) = accel(fin)
+    {
+        let mut buf = vec![0u8; n.min(1 << 16)];
+        let peek = RecvOpts {
+            peek: true,
+            dontwait: nonblock,
+            ..RecvOpts::default()
+        };
+        if let Some(r) = c.recv(fin, &mut [IoSliceMut::new(&mut buf)], peek) {
+            let got = match r {
+                Ok(0) => return 0,
+                Ok(k) => k,
+                Err(e) => return fail(e),
+            };
+            // SAFETY: buf holds `got` initialised bytes.
+            let w = unsafe { real::write(fout, buf.as_ptr().cast(), got) };
+            if w <= 0 {
+                return w;
+            }
+            let take = RecvOpts {
+                dontwait: true,
+                ..RecvOpts::default()
+            };
+            let _ = c.recv(fin, &mut [IoSliceMut::new(&mut buf[..w as usize])], take);
+            return w;
+        }
+    }
+    // SAFETY: passthrough.
+    unsafe { real::splice(fin, offin, fout, offout, n, flags) }
 }
 
 // ------------------------------------------------------------------ control

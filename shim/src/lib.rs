@@ -22,9 +22,9 @@ fn init() {
         tsss_core::log::emit(format_args!("{w}"));
     }
     real::init();
-    // SAFETY: registering a plain function pointer; it runs in the child
-    // after fork, where only the forking thread exists.
-    unsafe { libc::pthread_atfork(None, None, Some(after_fork_child)) };
+    // SAFETY: registering a plain function pointer, run in the parent just
+    // before fork.
+    unsafe { libc::pthread_atfork(Some(before_fork), None, None) };
     tsss_core::log!(
         tsss_core::log::DEBUG,
         "loaded ({}; ring {} KiB)",
@@ -33,6 +33,6 @@ fn init() {
     );
 }
 
-extern "C" fn after_fork_child() {
-    table::for_each_conn(|c| c.on_fork_child());
+extern "C" fn before_fork() {
+    table::for_each_conn(|c| c.before_fork());
 }

@@ -81,6 +81,9 @@ real! {
     send(fd: c_int, buf: *const c_void, n: size_t, flags: c_int) -> ssize_t;
     sendto(fd: c_int, buf: *const c_void, n: size_t, flags: c_int, addr: *const sockaddr, len: socklen_t) -> ssize_t;
     sendmsg(fd: c_int, msg: *const libc::msghdr, flags: c_int) -> ssize_t;
+    sendfile(out: c_int, inp: c_int, off: *mut libc::off_t, n: size_t) -> ssize_t;
+    sendfile64(out: c_int, inp: c_int, off: *mut libc::off64_t, n: size_t) -> ssize_t;
+    splice(fin: c_int, offin: *mut libc::loff_t, fout: c_int, offout: *mut libc::loff_t, n: size_t, flags: libc::c_uint) -> ssize_t;
     fcntl(fd: c_int, cmd: c_int, arg: c_ulong) -> c_int;
     fcntl64(fd: c_int, cmd: c_int, arg: c_ulong) -> c_int;
     ioctl(fd: c_int, req: c_ulong, arg: *mut c_void) -> c_int;
