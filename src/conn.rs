@@ -1252,6 +1252,99 @@ impl Conn {
             })
     }
 
+    /// The state a new program image needs to carry on with this
+    /// connection after execve (see the shim's exec hooks): one line of
+    /// space-separated numbers.
+    pub fn export(&self) -> String {
+        let b = self.sb();
+        let flags = u32::from(b.nonblock.load(Acquire))
+            | u32::from(b.rx_ring.load(Acquire)) << 1
+            | u32::from(b.tx_ring.load(Acquire)) << 2
+            | u32::from(b.tx_switch_due.load(Acquire)) << 3
+            | u32::from(b.sock_eof.load(Acquire)) << 4
+            | u32::from(b.reset_taken.load(Acquire)) << 5
+            | u32::from(b.shut_rd.load(Acquire)) << 6
+            | u32::from(b.shut_wr.load(Acquire)) << 7;
+        format!(
+            "{} {} {} {} {} {} {} {} {}",
+            match self.role {
+                Role::Client => 0,
+                Role::Server => 1,
+            },
+            b.state.load(Acquire),
+            flags,
+            b.plain_read.load(Acquire),
+            b.limit_plus1.load(Acquire),
+            b.plain_written.load(Acquire),
+            b.seg_shmid.load(Acquire),
+            b.seg_nonce.load(Acquire),
+            b.seg_caps.load(Acquire)
+        )
+    }
+
+    /// Rebuilds a connection from [`export`](Self::export) in a new program
+    /// image. The segment is attached (and its nonce checked) on first use.
+    pub fn adopt(fd: RawFd, line: &str) -> Result<Conn, String> {
+        let v: Vec<u64> = line
+            .split_whitespace()
+            .map(|w| w.parse::<u64>())
+            .collect::<Result<_, _>>()
+            .map_err(|_| "malformed handover".to_string())?;
+        let [
+            role,
+            state,
+            flags,
+            plain_read,
+            limit_plus1,
+            plain_written,
+            shmid,
+            nonce,
+            caps,
+        ] = v[..]
+        else {
+            return Err("malformed handover".into());
+        };
+        let role = if role == 0 {
+            Role::Client
+        } else {
+            Role::Server
+        };
+        let state = u8::try_from(state)
+            .ok()
+            .filter(|&s| s <= BROKEN)
+            .ok_or("bad state")?;
+        if state == PLAIN {
+            return Err("plain".into());
+        }
+        let c = Self::new(fd, role, state, flags & 1 != 0)?;
+        let b = c.sb();
+        b.rx_ring.store(flags & 2 != 0, Release);
+        b.tx_ring.store(flags & 4 != 0, Release);
+        b.tx_switch_due.store(flags & 8 != 0, Release);
+        b.sock_eof.store(flags & 16 != 0, Release);
+        b.reset_taken.store(flags & 32 != 0, Release);
+        b.shut_rd.store(flags & 64 != 0, Release);
+        b.shut_wr.store(flags & 128 != 0, Release);
+        b.plain_read.store(plain_read, Release);
+        b.limit_plus1.store(limit_plus1, Release);
+        b.plain_written.store(plain_written, Release);
+        b.seg_shmid.store(shmid, Release);
+        b.seg_nonce.store(nonce, Release);
+        b.seg_caps.store(caps, Release);
+        Ok(c)
+    }
+
+    /// Before execve: this process stops counting as a sharer of the
+    /// current side block (the new image gets its own). Undone by
+    /// [`exec_failed`](Self::exec_failed).
+    pub fn before_exec(&self) {
+        self.sb().sharers.fetch_sub(1, SeqCst);
+    }
+
+    pub fn exec_failed(&self) {
+        self.sb().sharers.fetch_add(1, SeqCst);
+    }
+
     /// Another descriptor of this process now names the connection.
     pub fn add_alias(&self) {
         self.aliases.fetch_add(1, Relaxed);

@@ -43,7 +43,7 @@
 #include <sys/uio.h>
 #include <sys/wait.h>
 
-#define NSCEN 12
+#define NSCEN 13
 #define LOGCAP (1u << 18)
 #define SOCK "sock"
 
@@ -1358,9 +1358,52 @@ static void sc12(int fd)
     }
 }
 
+/* ---- scenario 13: exec ------------------------------------------------------ */
+
+static void sc13(int fd)
+{
+    if (IS_C) {
+        /* inetd style: the child serves the connection as stdin/stdout of
+         * a program it execs; the parent closes its copy */
+        pid_t k = fork();
+        if (k < 0)
+            fail("fork");
+        if (k == 0) {
+            if (dup2(fd, 0) < 0 || dup2(fd, 1) < 0)
+                _exit(126);
+            close(fd);
+            char *av[] = {"cat", NULL};
+            execv("/bin/cat", av);
+            _exit(127);
+        }
+        DO(close(fd));
+        L("parent close = %s", RV);
+        handover();
+        int st = 0;
+        waitpid(k, &st, 0);
+        L("cat exited %d", WIFEXITED(st) ? WEXITSTATUS(st) : -1);
+    } else {
+        wait_peer();
+        do_write(fd, "through exec");
+        char buf[64];
+        size_t got = 0;
+        while (got < 12) {
+            ssize_t n = read(fd, buf + got, sizeof buf - got);
+            if (n <= 0)
+                break;
+            got += (size_t)n;
+        }
+        L("echo from cat = %s", esc(buf, (long)got));
+        DO(shutdown(fd, SHUT_WR));
+        L("shutdown(WR) = %s", RV);
+        do_read(fd, 64);
+        sig_peer();
+    }
+}
+
 /* ---- driver ------------------------------------------------------------------ */
 
-static void (*const g_scen[NSCEN + 1])(int) = {NULL, sc1, sc2, sc3, sc4, sc5, sc6, sc7, sc8, sc9, sc10, sc11, sc12};
+static void (*const g_scen[NSCEN + 1])(int) = {NULL, sc1, sc2, sc3, sc4, sc5, sc6, sc7, sc8, sc9, sc10, sc11, sc12, sc13};
 static const char *const g_names[NSCEN + 1] = {
     NULL,
     "basic I/O calls (read/write, readv/writev, send/recv, sendto/recvfrom, sendmsg/recvmsg)",
@@ -1375,6 +1418,7 @@ static const char *const g_names[NSCEN + 1] = {
     "close with unread data (ECONNRESET)",
     "descriptor copies (dup, F_DUPFD_CLOEXEC, dup2, dup3, close_range, close the original)",
     "fork (server child serves, parent closes; client child writes through the inherited fd)",
+    "exec (a child execs cat on the connection as stdin/stdout)",
 };
 
 /*

@@ -6,6 +6,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 
+mod exec;
 mod hooks;
 mod real;
 mod table;
@@ -22,6 +23,7 @@ fn init() {
         tsss_core::log::emit(format_args!("{w}"));
     }
     real::init();
+    exec::adopt_inherited();
     // SAFETY: registering a plain function pointer, run in the parent just
     // before fork.
     unsafe { libc::pthread_atfork(Some(before_fork), None, None) };

@@ -1,0 +1,327 @@
+//! exec: hand accelerated connections over to the new program image.
+//!
+//! An accelerated fd that survives execve (no FD_CLOEXEC) is a socket
+//! carrying doorbell bytes, its data in a segment the new image knows
+//! nothing of. Before exec we describe each such connection in
+//! `TSSS_HANDOVER` (and keep libtsss in `LD_PRELOAD`); the new image's
+//! constructor adopts them. If the new image cannot run tsss (statically
+//! linked), the connection is shut down with a log line: a clear error
+//! rather than a corrupted stream.
+//!
+//! Not covered: execl/execlp/execle (C variadics) and posix_spawn.
+
+use crate::real;
+use crate::table::{self, ConnRef, Entry};
+use libc::{c_char, c_int};
+use std::ffi::{CStr, CString, OsStr};
+use std::os::unix::ffi::OsStrExt;
+use tsss_core::config;
+use tsss_core::log::{DEBUG, INFO};
+use tsss_core::{conn::Conn, log};
+
+const VAR: &str = "TSSS_HANDOVER";
+
+unsafe extern "C" {
+    static environ: *const *const c_char;
+}
+
+/// Connections whose descriptors survive exec, with those descriptors.
+fn inherited() -> Vec<(ConnRef, Vec<c_int>)> {
+    let mut out: Vec<(ConnRef, Vec<c_int>)> = Vec::new();
+    for fd in table::fds_in(0, u32::MAX) {
+        let Some(c) = table::get(fd).and_then(ConnRef::new) else {
+            continue;
+        };
+        if c.is_plain() {
+            continue;
+        }
+        // SAFETY: borrowed for one call.
+        let flags = rustix::io::fcntl_getfd(unsafe { rustix::fd::BorrowedFd::borrow_raw(fd) });
+        if !flags.is_ok_and(|f| !f.contains(rustix::io::FdFlags::CLOEXEC)) {
+            continue;
+        }
+        match out
+            .iter_mut()
+            .find(|(o, _)| std::ptr::eq::<Conn>(&**o, &*c))
+        {
+            Some((_, fds)) => fds.push(fd),
+            None => out.push((c, vec![fd])),
+        }
+    }
+    out
+}
+
+/// Path of this library, to keep it in LD_PRELOAD.
+fn lib_path() -> Option<Vec<u8>> {
+    // SAFETY: dladdr only reads; info is plain old data.
+    let mut info: libc::Dl_info = unsafe { std::mem::zeroed() };
+    // SAFETY: the address of one of our own functions.
+    if unsafe { libc::dladdr(inherited as *const libc::c_void, &mut info) } == 0
+        || info.dli_fname.is_null()
+    {
+        return None;
+    }
+    // SAFETY: dladdr returned a NUL-terminated path.
+    Some(
+        unsafe { CStr::from_ptr(info.dli_fname) }
+            .to_bytes()
+            .to_vec(),
+    )
+}
+
+/// Whether the program at `path` loads LD_PRELOAD: a dynamically linked
+/// ELF (it has PT_INTERP), or anything else (a script: its interpreter).
+fn can_preload(path: &[u8]) -> bool {
+    use std::io::Read;
+    let Ok(mut f) = std::fs::File::open(OsStr::from_bytes(path)) else {
+        return true;
+    };
+    let mut h = [0u8; 64];
+    if f.read_exact(&mut h).is_err() || &h[..4] != b"\x7fELF" || h[4] != 2 {
+        return true;
+    }
+    let phoff = u64::from_le_bytes(h[32..40].try_into().unwrap_or_default());
+    let phentsize = u16::from_le_bytes([h[54], h[55]]) as usize;
+    let phnum = u16::from_le_bytes([h[56], h[57]]) as usize;
+    let mut all = Vec::new();
+    if f.read_to_end(&mut all).is_err() {
+        return true;
+    }
+    let base = (phoff as usize).saturating_sub(64);
+    (0..phnum).any(|i| {
+        let o = base + i * phentsize;
+        all.get(o..o + 4)
+            .is_some_and(|t| u32::from_le_bytes([t[0], t[1], t[2], t[3]]) == libc::PT_INTERP)
+    })
+}
+
+/// Where execvp would find `file`.
+fn search_path(file: &CStr) -> Option<Vec<u8>> {
+    let f = file.to_bytes();
+    if f.contains(&b'/') {
+        return Some(f.to_vec());
+    }
+    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
+    path.as_bytes().split(|&b| b == b':').find_map(|dir| {
+        let mut p = if dir.is_empty() {
+            b".".to_vec()
+        } else {
+            dir.to_vec()
+        };
+        p.push(b'/');
+        p.extend_from_slice(f);
+        let c = CString::new(p.clone()).ok()?;
+        // SAFETY: a NUL-terminated path.
+        (unsafe { libc::access(c.as_ptr(), libc::X_OK) } == 0).then_some(p)
+    })
+}
+
+/// The caller's environment without a stale handover, plus ours, with
+/// libtsss kept in LD_PRELOAD.
+///
+/// # Safety
+/// `envp` is null or a NULL-terminated array of C strings.
+unsafe fn build_env(envp: *const *const c_char, handover: &str) -> Vec<CString> {
+    let mut out = Vec::new();
+    let lib = lib_path();
+    let mut saw_preload = false;
+    let mut p = envp;
+    while !p.is_null() {
+        // SAFETY: per the caller, the array ends with NULL.
+        let e = unsafe { *p };
+        if e.is_null() {
+            break;
+        }
+        // SAFETY: a C string of the environment.
+        let bytes = unsafe { CStr::from_ptr(e) }.to_bytes();
+        p = p.wrapping_add(1);
+        if bytes.starts_with(b"TSSS_HANDOVER=") {
+            continue;
+        }
+        if let Some(v) = bytes.strip_prefix(b"LD_PRELOAD=") {
+            saw_preload = true;
+            if let Some(lib) = &lib
+                && !v.windows(lib.len()).any(|w| w == lib.as_slice())
+            {
+                let mut nv = b"LD_PRELOAD=".to_vec();
+                nv.extend_from_slice(lib);
+                nv.push(b':');
+                nv.extend_from_slice(v);
+                out.extend(CString::new(nv));
+                continue;
+            }
+        }
+        out.extend(CString::new(bytes));
+    }
+    if !saw_preload && let Some(lib) = &lib {
+        let mut nv = b"LD_PRELOAD=".to_vec();
+        nv.extend_from_slice(lib);
+        out.extend(CString::new(nv));
+    }
+    out.extend(CString::new(format!("{VAR}={handover}")));
+    out
+}
+
+/// Runs `exec` (the real call, given the environment to use) with the
+/// handover prepared; returns only if exec failed.
+///
+/// # Safety
+/// `envp` as for execve; `target` the program that will run, if known.
+pub unsafe fn exec_with(
+    target: Option<&[u8]>,
+    envp: *const *const c_char,
+    exec: impl FnOnce(*const *const c_char) -> c_int,
+) -> c_int {
+    if config::disabled() {
+        return exec(envp);
+    }
+    let conns = inherited();
+    if conns.is_empty() {
+        return exec(envp);
+    }
+    if let Some(t) = target
+        && !can_preload(t)
+    {
+        for (c, fds) in &conns {
+            log!(
+                INFO,
+                "fd {}: accelerated connection ended at exec: {} is statically linked and cannot run tsss",
+                fds[0],
+                String::from_utf8_lossy(t)
+            );
+            let _ = c.shutdown(fds[0], libc::SHUT_RDWR);
+        }
+        return exec(envp);
+    }
+    let handover = conns
+        .iter()
+        .map(|(c, fds)| {
+            let fds: Vec<String> = fds.iter().map(i32::to_string).collect();
+            format!("{}={}", fds.join(","), c.export())
+        })
+        .collect::<Vec<_>>()
+        .join(";");
+    // SAFETY: per the caller.
+    let env = unsafe { build_env(envp, &handover) };
+    let mut ptrs: Vec<*const c_char> = env.iter().map(|c| c.as_ptr()).collect();
+    ptrs.push(std::ptr::null());
+    for (c, _) in &conns {
+        c.before_exec();
+    }
+    let r = exec(ptrs.as_ptr());
+    for (c, _) in &conns {
+        c.exec_failed();
+    }
+    r
+}
+
+/// In the constructor of a new image: adopts the connections the previous
+/// one handed over.
+pub fn adopt_inherited() {
+    let Some(v) = std::env::var_os(VAR) else {
+        return;
+    };
+    // SAFETY: the constructor runs before main, on the only thread.
+    unsafe { std::env::remove_var(VAR) };
+    for entry in v.as_bytes().split(|&b| b == b';') {
+        let Some(eq) = entry.iter().position(|&b| b == b'=') else {
+            continue;
+        };
+        let fds: Vec<c_int> = entry[..eq]
+            .split(|&b| b == b',')
+            .filter_map(|f| std::str::from_utf8(f).ok()?.parse().ok())
+            .collect();
+        let line = String::from_utf8_lossy(&entry[eq + 1..]);
+        let sockets = fds.iter().all(|&fd| {
+            // SAFETY: borrowed for one call.
+            let st = rustix::fs::fstat(unsafe { rustix::fd::BorrowedFd::borrow_raw(fd) });
+            st.is_ok_and(|s| {
+                rustix::fs::FileType::from_raw_mode(s.st_mode) == rustix::fs::FileType::Socket
+            })
+        });
+        let Some(&first) = fds.first().filter(|_| sockets) else {
+            continue;
+        };
+        match Conn::adopt(first, &line) {
+            Ok(c) => {
+                let Some(g) = table::insert(first, Entry::Conn(c)) else {
+                    continue;
+                };
+                for &fd in &fds[1..] {
+                    if let Entry::Conn(c) = &*g {
+                        c.add_alias();
+                    }
+                    table::alias(fd, &g);
+                }
+                log!(
+                    DEBUG,
+                    "fd {first}: accelerated connection carried over exec ({} fds)",
+                    fds.len()
+                );
+            }
+            Err(e) => log!(
+                INFO,
+                "fd {first}: cannot carry the connection over exec: {e}"
+            ),
+        }
+    }
+}
+
+/// # Safety
+/// libc contract.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn execve(
+    path: *const c_char,
+    argv: *const *const c_char,
+    envp: *const *const c_char,
+) -> c_int {
+    // SAFETY: path is a C string per the contract (null is left to the kernel).
+    let target = (!path.is_null()).then(|| unsafe { CStr::from_ptr(path) }.to_bytes());
+    // SAFETY: the caller's arguments, passed on.
+    unsafe { exec_with(target, envp, |e| real::execve(path, argv, e)) }
+}
+
+/// # Safety
+/// libc contract.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn execv(path: *const c_char, argv: *const *const c_char) -> c_int {
+    // SAFETY: forwarded with the process environment.
+    unsafe { execve(path, argv, environ) }
+}
+
+/// # Safety
+/// libc contract.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn execvpe(
+    file: *const c_char,
+    argv: *const *const c_char,
+    envp: *const *const c_char,
+) -> c_int {
+    // SAFETY: file is a C string per the contract.
+    let target = (!file.is_null())
+        .then(|| search_path(unsafe { CStr::from_ptr(file) }))
+        .flatten();
+    // SAFETY: the caller's arguments, passed on.
+    unsafe { exec_with(target.as_deref(), envp, |e| real::execvpe(file, argv, e)) }
+}
+
+/// # Safety
+/// libc contract.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn execvp(file: *const c_char, argv: *const *const c_char) -> c_int {
+    // SAFETY: forwarded with the process environment.
+    unsafe { execvpe(file, argv, environ) }
+}
+
+/// # Safety
+/// libc contract.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn fexecve(
+    fd: c_int,
+    argv: *const *const c_char,
+    envp: *const *const c_char,
+) -> c_int {
+    let target = format!("/proc/self/fd/{fd}").into_bytes();
+    // SAFETY: the caller's arguments, passed on.
+    unsafe { exec_with(Some(&target), envp, |e| real::fexecve(fd, argv, e)) }
+}
