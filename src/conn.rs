@@ -16,7 +16,7 @@
 //!   doorbells on the socket can never steal a writer's wake-up.
 
 use crate::config;
-use crate::layout::{CLIENT_ATTACHED, Dir, RingFlags};
+use crate::layout::{ANC_SLOTS, CARRIER, CLIENT_ATTACHED, Dir, RingFlags};
 use crate::protocol;
 use crate::ring::{DstCursor, Ring, SrcCursor};
 use crate::segment::Segment;
@@ -180,8 +180,18 @@ impl Drop for TxGuard<'_> {
     }
 }
 
+/// Receives the one-byte carrier of ancillary data (`true`: MSG_PEEK). The
+/// shim's version hands the application's control buffer to the kernel;
+/// without one, descriptors are discarded, as the kernel does for read().
+pub type CarrierRecv<'a> = dyn FnMut(bool) -> Result<(), Errno> + 'a;
+/// Sends the one-byte carrier with the application's control messages.
+pub type CarrierSend<'a> = dyn FnMut() -> Result<(), Errno> + 'a;
+
 /// What one non-blocking pass over the incoming direction found.
 enum Step {
+    /// Data, and the call must end here (after a message with ancillary
+    /// data, as the kernel's does).
+    Stop,
     Data,
     Eof,
     Empty,
@@ -577,29 +587,81 @@ impl Conn {
     fn drain_bells(&self, fd: RawFd) {
         let mut buf = [0u8; 64];
         loop {
-            match rustix::net::recv(sock(fd), &mut buf, RecvFlags::DONTWAIT) {
+            // Peek first: a carrier of ancillary data (non-zero) must stay
+            // until the read that reaches its message takes it.
+            let n = match rustix::net::recv(
+                sock(fd),
+                &mut buf,
+                RecvFlags::DONTWAIT | RecvFlags::PEEK,
+            ) {
                 Ok((_, 0)) => {
                     self.sb().sock_eof.store(true, Release);
                     return;
                 }
-                Ok((_, n)) if n == buf.len() => {}
-                Ok(_) | Err(Errno::AGAIN) => return,
-                Err(Errno::INTR) => {}
+                Ok((_, n)) => n,
+                Err(Errno::AGAIN) => return,
+                Err(Errno::INTR) => continue,
                 Err(_) => {
                     self.sb().sock_eof.store(true, Release);
                     return;
                 }
+            };
+            let bells = buf[..n].iter().take_while(|&&b| b != CARRIER).count();
+            if bells > 0 {
+                let _ = rustix::net::recv(sock(fd), &mut buf[..bells], RecvFlags::DONTWAIT);
             }
+            if bells < n || n < buf.len() {
+                return;
+            }
+        }
+    }
+
+    /// Takes the carrier of the ancillary data that came with the message
+    /// a read just reached.
+    fn take_carrier(
+        &self,
+        fd: RawFd,
+        peek: bool,
+        carrier: &mut CarrierRecv<'_>,
+    ) -> Result<(), Errno> {
+        self.drain_bells(fd);
+        let mut b = [0u8; 1];
+        match rustix::net::recv(sock(fd), &mut b, RecvFlags::DONTWAIT | RecvFlags::PEEK) {
+            Ok((_, 1)) if b[0] == CARRIER => carrier(peek),
+            // The producer sends the carrier before it publishes the
+            // record, so anything else is a broken peer.
+            _ => Err(self.broken()),
         }
     }
 
     // ---------------------------------------------------------------- receive
 
     /// `recv`-family semantics. `None` means "not accelerated (any more):
-    /// call the real function".
+    /// call the real function". Ancillary data reached on the way is
+    /// discarded, as the kernel does for read().
     pub fn recv(
         &self,
         fd: RawFd,
+        bufs: &mut [IoSliceMut<'_>],
+        o: RecvOpts,
+    ) -> Option<Result<usize, Errno>> {
+        let mut discard = |peek: bool| {
+            let f = if peek {
+                RecvFlags::DONTWAIT | RecvFlags::PEEK
+            } else {
+                RecvFlags::DONTWAIT
+            };
+            rustix::net::recv(sock(fd), &mut [0u8; 1], f).map(|_| ())
+        };
+        self.recv_with(fd, &mut discard, bufs, o)
+    }
+
+    /// [`recv`](Self::recv) for recvmsg: `carrier` receives the ancillary
+    /// data of a message the read reaches.
+    pub fn recv_with(
+        &self,
+        fd: RawFd,
+        carrier: &mut CarrierRecv<'_>,
         bufs: &mut [IoSliceMut<'_>],
         o: RecvOpts,
     ) -> Option<Result<usize, Errno>> {
@@ -635,10 +697,10 @@ impl Conn {
                 match self.sb().state.load(Acquire) {
                     PENDING => Ok(Step::Empty),
                     PLAIN => continue,
-                    _ => self.rx_step(fd, &mut rx, &mut probe, true),
+                    _ => self.rx_step(fd, carrier, &mut rx, &mut probe, true),
                 }
                 .map(|s| match s {
-                    Step::Data => Step::Eof,
+                    Step::Data | Step::Stop => Step::Eof,
                     other => other,
                 })
             } else {
@@ -647,7 +709,7 @@ impl Conn {
                 match self.sb().state.load(Acquire) {
                     PENDING => Ok(Step::Empty),
                     PLAIN => continue,
-                    _ => self.rx_step(fd, &mut rx, &mut dst, o.peek),
+                    _ => self.rx_step(fd, carrier, &mut rx, &mut dst, o.peek),
                 }
             };
             match step {
@@ -658,7 +720,7 @@ impl Conn {
                         Err(e)
                     });
                 }
-                Ok(Step::Eof) => return Some(Ok(dst.filled())),
+                Ok(Step::Eof | Step::Stop) => return Some(Ok(dst.filled())),
                 Ok(Step::Data) if dst.filled() >= target => return Some(Ok(dst.filled())),
                 Ok(Step::Data) => continue,
                 Ok(Step::Empty) => {}
@@ -697,10 +759,20 @@ impl Conn {
             {
                 let mut rx = self.lock_rx();
                 self.progress_rx(fd, &mut rx);
-                if self.sb().state.load(Acquire) != OFFERED
-                    && self.sb().state.load(Acquire) != ATTACHED
-                    || self.sb().rx_ring.load(Acquire)
-                {
+                let st = self.sb().state.load(Acquire);
+                if st == PENDING {
+                    // HELLO not here yet: wait for the first bytes rather than
+                    // let a control-less read take the first message.
+                    drop(rx);
+                    if nonblock_call || self.nonblocking() {
+                        return Some(Err(Errno::AGAIN));
+                    }
+                    if let Err(e) = self.wait_rx(fd) {
+                        return Some(Err(e));
+                    }
+                    continue;
+                }
+                if st != OFFERED && st != ATTACHED || self.sb().rx_ring.load(Acquire) {
                     return None;
                 }
                 let queued = rustix::io::ioctl_fionread(sock(fd)).unwrap_or(0) as usize;
@@ -752,6 +824,7 @@ impl Conn {
     fn rx_step(
         &self,
         fd: RawFd,
+        carrier: &mut CarrierRecv<'_>,
         rx: &mut RxState,
         dst: &mut DstCursor<'_, '_>,
         peek: bool,
@@ -833,9 +906,39 @@ impl Conn {
             }
         }
         // Ring phase.
+        let anc = &seg.header().anc[self.rx_dir() as usize];
         for _ in 0..2 {
-            let n = ring.pop(dst, peek).map_err(|_| self.broken())?;
+            // A message with ancillary data ahead? Then this read may go up
+            // to its end, delivers its control data if it reaches its
+            // first byte, and stops there, as the kernel's does.
+            let (qh, qt) = (anc.head.load(Acquire), anc.tail.load(Relaxed));
+            let at = ring.tail();
+            let rec = if qh == qt {
+                None
+            } else {
+                if qh.wrapping_sub(qt) > ANC_SLOTS as u64 {
+                    return Err(self.broken());
+                }
+                let r = &anc.recs[(qt % ANC_SLOTS as u64) as usize];
+                let (off, len) = (r.offset.load(Acquire), r.len.load(Acquire));
+                if off < at || len == 0 || len > ring.capacity() as u64 {
+                    return Err(self.broken());
+                }
+                Some((off, len))
+            };
+            let max = rec.map_or(usize::MAX, |(off, len)| (off + len - at) as usize);
+            let n = ring.pop_max(dst, max, peek).map_err(|_| self.broken())?;
             if n > 0 {
+                if let Some((off, _)) = rec
+                    && at + n as u64 > off
+                {
+                    self.take_carrier(fd, peek, carrier)?;
+                    if !peek {
+                        anc.tail.store(qt + 1, Release);
+                        self.space_bell(fd, &ring);
+                    }
+                    return Ok(Step::Stop);
+                }
                 if !peek {
                     self.space_bell(fd, &ring);
                 }
@@ -909,6 +1012,21 @@ impl Conn {
         bufs: &[IoSlice<'_>],
         o: SendOpts,
     ) -> Option<Result<usize, Errno>> {
+        self.send_with(fd, None, bufs, o)
+    }
+
+    /// [`send`](Self::send) for a sendmsg with ancillary data once our
+    /// direction runs over the ring: `carrier` sends it on the socket (the
+    /// kernel validates it and moves the descriptors), and a record in the
+    /// segment ties it to the message's first byte. While the direction is
+    /// plain, use [`send_plain_with`](Self::send_plain_with) instead.
+    pub fn send_with(
+        &self,
+        fd: RawFd,
+        carrier: Option<&mut CarrierSend<'_>>,
+        bufs: &[IoSlice<'_>],
+        o: SendOpts,
+    ) -> Option<Result<usize, Errno>> {
         match self.sb().state.load(Acquire) {
             PLAIN => return None,
             BROKEN => return Some(Err(Errno::CONNRESET)),
@@ -952,6 +1070,47 @@ impl Conn {
         };
         if src.remaining() == 0 {
             return Some(Ok(0));
+        }
+        if let Some(carrier) = carrier {
+            let anc = &seg.header().anc[self.tx_dir() as usize];
+            // Room for a record and at least one byte first: the carrier
+            // must never go out without its message.
+            loop {
+                if let Some(e) = self.tx_error(fd, &ring) {
+                    return Some(fail(e, 0));
+                }
+                let used = anc.head.load(Relaxed).wrapping_sub(anc.tail.load(Acquire));
+                if used > ANC_SLOTS as u64 {
+                    return Some(fail(self.broken(), 0));
+                }
+                let free = ring.writable().unwrap_or(0);
+                if used < ANC_SLOTS as u64 && free > 0 {
+                    break;
+                }
+                if nonblock {
+                    return Some(Err(Errno::AGAIN));
+                }
+                if free > 0 {
+                    // Only the record queue is full: the reader frees it as
+                    // it reads; no doorbell covers that, so nap briefly.
+                    std::thread::sleep(std::time::Duration::from_micros(50));
+                } else if let Err(e) = self.wait_tx(fd, &ring) {
+                    return Some(fail(e, 0));
+                }
+            }
+            if let Err(e) = carrier() {
+                return Some(fail(e, 0));
+            }
+            let h = anc.head.load(Relaxed);
+            let r = &anc.recs[(h % ANC_SLOTS as u64) as usize];
+            r.offset.store(ring.head(), Relaxed);
+            r.len.store(
+                ring.writable().unwrap_or(0).min(src.remaining()) as u64,
+                Relaxed,
+            );
+            // Published before the data: a reader that sees the bytes sees
+            // the record.
+            anc.head.store(h + 1, Release);
         }
         loop {
             if let Some(e) = self.tx_error(fd, &ring) {

@@ -72,6 +72,32 @@ pub struct RingFlags {
     pub rd_closed: AtomicU32,
 }
 
+/// Records of ancillary data (SCM_RIGHTS, SCM_CREDENTIALS) in one
+/// direction: the data bytes a sendmsg put in the ring starting at
+/// `offset` came with control messages, which travel separately as a
+/// one-byte *carrier* on the socket (the kernel moves descriptors; we
+/// cannot). Written by the producer before it publishes the data.
+#[repr(C)]
+pub struct AncQueue {
+    /// Records produced / consumed; `head - tail <= ANC_SLOTS`.
+    pub head: AtomicU64,
+    pub tail: AtomicU64,
+    pub recs: [AncRec; ANC_SLOTS],
+}
+
+pub const ANC_SLOTS: usize = 64;
+
+#[repr(C)]
+pub struct AncRec {
+    /// Stream offset (ring index) of the message's first byte.
+    pub offset: AtomicU64,
+    /// Its length: a read that delivers the control data stops there.
+    pub len: AtomicU64,
+}
+
+/// The socket byte that carries ancillary data (doorbells are 0).
+pub const CARRIER: u8 = 2;
+
 /// The start of every segment.
 #[repr(C)]
 pub struct SegHeader {
@@ -81,6 +107,8 @@ pub struct SegHeader {
     /// One of `CLIENT_*`; stored by the client.
     pub client_state: AtomicU32,
     pub rings: [RingCtrl; 2],
+    /// Ancillary records, per direction like `rings`.
+    pub anc: [AncQueue; 2],
 }
 
 #[cfg(not(loom))]

@@ -169,6 +169,16 @@ impl<'a> Ring<'a> {
     /// Consumer: copies up to `dst.remaining()` bytes out; consumes them
     /// unless `peek`.
     pub fn pop(&self, dst: &mut DstCursor<'_, '_>, peek: bool) -> Result<usize, Corrupt> {
+        self.pop_max(dst, usize::MAX, peek)
+    }
+
+    /// [`pop`](Self::pop), taking at most `max` bytes.
+    pub fn pop_max(
+        &self,
+        dst: &mut DstCursor<'_, '_>,
+        max: usize,
+        peek: bool,
+    ) -> Result<usize, Corrupt> {
         let tail = self.ctrl.tail.load(Relaxed);
         let cached = self.remote.map(|c| c.load(Relaxed));
         let avail = match cached.and_then(|h| self.fill(h, tail).ok()) {
@@ -182,7 +192,7 @@ impl<'a> Ring<'a> {
                 n as usize
             }
         };
-        let want = avail.min(dst.remaining());
+        let want = avail.min(dst.remaining()).min(max);
         if want == 0 {
             return Ok(0);
         }

@@ -1129,3 +1129,58 @@ fn webcache_read_write() {
 fn webcache_sendfile() {
     webcache("webcache_sf", true);
 }
+
+// ------------------------------------------------------------------ pubsub
+
+/// A hub forwards every publisher's memfd (SCM_RIGHTS) with a small header
+/// to every subscriber; all preloaded: descriptors must arrive with exactly
+/// the message they were sent with, in both the plain and the ring phase.
+#[test]
+fn pubsub_passes_descriptors() {
+    let t = TempDir::new("pubsub");
+    let sock = t.sock("hub");
+    let (subs, pubs, msgs) = (3, 2, 500);
+    let hub = Spec::app(
+        "hub",
+        "pubsub",
+        &["hub", &sock, &subs.to_string(), &pubs.to_string()],
+    )
+    .preload(true)
+    .env("PUBSUB_TIMEOUT", "60");
+    let mut h = Proc::spawn(&hub);
+    wait_for_path(Path::new(&sock), &mut h);
+    let total = (pubs * msgs).to_string();
+    let mut ps: Vec<Proc> = (0..subs)
+        .map(|i| {
+            Proc::spawn(
+                &Spec::app(&format!("sub{i}"), "pubsub", &["sub", &sock, &total])
+                    .preload(true)
+                    .env("PUBSUB_TIMEOUT", "60"),
+            )
+        })
+        .collect();
+    thread::sleep(Duration::from_millis(100));
+    for p in 0..pubs {
+        let size = if p == 0 { "4096" } else { "1" };
+        ps.push(Proc::spawn(
+            &Spec::app(
+                &format!("pub{p}"),
+                "pubsub",
+                &["pub", &sock, &(p + 1).to_string(), &msgs.to_string(), size],
+            )
+            .preload(true)
+            .env("PUBSUB_TIMEOUT", "60"),
+        ));
+    }
+    let mut all: Vec<&mut Proc> = ps.iter_mut().collect();
+    all.push(&mut h);
+    wait_all(&mut all, Duration::from_secs(90), "pubsub");
+    let refs: Vec<&Proc> = ps.iter().chain(std::iter::once(&h)).collect();
+    assert_ok(&refs);
+    assert!(
+        count(&h.stderr(), "accelerated") >= subs,
+        "{}",
+        reports(&refs)
+    );
+    assert_segments_gone(&refs);
+}

@@ -13,6 +13,7 @@ use rustix::io::Errno;
 use std::io::{IoSlice, IoSliceMut};
 use std::sync::Mutex;
 use tsss_core::conn::{Conn, RecvOpts, SendOpts};
+use tsss_core::layout::CARRIER;
 use tsss_core::log::{DEBUG, INFO};
 use tsss_core::readiness::{self, EpollSet, Lookup};
 use tsss_core::{config, log, wire};
@@ -800,17 +801,47 @@ pub unsafe extern "C" fn recvmsg(fd: c_int, msg: *mut libc::msghdr, flags: c_int
                 return ssize(r);
             }
         }
+        let (ctl, ctl_len) = (m.msg_control, m.msg_controllen);
+        let (iov, iovlen) = (m.msg_iov, m.msg_iovlen);
+        // What the kernel reported for a carrier taken on the way.
+        let mut got: (usize, c_int) = (0, 0);
+        let mut carrier = |peek: bool| {
+            let mut byte = [0u8];
+            let mut one = libc::iovec {
+                iov_base: byte.as_mut_ptr().cast(),
+                iov_len: 1,
+            };
+            // SAFETY: msghdr is plain old data.
+            let mut m2: libc::msghdr = unsafe { std::mem::zeroed() };
+            m2.msg_iov = &mut one;
+            m2.msg_iovlen = 1;
+            m2.msg_control = ctl;
+            m2.msg_controllen = if ctl.is_null() { 0 } else { ctl_len };
+            let fl = libc::MSG_DONTWAIT
+                | (flags & libc::MSG_CMSG_CLOEXEC)
+                | if peek { libc::MSG_PEEK } else { 0 };
+            // SAFETY: our one-byte buffer and the caller's control buffer;
+            // the kernel fills in descriptors and MSG_CTRUNC itself.
+            match unsafe { real::recvmsg(fd, &mut m2, fl) } {
+                1 if byte[0] == CARRIER => {
+                    got = (m2.msg_controllen, m2.msg_flags & libc::MSG_CTRUNC);
+                    Ok(())
+                }
+                r if r < 0 => Err(Errno::from_raw_os_error(errno())),
+                _ => Err(Errno::IO),
+            }
+        };
         // SAFETY: the caller's iovecs.
         if let Some(Some(r)) = unsafe {
-            with_iov_mut(m.msg_iov, m.msg_iovlen as c_int, |b| {
-                c.recv(fd, b, recv_opts(flags))
+            with_iov_mut(iov, iovlen as c_int, |b| {
+                c.recv_with(fd, &mut carrier, b, recv_opts(flags))
             })
         } {
             if r.is_ok() {
-                // Ancillary data is not carried over the ring (yet): report
-                // none, and no truncation.
-                m.msg_controllen = 0;
-                m.msg_flags = 0;
+                // Control data only if the read reached a message with it.
+                m.msg_controllen = got.0;
+                // The kernel echoes MSG_CMSG_CLOEXEC in msg_flags.
+                m.msg_flags = got.1 | (flags & libc::MSG_CMSG_CLOEXEC);
                 let mut nl = m.msg_namelen;
                 // SAFETY: msg_name/msg_namelen as the caller gave them.
                 unsafe { peer_addr_out(fd, m.msg_name.cast(), &mut nl) };
@@ -953,9 +984,9 @@ pub unsafe extern "C" fn sendmsg(fd: c_int, msg: *const libc::msghdr, flags: c_i
         let m = unsafe { &*msg };
         if m.msg_name.is_null() || m.msg_namelen == 0 {
             if m.msg_controllen > 0 {
-                // Ancillary data cannot ride the ring: send it on the socket
-                // while our direction is still plain, else refuse rather
-                // than reorder the stream.
+                // While our direction is a plain socket, the whole message
+                // goes there; after the switch the data takes the ring and
+                // the control messages a one-byte carrier on the socket.
                 // SAFETY: passthrough of the caller's message.
                 let f = || match unsafe { real::sendmsg(fd, msg, flags) } {
                     n if n >= 0 => Ok(n as usize),
@@ -964,11 +995,33 @@ pub unsafe extern "C" fn sendmsg(fd: c_int, msg: *const libc::msghdr, flags: c_i
                 if let Some(r) = c.send_plain_with(f) {
                     return ssize(r);
                 }
-                log!(
-                    INFO,
-                    "fd {fd}: sendmsg with ancillary data on an accelerated socket is not supported yet"
-                );
-                return fail(Errno::OPNOTSUPP);
+                let mut carrier = || {
+                    let mut byte = [CARRIER];
+                    let mut iov = libc::iovec {
+                        iov_base: byte.as_mut_ptr().cast(),
+                        iov_len: 1,
+                    };
+                    let mut m2 = *m;
+                    m2.msg_name = std::ptr::null_mut();
+                    m2.msg_namelen = 0;
+                    m2.msg_iov = &mut iov;
+                    m2.msg_iovlen = 1;
+                    let fl = libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL;
+                    // SAFETY: the caller's control messages with our one byte.
+                    match unsafe { real::sendmsg(fd, &m2, fl) } {
+                        1 => Ok(()),
+                        r if r < 0 => Err(Errno::from_raw_os_error(errno())),
+                        _ => Err(Errno::IO),
+                    }
+                };
+                // SAFETY: the caller's iovecs.
+                if let Some(Some(r)) = unsafe {
+                    with_iov(m.msg_iov, m.msg_iovlen as c_int, |b| {
+                        c.send_with(fd, Some(&mut carrier), b, send_opts(flags))
+                    })
+                } {
+                    return ssize(r);
+                }
             }
             // SAFETY: the caller's iovecs.
             if let Some(Some(r)) = unsafe {
