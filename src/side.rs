@@ -144,8 +144,25 @@ impl Drop for ShmGuard<'_> {
     }
 }
 
+/// This process's id, cached: getpid() is a real syscall, and the lock
+/// records its holder on every acquisition. Reset in a fork child by
+/// [`forget_pid`].
+static PID: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
 fn pid() -> u32 {
-    rustix::process::getpid().as_raw_nonzero().get() as u32
+    match PID.load(Relaxed) {
+        0 => {
+            let p = rustix::process::getpid().as_raw_nonzero().get() as u32;
+            PID.store(p, Relaxed);
+            p
+        }
+        p => p,
+    }
+}
+
+/// After fork, in the child: the cached pid is the parent's.
+pub fn forget_pid() {
+    PID.store(0, Relaxed);
 }
 
 fn process_alive(p: u32) -> bool {
