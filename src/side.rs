@@ -54,6 +54,11 @@ pub struct Side {
 impl Side {
     /// A fresh, zeroed block, shared with future fork children.
     pub fn new() -> Result<Side, Errno> {
+        static ATFORK: std::sync::Once = std::sync::Once::new();
+        ATFORK.call_once(|| {
+            // SAFETY: registers a plain function, run in fork children.
+            unsafe { libc::pthread_atfork(None, None, Some(forget_pid)) };
+        });
         let fd = rustix::fs::memfd_create("tsss-side", rustix::fs::MemfdFlags::CLOEXEC)?;
         rustix::fs::ftruncate(&fd, 4096)?;
         // SAFETY: a fresh memfd nobody else can see; MmapMut maps it
@@ -145,8 +150,9 @@ impl Drop for ShmGuard<'_> {
 }
 
 /// This process's id, cached: getpid() is a real syscall, and the lock
-/// records its holder on every acquisition. Reset in a fork child by
-/// [`forget_pid`].
+/// records its holder on every acquisition. Reset in fork children by a
+/// pthread_atfork handler (a raw clone() child keeps a stale value, which
+/// only weakens the dead-holder check).
 static PID: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 
 fn pid() -> u32 {
@@ -161,7 +167,7 @@ fn pid() -> u32 {
 }
 
 /// After fork, in the child: the cached pid is the parent's.
-pub fn forget_pid() {
+extern "C" fn forget_pid() {
     PID.store(0, Relaxed);
 }
 

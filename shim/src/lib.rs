@@ -26,17 +26,13 @@ fn init() {
     exec::adopt_inherited();
     // SAFETY: registering a plain function pointer, run in the parent just
     // before fork.
-    unsafe { libc::pthread_atfork(Some(before_fork), None, Some(after_fork_child)) };
+    unsafe { libc::pthread_atfork(Some(before_fork), None, None) };
     tsss_core::log!(
         tsss_core::log::DEBUG,
         "loaded ({}; ring {} KiB)",
         if cfg.disabled { "disabled" } else { "enabled" },
         cfg.ring_size >> 10
     );
-}
-
-extern "C" fn after_fork_child() {
-    tsss_core::side::forget_pid();
 }
 
 extern "C" fn before_fork() {
