@@ -1673,6 +1673,25 @@ impl Conn {
         self.sb().rx_ring.load(Relaxed)
     }
 
+    /// SO_ERROR: the pending error, cleared by reading it (the peer's
+    /// ECONNRESET, once). `None`: ask the kernel.
+    pub fn take_error(&self) -> Option<i32> {
+        if self.reset_pending() && !self.sb().reset_taken.swap(true, AcqRel) {
+            return Some(libc::ECONNRESET);
+        }
+        self.sb().tx_ring.load(Acquire).then_some(0)
+    }
+
+    /// SIOCOUTQ: bytes written and not yet read by the peer. `None`: our
+    /// direction is still a plain socket; ask the kernel.
+    pub fn bytes_unread_by_peer(&self) -> Option<usize> {
+        if !self.sb().tx_ring.load(Acquire) {
+            return None;
+        }
+        let ring = self.seg()?.ring(self.tx_dir());
+        Some(ring.capacity() - ring.writable().unwrap_or(0))
+    }
+
     /// Monotonic counters for edge-triggered epoll: input progress (bytes
     /// the peer wrote, EOF) and output progress (bytes the peer consumed,
     /// its read side closing).

@@ -32,6 +32,7 @@
  * prints do not depend on the directory.
  */
 #include "common.h"
+#include <linux/sockios.h>
 #include <sys/syscall.h>
 
 #include <poll.h>
@@ -43,7 +44,7 @@
 #include <sys/uio.h>
 #include <sys/wait.h>
 
-#define NSCEN 13
+#define NSCEN 14
 #define LOGCAP (1u << 18)
 #define SOCK "sock"
 
@@ -1401,9 +1402,49 @@ static void sc13(int fd)
     }
 }
 
+/* ---- scenario 14: sendmmsg/recvmmsg, SO_ERROR, SIOCOUTQ ---------------------- */
+
+static void sc14(int fd)
+{
+    if (IS_C) {
+        struct iovec iov[3] = {{"one", 3}, {"two", 3}, {"three", 5}};
+        struct mmsghdr mm[3];
+        memset(mm, 0, sizeof mm);
+        for (int i = 0; i < 3; i++) {
+            mm[i].msg_hdr.msg_iov = &iov[i];
+            mm[i].msg_hdr.msg_iovlen = 1;
+        }
+        DO(sendmmsg(fd, mm, 3, 0));
+        L("sendmmsg = %s lens=%u,%u,%u", RV, mm[0].msg_len, mm[1].msg_len, mm[2].msg_len);
+        int q = -1;
+        DO(ioctl(fd, SIOCOUTQ, &q));
+        L("ioctl(SIOCOUTQ) = %s pending=%s", RV, q > 0 ? "yes" : q == 0 ? "no" : "?");
+        handover();
+        DO(ioctl(fd, SIOCOUTQ, &q));
+        L("after the peer read: ioctl(SIOCOUTQ) = %s pending=%s", RV, q > 0 ? "yes" : q == 0 ? "no" : "?");
+    } else {
+        wait_peer();
+        char b[3][32];
+        struct iovec iov[3] = {{b[0], 32}, {b[1], 32}, {b[2], 32}};
+        struct mmsghdr mm[3];
+        memset(mm, 0, sizeof mm);
+        for (int i = 0; i < 3; i++) {
+            mm[i].msg_hdr.msg_iov = &iov[i];
+            mm[i].msg_hdr.msg_iovlen = 1;
+        }
+        DO(recvmmsg(fd, mm, 3, MSG_WAITFORONE, NULL));
+        L("recvmmsg(WAITFORONE) = %s first=%s", RV, esc(b[0], mm[0].msg_len));
+        int err = -1;
+        socklen_t el = sizeof err;
+        DO(getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &el));
+        L("getsockopt(SO_ERROR) = %s err=%d", RV, err);
+        sig_peer();
+    }
+}
+
 /* ---- driver ------------------------------------------------------------------ */
 
-static void (*const g_scen[NSCEN + 1])(int) = {NULL, sc1, sc2, sc3, sc4, sc5, sc6, sc7, sc8, sc9, sc10, sc11, sc12, sc13};
+static void (*const g_scen[NSCEN + 1])(int) = {NULL, sc1, sc2, sc3, sc4, sc5, sc6, sc7, sc8, sc9, sc10, sc11, sc12, sc13, sc14};
 static const char *const g_names[NSCEN + 1] = {
     NULL,
     "basic I/O calls (read/write, readv/writev, send/recv, sendto/recvfrom, sendmsg/recvmsg)",
@@ -1419,6 +1460,7 @@ static const char *const g_names[NSCEN + 1] = {
     "descriptor copies (dup, F_DUPFD_CLOEXEC, dup2, dup3, close_range, close the original)",
     "fork (server child serves, parent closes; client child writes through the inherited fd)",
     "exec (a child execs cat on the connection as stdin/stdout)",
+    "sendmmsg/recvmmsg, SO_ERROR, SIOCOUTQ",
 };
 
 /*

@@ -1213,6 +1213,16 @@ pub unsafe extern "C" fn ioctl(fd: c_int, req: c_ulong, arg: *mut c_void) -> c_i
                     return 0;
                 }
             }
+            libc::TIOCOUTQ => {
+                if let Some(n) = c.bytes_unread_by_peer() {
+                    if arg.is_null() {
+                        return fail(Errno::FAULT);
+                    }
+                    // SAFETY: SIOCOUTQ's argument is an int*.
+                    unsafe { *(arg as *mut c_int) = n.min(c_int::MAX as usize) as c_int };
+                    return 0;
+                }
+            }
             libc::FIONBIO => {
                 // SAFETY: passthrough.
                 let r = unsafe { real::ioctl(fd, req, arg) };
@@ -1227,6 +1237,119 @@ pub unsafe extern "C" fn ioctl(fd: c_int, req: c_ulong, arg: *mut c_void) -> c_i
     }
     // SAFETY: passthrough.
     unsafe { real::ioctl(fd, req, arg) }
+}
+
+/// # Safety
+/// libc contract.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn getsockopt(
+    fd: c_int,
+    level: c_int,
+    name: c_int,
+    val: *mut c_void,
+    len: *mut socklen_t,
+) -> c_int {
+    if level == libc::SOL_SOCKET
+        && name == libc::SO_ERROR
+        && !val.is_null()
+        && !len.is_null()
+        // SAFETY: len is valid per the contract.
+        && unsafe { *len } as usize >= core::mem::size_of::<c_int>()
+        && let Some(c) = accel(fd)
+        && let Some(e) = c.take_error()
+    {
+        // SAFETY: val holds at least an int.
+        unsafe {
+            *(val as *mut c_int) = e;
+            *len = core::mem::size_of::<c_int>() as socklen_t;
+        }
+        return 0;
+    }
+    // SAFETY: passthrough.
+    unsafe { real::getsockopt(fd, level, name, val, len) }
+}
+
+/// # Safety
+/// libc contract.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn sendmmsg(
+    fd: c_int,
+    v: *mut libc::mmsghdr,
+    n: libc::c_uint,
+    flags: c_int,
+) -> c_int {
+    if v.is_null() || accel(fd).is_none() {
+        // SAFETY: passthrough.
+        return unsafe { real::sendmmsg(fd, v, n, flags) };
+    }
+    // One message at a time through sendmsg, as the kernel does.
+    let n = n.min(1024);
+    let mut done = 0;
+    while done < n {
+        // SAFETY: the caller's array of n messages.
+        let m = unsafe { &mut *v.add(done as usize) };
+        // SAFETY: a message of the caller's array.
+        let r = unsafe { sendmsg(fd, &m.msg_hdr, flags) };
+        if r < 0 {
+            return if done == 0 { -1 } else { done as c_int };
+        }
+        m.msg_len = r as libc::c_uint;
+        done += 1;
+    }
+    done as c_int
+}
+
+/// # Safety
+/// libc contract.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn recvmmsg(
+    fd: c_int,
+    v: *mut libc::mmsghdr,
+    n: libc::c_uint,
+    flags: c_int,
+    t: *mut libc::timespec,
+) -> c_int {
+    if v.is_null() || accel(fd).is_none() {
+        // SAFETY: passthrough.
+        return unsafe { real::recvmmsg(fd, v, n, flags, t) };
+    }
+    // One message at a time through recvmsg; after the first, only what is
+    // already there (MSG_WAITFORONE), or until the timeout's deadline.
+    let deadline = if t.is_null() {
+        None
+    } else {
+        // SAFETY: a valid timespec per the contract.
+        let ts = unsafe { &*t };
+        Some(tsss_core::sys::now_ns() + ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64)
+    };
+    let n = n.min(1024);
+    let mut done = 0;
+    let mut fl = flags & !libc::MSG_WAITFORONE;
+    while done < n {
+        // SAFETY: the caller's array of n messages.
+        let m = unsafe { &mut *v.add(done as usize) };
+        // SAFETY: a message of the caller's array.
+        let r = unsafe { recvmsg(fd, &mut m.msg_hdr, fl) };
+        if r < 0 {
+            let e = errno();
+            if done == 0 {
+                return -1;
+            }
+            if e != libc::EAGAIN {
+                set_errno(e);
+            }
+            break;
+        }
+        m.msg_len = r as libc::c_uint;
+        done += 1;
+        if r == 0 || deadline.is_some_and(|d| tsss_core::sys::now_ns() >= d) {
+            break;
+        }
+        if flags & libc::MSG_WAITFORONE != 0 {
+            fl |= libc::MSG_DONTWAIT;
+        }
+    }
+    done as c_int
 }
 
 // ------------------------------------------------------------------ readiness
