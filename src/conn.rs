@@ -1059,6 +1059,7 @@ impl Conn {
         let mut src = SrcCursor::new(bufs);
         let nonblock = o.dontwait || self.nonblocking();
         let mut sent = 0;
+        let mut sndtimeo = None;
         let fail = |e: Errno, sent: usize| {
             if sent > 0 {
                 return Ok(sent);
@@ -1094,7 +1095,7 @@ impl Conn {
                     // Only the record queue is full: the reader frees it as
                     // it reads; no doorbell covers that, so nap briefly.
                     std::thread::sleep(std::time::Duration::from_micros(50));
-                } else if let Err(e) = self.wait_tx(fd, &ring) {
+                } else if let Err(e) = self.wait_tx(fd, &ring, &mut sndtimeo) {
                     return Some(fail(e, 0));
                 }
             }
@@ -1134,7 +1135,7 @@ impl Conn {
                     Err(Errno::AGAIN)
                 });
             }
-            if let Err(e) = self.wait_tx(fd, &ring) {
+            if let Err(e) = self.wait_tx(fd, &ring, &mut sndtimeo) {
                 return Some(fail(e, sent));
             }
         }
@@ -1184,6 +1185,7 @@ impl Conn {
         let ring = seg.ring(self.tx_dir()).with_cache(&self.tx_tail_cache);
         let nonblock = nonblock_call || self.nonblocking();
         let mut sent = 0;
+        let mut sndtimeo = None;
         while sent < count {
             if let Some(e) = self.tx_error(fd, &ring) {
                 if e == Errno::PIPE && sent == 0 {
@@ -1215,7 +1217,7 @@ impl Conn {
                     Err(Errno::AGAIN)
                 });
             }
-            if let Err(e) = self.wait_tx(fd, &ring) {
+            if let Err(e) = self.wait_tx(fd, &ring, &mut sndtimeo) {
                 return Some(if sent > 0 { Ok(sent) } else { Err(e) });
             }
         }
@@ -1272,7 +1274,24 @@ impl Conn {
     /// Blocks until the ring has room (half of it), the peer is gone, or a
     /// signal interrupts, on a shared futex with a bounded nap so that a
     /// killed peer is noticed.
-    fn wait_tx(&self, fd: RawFd, ring: &Ring<'_>) -> Result<(), Errno> {
+    ///
+    /// `deadline` holds SO_SNDTIMEO's end once known (read on the first wait
+    /// of a call, so the fast path never pays for it); past it: EAGAIN.
+    fn wait_tx(
+        &self,
+        fd: RawFd,
+        ring: &Ring<'_>,
+        deadline: &mut Option<Option<u64>>,
+    ) -> Result<(), Errno> {
+        let end = *deadline.get_or_insert_with(|| {
+            rustix::net::sockopt::socket_timeout(sock(fd), rustix::net::sockopt::Timeout::Send)
+                .ok()
+                .flatten()
+                .map(|d| sys::now_ns() + d.as_nanos() as u64)
+        });
+        if end.is_some_and(|e| sys::now_ns() >= e) {
+            return Err(Errno::AGAIN);
+        }
         if spin_until(|| self.tx_quick_ready(ring)) {
             return Ok(());
         }
@@ -1282,9 +1301,12 @@ impl Conn {
         if self.tx_quick_ready(ring) {
             return Ok(());
         }
+        let left = end.map_or(WRITER_NAP_NS, |e| {
+            e.saturating_sub(sys::now_ns()).clamp(1, WRITER_NAP_NS)
+        });
         let nap = rustix::time::Timespec {
             tv_sec: 0,
-            tv_nsec: WRITER_NAP_NS as _,
+            tv_nsec: left as _,
         };
         match rustix::thread::futex::wait(
             &f.space_seq,

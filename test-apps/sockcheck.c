@@ -44,7 +44,7 @@
 #include <sys/uio.h>
 #include <sys/wait.h>
 
-#define NSCEN 14
+#define NSCEN 15
 #define LOGCAP (1u << 18)
 #define SOCK "sock"
 
@@ -1442,9 +1442,54 @@ static void sc14(int fd)
     }
 }
 
+/* ---- scenario 15: SO_SNDTIMEO and SO_RCVTIMEO --------------------------------- */
+
+static double mono_ms(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec * 1e3 + (double)t.tv_nsec / 1e6;
+}
+
+static void sc15(int fd)
+{
+    struct timeval tv = {0, 100000};
+    if (IS_C) {
+        DO(setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv));
+        L("setsockopt(SO_SNDTIMEO, 100ms) = %s", RV);
+        static char big[65536];
+        double t0 = mono_ms();
+        long r;
+        int e;
+        do {
+            r = write(fd, big, sizeof big);
+            e = errno;
+        } while (r == (long)sizeof big && mono_ms() - t0 < 5000);
+        double dt = mono_ms() - t0;
+        L("writer stopped by the timeout: %s, after 80 ms..3 s: %s",
+          (r == -1 && e == EAGAIN) || (r >= 0 && r < (long)sizeof big) ? "yes" : "no",
+          dt >= 80 && dt < 3000 ? "yes" : "no");
+        handover();
+    } else {
+        DO(setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv));
+        L("setsockopt(SO_RCVTIMEO, 100ms) = %s", RV);
+        wait_peer();
+        static char buf[65536];
+        long total = 0, r;
+        while ((r = recv(fd, buf, sizeof buf, MSG_DONTWAIT)) > 0)
+            total += r;
+        L("drained everything: %s", total > 0 ? "yes" : "no");
+        double t0 = mono_ms();
+        DO(read(fd, buf, 1));
+        double dt = mono_ms() - t0;
+        L("read on empty = %s after 80 ms..3 s: %s", RV, dt >= 80 && dt < 3000 ? "yes" : "no");
+        sig_peer();
+    }
+}
+
 /* ---- driver ------------------------------------------------------------------ */
 
-static void (*const g_scen[NSCEN + 1])(int) = {NULL, sc1, sc2, sc3, sc4, sc5, sc6, sc7, sc8, sc9, sc10, sc11, sc12, sc13, sc14};
+static void (*const g_scen[NSCEN + 1])(int) = {NULL, sc1, sc2, sc3, sc4, sc5, sc6, sc7, sc8, sc9, sc10, sc11, sc12, sc13, sc14, sc15};
 static const char *const g_names[NSCEN + 1] = {
     NULL,
     "basic I/O calls (read/write, readv/writev, send/recv, sendto/recvfrom, sendmsg/recvmsg)",
@@ -1461,6 +1506,7 @@ static const char *const g_names[NSCEN + 1] = {
     "fork (server child serves, parent closes; client child writes through the inherited fd)",
     "exec (a child execs cat on the connection as stdin/stdout)",
     "sendmmsg/recvmmsg, SO_ERROR, SIOCOUTQ",
+    "SO_SNDTIMEO and SO_RCVTIMEO",
 };
 
 /*
