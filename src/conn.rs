@@ -1515,17 +1515,6 @@ impl Conn {
         Ok(c)
     }
 
-    /// Before execve: this process stops counting as a sharer of the
-    /// current side block (the new image gets its own). Undone by
-    /// [`exec_failed`](Self::exec_failed).
-    pub fn before_exec(&self) {
-        self.sb().sharers.fetch_sub(1, SeqCst);
-    }
-
-    pub fn exec_failed(&self) {
-        self.sb().sharers.fetch_add(1, SeqCst);
-    }
-
     /// Another descriptor of this process now names the connection.
     pub fn add_alias(&self) {
         self.aliases.fetch_add(1, Relaxed);

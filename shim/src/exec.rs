@@ -162,6 +162,24 @@ unsafe fn build_env(envp: *const *const c_char, handover: &str) -> Vec<CString> 
     out
 }
 
+/// `ino=export;...`: each connection named by its socket's inode, so that
+/// the new image finds every descriptor of it, wherever spawn file actions
+/// moved them.
+fn handover_text(conns: &[(ConnRef, Vec<c_int>)]) -> String {
+    conns
+        .iter()
+        .filter_map(|(c, fds)| Some(format!("{}={}", inode(fds[0])?, c.export())))
+        .collect::<Vec<_>>()
+        .join(";")
+}
+
+fn inode(fd: c_int) -> Option<u64> {
+    // SAFETY: borrowed for one call.
+    let st = rustix::fs::fstat(unsafe { rustix::fd::BorrowedFd::borrow_raw(fd) }).ok()?;
+    (rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Socket)
+        .then_some(st.st_ino)
+}
+
 /// Runs `exec` (the real call, given the environment to use) with the
 /// handover prepared; returns only if exec failed.
 ///
@@ -193,26 +211,16 @@ pub unsafe fn exec_with(
         }
         return exec(envp);
     }
-    let handover = conns
-        .iter()
-        .map(|(c, fds)| {
-            let fds: Vec<String> = fds.iter().map(i32::to_string).collect();
-            format!("{}={}", fds.join(","), c.export())
-        })
-        .collect::<Vec<_>>()
-        .join(";");
+    let handover = handover_text(&conns);
     // SAFETY: per the caller.
     let env = unsafe { build_env(envp, &handover) };
     let mut ptrs: Vec<*const c_char> = env.iter().map(|c| c.as_ptr()).collect();
     ptrs.push(std::ptr::null());
-    for (c, _) in &conns {
-        c.before_exec();
-    }
-    let r = exec(ptrs.as_ptr());
-    for (c, _) in &conns {
-        c.exec_failed();
-    }
-    r
+    // The old side block keeps counting this process: a vfork child
+    // (which skips the fork handlers) would otherwise take the parent's
+    // share away. One too many only means the socket's own EOF, not the
+    // flag, ends the connection.
+    exec(ptrs.as_ptr())
 }
 
 /// In the constructor of a new image: adopts the connections the previous
@@ -223,25 +231,35 @@ pub fn adopt_inherited() {
     };
     // SAFETY: the constructor runs before main, on the only thread.
     unsafe { std::env::remove_var(VAR) };
+    // Every open socket descriptor, by inode.
+    let mut socks: Vec<(u64, c_int)> = Vec::new();
+    if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {
+        for e in dir.flatten() {
+            if let Some(fd) = e.file_name().to_str().and_then(|n| n.parse::<c_int>().ok())
+                && let Some(ino) = inode(fd)
+            {
+                socks.push((ino, fd));
+            }
+        }
+    }
+    socks.sort_unstable();
     for entry in v.as_bytes().split(|&b| b == b';') {
         let Some(eq) = entry.iter().position(|&b| b == b'=') else {
             continue;
         };
-        let fds: Vec<c_int> = entry[..eq]
-            .split(|&b| b == b',')
-            .filter_map(|f| std::str::from_utf8(f).ok()?.parse().ok())
-            .collect();
-        let line = String::from_utf8_lossy(&entry[eq + 1..]);
-        let sockets = fds.iter().all(|&fd| {
-            // SAFETY: borrowed for one call.
-            let st = rustix::fs::fstat(unsafe { rustix::fd::BorrowedFd::borrow_raw(fd) });
-            st.is_ok_and(|s| {
-                rustix::fs::FileType::from_raw_mode(s.st_mode) == rustix::fs::FileType::Socket
-            })
-        });
-        let Some(&first) = fds.first().filter(|_| sockets) else {
+        let Some(ino) = std::str::from_utf8(&entry[..eq])
+            .ok()
+            .and_then(|t| t.parse::<u64>().ok())
+        else {
             continue;
         };
+        let line = String::from_utf8_lossy(&entry[eq + 1..]);
+        let fds: Vec<c_int> = socks
+            .iter()
+            .filter(|(i, _)| *i == ino)
+            .map(|&(_, fd)| fd)
+            .collect();
+        let Some(&first) = fds.first() else { continue };
         match Conn::adopt(first, &line) {
             Ok(c) => {
                 let Some(g) = table::insert(first, Entry::Conn(c)) else {
@@ -324,4 +342,75 @@ pub unsafe extern "C" fn fexecve(
     let target = format!("/proc/self/fd/{fd}").into_bytes();
     // SAFETY: the caller's arguments, passed on.
     unsafe { exec_with(Some(&target), envp, |e| real::fexecve(fd, argv, e)) }
+}
+
+/// posix_spawn runs its own execve inside the child, out of our reach: the
+/// environment is prepared here. The child does not share the parent's
+/// side block (it gets its own after exec), so no sharer is counted.
+///
+/// # Safety
+/// As posix_spawn.
+unsafe fn spawn_with(
+    target: Option<&[u8]>,
+    envp: *const *const c_char,
+    spawn: impl FnOnce(*const *const c_char) -> c_int,
+) -> c_int {
+    if config::disabled() {
+        return spawn(envp);
+    }
+    let conns = inherited();
+    if conns.is_empty() || target.is_some_and(|t| !can_preload(t)) {
+        // (A static target would see raw doorbell bytes: a limit, stated in
+        // README, as spawn file actions may already have closed them.)
+        return spawn(envp);
+    }
+    // SAFETY: per the caller.
+    let env = unsafe { build_env(envp, &handover_text(&conns)) };
+    let mut ptrs: Vec<*const c_char> = env.iter().map(|c| c.as_ptr()).collect();
+    ptrs.push(std::ptr::null());
+    spawn(ptrs.as_ptr())
+}
+
+/// # Safety
+/// libc contract.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn posix_spawn(
+    pid: *mut libc::pid_t,
+    path: *const c_char,
+    fa: *const libc::posix_spawn_file_actions_t,
+    attr: *const libc::posix_spawnattr_t,
+    argv: *const *mut c_char,
+    envp: *const *mut c_char,
+) -> c_int {
+    // SAFETY: path is a C string per the contract.
+    let target = (!path.is_null()).then(|| unsafe { CStr::from_ptr(path) }.to_bytes());
+    // SAFETY: the caller's arguments, passed on.
+    unsafe {
+        spawn_with(target, envp.cast(), |e| {
+            real::posix_spawn(pid, path, fa, attr, argv, e.cast())
+        })
+    }
+}
+
+/// # Safety
+/// libc contract.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn posix_spawnp(
+    pid: *mut libc::pid_t,
+    file: *const c_char,
+    fa: *const libc::posix_spawn_file_actions_t,
+    attr: *const libc::posix_spawnattr_t,
+    argv: *const *mut c_char,
+    envp: *const *mut c_char,
+) -> c_int {
+    // SAFETY: file is a C string per the contract.
+    let target = (!file.is_null())
+        .then(|| search_path(unsafe { CStr::from_ptr(file) }))
+        .flatten();
+    // SAFETY: the caller's arguments, passed on.
+    unsafe {
+        spawn_with(target.as_deref(), envp.cast(), |e| {
+            real::posix_spawnp(pid, file, fa, attr, argv, e.cast())
+        })
+    }
 }
