@@ -44,7 +44,7 @@
 #include <sys/uio.h>
 #include <sys/wait.h>
 
-#define NSCEN 15
+#define NSCEN 16
 #define LOGCAP (1u << 18)
 #define SOCK "sock"
 
@@ -1361,6 +1361,9 @@ static void sc12(int fd)
 
 /* ---- scenario 13: exec ------------------------------------------------------ */
 
+extern char **environ;
+static int g_exec_variant; /* 0: execl, 1: execle (scenario 16) */
+
 static void sc13(int fd)
 {
     if (IS_C) {
@@ -1373,8 +1376,10 @@ static void sc13(int fd)
             if (dup2(fd, 0) < 0 || dup2(fd, 1) < 0)
                 _exit(126);
             close(fd);
-            char *av[] = {"cat", NULL};
-            execv("/bin/cat", av);
+            if (g_exec_variant)
+                execle("/bin/cat", "cat", (char *)NULL, environ);
+            else
+                execl("/bin/cat", "cat", (char *)NULL);
             _exit(127);
         }
         DO(close(fd));
@@ -1487,9 +1492,15 @@ static void sc15(int fd)
     }
 }
 
+static void sc16(int fd)
+{
+    g_exec_variant = 1;
+    sc13(fd);
+}
+
 /* ---- driver ------------------------------------------------------------------ */
 
-static void (*const g_scen[NSCEN + 1])(int) = {NULL, sc1, sc2, sc3, sc4, sc5, sc6, sc7, sc8, sc9, sc10, sc11, sc12, sc13, sc14, sc15};
+static void (*const g_scen[NSCEN + 1])(int) = {NULL, sc1, sc2, sc3, sc4, sc5, sc6, sc7, sc8, sc9, sc10, sc11, sc12, sc13, sc14, sc15, sc16};
 static const char *const g_names[NSCEN + 1] = {
     NULL,
     "basic I/O calls (read/write, readv/writev, send/recv, sendto/recvfrom, sendmsg/recvmsg)",
@@ -1504,9 +1515,10 @@ static const char *const g_names[NSCEN + 1] = {
     "close with unread data (ECONNRESET)",
     "descriptor copies (dup, F_DUPFD_CLOEXEC, dup2, dup3, close_range, close the original)",
     "fork (server child serves, parent closes; client child writes through the inherited fd)",
-    "exec (a child execs cat on the connection as stdin/stdout)",
+    "exec (a child execls cat on the connection as stdin/stdout)",
     "sendmmsg/recvmmsg, SO_ERROR, SIOCOUTQ",
     "SO_SNDTIMEO and SO_RCVTIMEO",
+    "exec with execle (explicit environment)",
 };
 
 /*

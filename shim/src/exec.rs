@@ -8,7 +8,6 @@
 //! linked), the connection is shut down with a log line: a clear error
 //! rather than a corrupted stream.
 //!
-//! Not covered: execl/execlp/execle (C variadics) and posix_spawn.
 
 use crate::real;
 use crate::table::{self, ConnRef, Entry};
@@ -414,3 +413,104 @@ pub unsafe extern "C" fn posix_spawnp(
         })
     }
 }
+
+/// Arguments an `execl*` call may pass (argv entries, NULL, and for execle
+/// envp). Variadic integer/pointer arguments sit where a fixed-arity
+/// function reads them on x86_64 and aarch64 Linux (as for fcntl); reading
+/// past what the caller passed reads its stack frame, which is mapped.
+const EXECL_MAX: usize = 32;
+
+type P = *const c_char;
+
+/// Collects an execl-style list: argv (NULL-terminated) and what follows.
+fn gather(a: [P; EXECL_MAX]) -> Option<(Vec<P>, P)> {
+    let end = a.iter().position(|p| p.is_null())?;
+    let mut argv = a[..end].to_vec();
+    argv.push(std::ptr::null());
+    Some((argv, a.get(end + 1).copied().unwrap_or(std::ptr::null())))
+}
+
+macro_rules! execl_fn {
+    ($name:ident, $doc:literal, |$path:ident, $argv:ident, $after:ident| $body:expr) => {
+        #[doc = $doc]
+        ///
+        /// # Safety
+        /// libc contract (see [`EXECL_MAX`] on the variadic arguments).
+        #[unsafe(no_mangle)]
+        #[allow(clippy::too_many_arguments)]
+        pub unsafe extern "C" fn $name(
+            $path: P,
+            a0: P,
+            a1: P,
+            a2: P,
+            a3: P,
+            a4: P,
+            a5: P,
+            a6: P,
+            a7: P,
+            a8: P,
+            a9: P,
+            a10: P,
+            a11: P,
+            a12: P,
+            a13: P,
+            a14: P,
+            a15: P,
+            a16: P,
+            a17: P,
+            a18: P,
+            a19: P,
+            a20: P,
+            a21: P,
+            a22: P,
+            a23: P,
+            a24: P,
+            a25: P,
+            a26: P,
+            a27: P,
+            a28: P,
+            a29: P,
+            a30: P,
+            a31: P,
+        ) -> c_int {
+            let all = [
+                a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17,
+                a18, a19, a20, a21, a22, a23, a24, a25, a26, a27, a28, a29, a30, a31,
+            ];
+            let Some(($argv, $after)) = gather(all) else {
+                // SAFETY: errno of this thread.
+                unsafe { *libc::__errno_location() = libc::E2BIG };
+                return -1;
+            };
+            let _ = $after;
+            $body
+        }
+    };
+}
+
+execl_fn!(
+    execl,
+    "execl: gathered into execv.",
+    |path, argv, _after| {
+        // SAFETY: a NULL-terminated argv built from the caller's list.
+        unsafe { execv(path, argv.as_ptr()) }
+    }
+);
+
+execl_fn!(
+    execlp,
+    "execlp: gathered into execvp.",
+    |file, argv, _after| {
+        // SAFETY: as above.
+        unsafe { execvp(file, argv.as_ptr()) }
+    }
+);
+
+execl_fn!(
+    execle,
+    "execle: gathered into execve (envp follows the NULL).",
+    |path, argv, envp| {
+        // SAFETY: as above; envp is the caller's environment array.
+        unsafe { execve(path, argv.as_ptr(), envp as *const *const c_char) }
+    }
+);
