@@ -296,13 +296,23 @@ impl Conn {
                 self.seg.get()
             }
             Err(e) => {
-                crate::log!(
-                    crate::log::INFO,
-                    "fd {}: cannot attach segment {}: {e}",
-                    self.fd,
-                    h.shmid
-                );
-                self.sb().state.store(BROKEN, Release);
+                if self.sb().state.load(Acquire) == OFFERED {
+                    // The segment vanished before the client attached (our
+                    // only mapping went with an exec): nothing ever went
+                    // through a ring, and the client stays plain too.
+                    self.go_plain(format_args!(
+                        "segment {} gone before the client attached ({e})",
+                        h.shmid
+                    ));
+                } else {
+                    crate::log!(
+                        crate::log::INFO,
+                        "fd {}: cannot attach segment {}: {e}",
+                        self.fd,
+                        h.shmid
+                    );
+                    self.sb().state.store(BROKEN, Release);
+                }
                 None
             }
         }
@@ -1399,6 +1409,13 @@ impl Conn {
     pub fn close(&self, fd: RawFd) {
         if self.closed.swap(true, AcqRel) {
             return;
+        }
+        if self.sb().state.load(Acquire) == OFFERED && self.sb().sharers.load(Acquire) <= 1 {
+            crate::log!(
+                crate::log::INFO,
+                "fd {}: plain: closed before the client attached",
+                self.fd
+            );
         }
         let Some(seg) = self.seg() else { return };
         if self.sb().sharers.fetch_sub(1, SeqCst) > 1 {
