@@ -1766,3 +1766,30 @@ fn socat_exec() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }
+
+// ------------------------------------------------------------------ shared writers
+
+/// Two processes (fork) x four threads write checksummed 64-byte records to
+/// one connection: every record must arrive whole, each writer's in order.
+#[test]
+fn threads_and_processes_share_one_connection() {
+    let t = TempDir::new("mtwrite");
+    let sock = t.sock("mt");
+    let server = Spec::app(
+        "mtwrite server",
+        "mtwrite",
+        &["server", &sock, "8", "20000"],
+    )
+    .preload(true);
+    let client = Spec::app(
+        "mtwrite client",
+        "mtwrite",
+        &["client", &sock, "2", "4", "20000"],
+    )
+    .preload(true);
+    let (s, c) = run_pair(&server, &sock, &client, Duration::from_secs(60));
+    assert_ok(&[&s, &c]);
+    assert_logs(&s, "accelerated", &[&s, &c]);
+    assert_logs(&c, "accelerated", &[&s, &c]);
+    assert_segments_gone(&[&s, &c]);
+}
