@@ -122,63 +122,76 @@ pub struct Conn {
     closed: AtomicBool,
 }
 
-/// The rx lock held, with the plain-phase counters loaded; written back to
-/// the shared block on drop.
-struct RxGuard<'a> {
-    _lock: ShmGuard<'a>,
-    block: &'a SideBlock,
-    st: RxState,
+/// Plain-phase state kept in the shared side block, loaded when its lock
+/// is taken and stored back when it is released.
+trait SideState {
+    fn load(b: &SideBlock) -> Self;
+    fn store(&self, b: &SideBlock);
 }
 
-impl Deref for RxGuard<'_> {
-    type Target = RxState;
-    fn deref(&self) -> &RxState {
+impl SideState for RxState {
+    fn load(b: &SideBlock) -> Self {
+        RxState {
+            plain_read: b.plain_read.load(Relaxed),
+            limit: b.limit_plus1.load(Relaxed).checked_sub(1),
+        }
+    }
+    fn store(&self, b: &SideBlock) {
+        b.plain_read.store(self.plain_read, Relaxed);
+        b.limit_plus1
+            .store(self.limit.map_or(0, |l| l + 1), Relaxed);
+    }
+}
+
+impl SideState for TxState {
+    fn load(b: &SideBlock) -> Self {
+        TxState {
+            plain_written: b.plain_written.load(Relaxed),
+        }
+    }
+    fn store(&self, b: &SideBlock) {
+        b.plain_written.store(self.plain_written, Relaxed);
+    }
+}
+
+/// A side lock held, with the state it guards loaded.
+struct Locked<'a, T: SideState> {
+    _lock: ShmGuard<'a>,
+    block: &'a SideBlock,
+    st: T,
+}
+
+impl<'a, T: SideState> Locked<'a, T> {
+    fn new(lock: ShmGuard<'a>, block: &'a SideBlock) -> Self {
+        Locked {
+            _lock: lock,
+            block,
+            st: T::load(block),
+        }
+    }
+}
+
+impl<T: SideState> Deref for Locked<'_, T> {
+    type Target = T;
+    fn deref(&self) -> &T {
         &self.st
     }
 }
 
-impl DerefMut for RxGuard<'_> {
-    fn deref_mut(&mut self) -> &mut RxState {
+impl<T: SideState> DerefMut for Locked<'_, T> {
+    fn deref_mut(&mut self) -> &mut T {
         &mut self.st
     }
 }
 
-impl Drop for RxGuard<'_> {
+impl<T: SideState> Drop for Locked<'_, T> {
     fn drop(&mut self) {
-        self.block.plain_read.store(self.st.plain_read, Relaxed);
-        self.block
-            .limit_plus1
-            .store(self.st.limit.map_or(0, |l| l + 1), Relaxed);
+        self.st.store(self.block);
     }
 }
 
-/// The tx lock held, with the plain byte count loaded.
-struct TxGuard<'a> {
-    _lock: ShmGuard<'a>,
-    block: &'a SideBlock,
-    st: TxState,
-}
-
-impl Deref for TxGuard<'_> {
-    type Target = TxState;
-    fn deref(&self) -> &TxState {
-        &self.st
-    }
-}
-
-impl DerefMut for TxGuard<'_> {
-    fn deref_mut(&mut self) -> &mut TxState {
-        &mut self.st
-    }
-}
-
-impl Drop for TxGuard<'_> {
-    fn drop(&mut self) {
-        self.block
-            .plain_written
-            .store(self.st.plain_written, Relaxed);
-    }
-}
+type RxGuard<'a> = Locked<'a, RxState>;
+type TxGuard<'a> = Locked<'a, TxState>;
 
 /// Receives the one-byte carrier of ancillary data (`true`: MSG_PEEK). The
 /// shim's version hands the application's control buffer to the kernel;
@@ -363,44 +376,26 @@ impl Conn {
         }
     }
 
-    fn rx_guard<'a>(&'a self, lock: ShmGuard<'a>) -> RxGuard<'a> {
-        let b = self.sb();
-        let l = b.limit_plus1.load(Relaxed);
-        RxGuard {
-            _lock: lock,
-            block: b,
-            st: RxState {
-                plain_read: b.plain_read.load(Relaxed),
-                limit: l.checked_sub(1),
-            },
-        }
-    }
-
-    fn tx_guard<'a>(&'a self, lock: ShmGuard<'a>) -> TxGuard<'a> {
-        let b = self.sb();
-        TxGuard {
-            _lock: lock,
-            block: b,
-            st: TxState {
-                plain_written: b.plain_written.load(Relaxed),
-            },
-        }
-    }
-
     fn lock_rx(&self) -> RxGuard<'_> {
-        self.rx_guard(self.sb().rx_lock.lock())
+        Locked::new(self.sb().rx_lock.lock(), self.sb())
     }
 
     fn lock_tx(&self) -> TxGuard<'_> {
-        self.tx_guard(self.sb().tx_lock.lock())
+        Locked::new(self.sb().tx_lock.lock(), self.sb())
     }
 
     fn try_lock_rx(&self) -> Option<RxGuard<'_>> {
-        self.sb().rx_lock.try_lock().map(|g| self.rx_guard(g))
+        self.sb()
+            .rx_lock
+            .try_lock()
+            .map(|g| Locked::new(g, self.sb()))
     }
 
     fn try_lock_tx(&self) -> Option<TxGuard<'_>> {
-        self.sb().tx_lock.try_lock().map(|g| self.tx_guard(g))
+        self.sb()
+            .tx_lock
+            .try_lock()
+            .map(|g| Locked::new(g, self.sb()))
     }
 
     fn go_plain(&self, why: core::fmt::Arguments<'_>) {
