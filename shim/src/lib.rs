@@ -38,3 +38,17 @@ fn init() {
 extern "C" fn before_fork() {
     table::for_each_conn(|c| c.before_fork());
 }
+
+/// glibc's `_Fork` skips the atfork handlers: count the child as a sharer
+/// here (a failed call leaves one too many, which only means the socket's
+/// EOF ends the connection).
+///
+/// # Safety
+/// libc contract.
+#[unsafe(no_mangle)]
+#[allow(non_snake_case)]
+pub unsafe extern "C" fn _Fork() -> libc::pid_t {
+    before_fork();
+    // SAFETY: passthrough.
+    unsafe { real::_Fork() }
+}

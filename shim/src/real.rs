@@ -38,6 +38,7 @@ macro_rules! real {
         }
         $(
             /// The next definition of this function (normally libc's).
+            #[allow(non_snake_case)]
             ///
             /// # Safety
             /// Same contract as the libc function.
@@ -63,6 +64,7 @@ real! {
     accept4(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t, flags: c_int) -> c_int;
     close(fd: c_int) -> c_int;
     dup(fd: c_int) -> c_int;
+    _Fork() -> libc::pid_t;
     execve(path: *const libc::c_char, argv: *const *const libc::c_char, envp: *const *const libc::c_char) -> c_int;
     execvpe(file: *const libc::c_char, argv: *const *const libc::c_char, envp: *const *const libc::c_char) -> c_int;
     posix_spawn(pid: *mut libc::pid_t, path: *const libc::c_char, fa: *const libc::posix_spawn_file_actions_t, attr: *const libc::posix_spawnattr_t, argv: *const *mut libc::c_char, envp: *const *mut libc::c_char) -> c_int;
