@@ -4,7 +4,7 @@
     python3 scripts/bench.py [--quick] [--out bench-results]
                              [--lib target/release/libtsss.so]
                              [--bin test-apps/bin] [--repeats R]
-                             [--cases stream,pingpong,syscall,pipe,file,
+                             [--cases stream,pingpong,syscall,pipe,file,pubsub,
                                       webcache,redis,socat]
                              [--plain-only] [--timeout 120]
 
@@ -98,11 +98,12 @@ REDIS = {"n": 30000, "n_p16": 150000, "clients": 50,
 SOCAT_BYTES = 200 * M
 
 ALL_GROUPS = ("stream", "pingpong", "syscall", "pipe", "file",
-              "webcache", "redis", "socat")
+              "webcache", "redis", "socat", "pubsub")
 # test-app binaries each group needs
 GROUP_BINS = {"stream": ("stream",), "pingpong": ("pingpong",),
               "syscall": ("syscost",), "pipe": ("pipefile",),
-              "file": ("pipefile",), "webcache": ("webcache",)}
+              "file": ("pipefile",), "webcache": ("webcache",),
+              "pubsub": ("pubsub",)}
 
 # (case, size, metric, minimum ratio) -- reported as PASS / FALL SHORT
 TARGETS = [
@@ -131,6 +132,7 @@ M_RTT_MED = Metric("rtt_med_us", "us", False)
 M_RTT_P99 = Metric("rtt_p99_us", "us", False)
 M_RPS = Metric("rps", "req/s", True)
 M_RPS_P16 = Metric("rps_p16", "req/s", True)
+M_KMSGS_FWD = Metric("kmsgs_fwd", "k msg/s", True)
 
 
 class Case:
@@ -595,6 +597,55 @@ def socat_fn(nbytes):
     return fn
 
 
+def pubsub_fn(subs, pubs, msgs, size):
+    """pubsub hub: every publisher message (a memfd passed with SCM_RIGHTS
+    plus a header) forwarded to every subscriber; metric: forwarded
+    messages (fd + header) per second, timed at the subscribers."""
+    def fn(rt, mode):
+        sock = rt.sock_path()
+        if os.path.exists(sock):
+            os.unlink(sock)
+        env = rt.env(mode)
+        env["PUBSUB_TIMEOUT"] = "60"
+        hlog = sock + ".hub.log"
+        procs = []
+        try:
+            with open(hlog, "w") as lf:
+                hub = subprocess.Popen(rt.cmd(["pubsub", "hub", sock, subs, pubs]), env=env,
+                                       stdout=subprocess.PIPE, stderr=lf,
+                                       stdin=subprocess.DEVNULL, universal_newlines=True)
+            _live.add(hub)
+            procs.append(hub)
+            _wait_socket(hub, sock, "pubsub hub", hlog)
+            total = pubs * msgs
+            subp = [subprocess.Popen(rt.cmd(["pubsub", "sub", sock, total]), env=env,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     universal_newlines=True) for _ in range(subs)]
+            procs += subp
+            time.sleep(0.05)
+            pubp = [subprocess.Popen(rt.cmd(["pubsub", "pub", sock, i + 1, msgs, size]), env=env,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     universal_newlines=True) for i in range(pubs)]
+            procs += pubp
+            secs = 0.0
+            for p in subp + pubp + [hub]:
+                out, err = p.communicate(timeout=rt.timeout)
+                if p.returncode != 0 or "ok=1" not in out or _preload_failed(mode, err or ""):
+                    raise RunFailure("pubsub: a process failed (status %s)\n%s%s"
+                                     % (p.returncode, out, err or _read_log(hlog)))
+                if p in subp:
+                    kv = dict(w.split("=", 1) for w in out.split() if "=" in w)
+                    secs = max(secs, float(kv["secs"]))
+            return {"kmsgs_fwd": subs * total / secs / 1e3}
+        finally:
+            for p in procs:
+                if p.poll() is None:
+                    p.kill()
+                    p.wait()
+                _live.discard(p)
+    return fn
+
+
 def build_cases(quick, groups):
     div = 10 if quick else 1
     cases = []
@@ -627,6 +678,9 @@ def build_cases(quick, groups):
     if "socat" in groups:
         cases.append(Case("socat", SOCAT_BYTES // div, [M_GBPS],
                           socat_fn(SOCAT_BYTES // div)))
+    if "pubsub" in groups:
+        cases.append(Case("pubsub", 4096, [M_KMSGS_FWD],
+                          pubsub_fn(4, 2, max(200, 20000 // div), 4096)))
     # TSSS_BENCH_EXTRA: reserved for extra cases; ignored for now.
     return cases
 

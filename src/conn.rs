@@ -120,6 +120,8 @@ pub struct Conn {
     aliases: AtomicU32,
     /// This process has given up its share (its last descriptor closed).
     closed: AtomicBool,
+    /// Current spin budget in ns (see [`Conn::spin`]).
+    spin_budget: AtomicU64,
 }
 
 /// Plain-phase state kept in the shared side block, loaded when its lock
@@ -193,10 +195,11 @@ impl<T: SideState> Drop for Locked<'_, T> {
 type RxGuard<'a> = Locked<'a, RxState>;
 type TxGuard<'a> = Locked<'a, TxState>;
 
-/// Receives the one-byte carrier of ancillary data (`true`: MSG_PEEK). The
-/// shim's version hands the application's control buffer to the kernel;
-/// without one, descriptors are discarded, as the kernel does for read().
-pub type CarrierRecv<'a> = dyn FnMut(bool) -> Result<(), Errno> + 'a;
+/// Receives one byte that should be the carrier of ancillary data (`true`:
+/// MSG_PEEK) into the application's control buffer (without one,
+/// descriptors are discarded, as the kernel does for read()). Returns
+/// whether it was the carrier (else it was a doorbell, consumed harmlessly).
+pub type CarrierRecv<'a> = dyn FnMut(bool) -> Result<bool, Errno> + 'a;
 /// Sends the one-byte carrier with the application's control messages.
 pub type CarrierSend<'a> = dyn FnMut() -> Result<(), Errno> + 'a;
 
@@ -264,7 +267,25 @@ impl Conn {
             rx_head_cache: AtomicU64::new(0),
             aliases: AtomicU32::new(1),
             closed: AtomicBool::new(false),
+            spin_budget: AtomicU64::new(u64::MAX),
         })
+    }
+
+    /// Spins before a blocking wait, adaptively: a spin that ended in
+    /// sleep anyway halves this connection's budget, one that caught the
+    /// event doubles it (up to TSSS_SPIN_US). Round trips keep spinning;
+    /// idle or oversubscribed connections stop burning CPU others need.
+    fn spin(&self, ready: impl FnMut() -> bool) -> bool {
+        let max = config::spin_ns();
+        let cur = self.spin_budget.load(Relaxed).min(max);
+        let caught = spin_until(cur, ready);
+        let next = if caught {
+            (cur * 2).clamp(1000, max)
+        } else {
+            cur / 2
+        };
+        self.spin_budget.store(next, Relaxed);
+        caught
     }
 
     fn sb(&self) -> &SideBlock {
@@ -622,21 +643,29 @@ impl Conn {
     }
 
     /// Takes the carrier of the ancillary data that came with the message
-    /// a read just reached.
+    /// a read just reached. Doorbells are rare in a busy stream, so the
+    /// carrier is usually the first byte: one recvmsg; a doorbell taken
+    /// instead is harmless, and we try again.
     fn take_carrier(
         &self,
         fd: RawFd,
         peek: bool,
         carrier: &mut CarrierRecv<'_>,
     ) -> Result<(), Errno> {
-        self.drain_bells(fd);
-        let mut b = [0u8; 1];
-        match rustix::net::recv(sock(fd), &mut b, RecvFlags::DONTWAIT | RecvFlags::PEEK) {
-            Ok((_, 1)) if b[0] == CARRIER => carrier(peek),
-            // The producer sends the carrier before it publishes the
-            // record, so anything else is a broken peer.
-            _ => Err(self.broken()),
+        if peek {
+            // A peek cannot skip doorbells: drain them first.
+            self.drain_bells(fd);
         }
+        // The producer sends the carrier before it publishes the record, so
+        // it is queued; anything else is a broken peer.
+        for _ in 0..4096 {
+            match carrier(peek) {
+                Ok(true) => return Ok(()),
+                Ok(false) if !peek => continue,
+                _ => break,
+            }
+        }
+        Err(self.broken())
     }
 
     // ---------------------------------------------------------------- receive
@@ -656,7 +685,12 @@ impl Conn {
             } else {
                 RecvFlags::DONTWAIT
             };
-            rustix::net::recv(sock(fd), &mut [0u8; 1], f).map(|_| ())
+            let mut b = [0u8; 1];
+            match rustix::net::recv(sock(fd), &mut b, f)? {
+                (_, 1) if b[0] == CARRIER => Ok(true),
+                (_, 1) if b[0] == 0 => Ok(false),
+                _ => Err(Errno::IO),
+            }
         };
         self.recv_with(fd, &mut discard, bufs, o)
     }
@@ -916,8 +950,12 @@ impl Conn {
             // A message with ancillary data ahead? Then this read may go up
             // to its end, delivers its control data if it reaches its
             // first byte, and stops there, as the kernel's does.
-            let (qh, qt) = (anc.head.load(Acquire), anc.tail.load(Relaxed));
+            // Data first, records second: the writer publishes a record
+            // before its data, so every byte below this head has its record
+            // visible below; reading past it could skip one.
             let at = ring.tail();
+            let head = ring.head();
+            let (qh, qt) = (anc.head.load(Acquire), anc.tail.load(Relaxed));
             let rec = if qh == qt {
                 None
             } else {
@@ -931,7 +969,10 @@ impl Conn {
                 }
                 Some((off, len))
             };
-            let max = rec.map_or(usize::MAX, |(off, len)| (off + len - at) as usize);
+            let seen = head.wrapping_sub(at).min(ring.capacity() as u64);
+            let max = rec
+                .map_or(usize::MAX, |(off, len)| (off + len - at) as usize)
+                .min(seen as usize);
             let n = ring.pop_max(dst, max, peek).map_err(|_| self.broken())?;
             if n > 0 {
                 if let Some((off, _)) = rec
@@ -991,7 +1032,7 @@ impl Conn {
         let seg = self.seg();
         if let (true, Some(seg)) = (ring_phase, seg) {
             let ring = seg.ring(self.rx_dir());
-            if spin_until(|| self.rx_quick_ready(&ring)) {
+            if self.spin(|| self.rx_quick_ready(&ring)) {
                 return Ok(());
             }
             protocol::announce_waiting(&ring.ctrl().flags.reader_waiting);
@@ -1077,7 +1118,11 @@ impl Conn {
         if src.remaining() == 0 {
             return Some(Ok(0));
         }
+        // The carrier byte itself wakes a reader sleeping on the socket: the
+        // message it travels with needs no doorbell of its own.
+        let mut carrier_rang = false;
         if let Some(carrier) = carrier {
+            carrier_rang = true;
             let anc = &seg.header().anc[self.tx_dir() as usize];
             // Room for a record and at least one byte first: the carrier
             // must never go out without its message.
@@ -1128,7 +1173,12 @@ impl Conn {
             };
             if n > 0 {
                 sent += n;
-                self.data_bell(fd, &ring.ctrl().flags);
+                if std::mem::take(&mut carrier_rang) {
+                    // Clear the request the carrier answered.
+                    let _ = protocol::take_waiter(&ring.ctrl().flags.reader_waiting);
+                } else {
+                    self.data_bell(fd, &ring.ctrl().flags);
+                }
             }
             if src.remaining() == 0 {
                 return Some(Ok(sent));
@@ -1297,7 +1347,7 @@ impl Conn {
         if end.is_some_and(|e| sys::now_ns() >= e) {
             return Err(Errno::AGAIN);
         }
-        if spin_until(|| self.tx_quick_ready(ring)) {
+        if self.spin(|| self.tx_quick_ready(ring)) {
             return Ok(());
         }
         let f = &ring.ctrl().flags;
@@ -1774,9 +1824,9 @@ fn sock(fd: RawFd) -> BorrowedFd<'static> {
     unsafe { BorrowedFd::borrow_raw(fd) }
 }
 
-/// Spins (bounded by TSSS_SPIN_US) until `ready`; true if it became ready.
-fn spin_until(mut ready: impl FnMut() -> bool) -> bool {
-    let budget = config::spin_ns();
+/// Spins until `ready`, for at most `budget` ns (a per-connection value
+/// adapted by the caller: see [`Conn::spin`]); true if it became ready.
+fn spin_until(budget: u64, mut ready: impl FnMut() -> bool) -> bool {
     if budget == 0 {
         return ready();
     }

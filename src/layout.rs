@@ -87,6 +87,26 @@ pub struct AncQueue {
 
 pub const ANC_SLOTS: usize = 64;
 
+impl AncQueue {
+    /// An empty queue (a zeroed segment holds one too).
+    pub fn new() -> Self {
+        AncQueue {
+            head: AtomicU64::new(0),
+            tail: AtomicU64::new(0),
+            recs: std::array::from_fn(|_| AncRec {
+                offset: AtomicU64::new(0),
+                len: AtomicU64::new(0),
+            }),
+        }
+    }
+}
+
+impl Default for AncQueue {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 #[repr(C)]
 pub struct AncRec {
     /// Stream offset (ring index) of the message's first byte.

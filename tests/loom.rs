@@ -147,3 +147,43 @@ fn switch_never_leaks_a_control_byte() {
         writer.join().unwrap();
     });
 }
+
+/// Ancillary data: the writer publishes a record, then the message's
+/// bytes; a reader that loads the ring head first and the record queue
+/// second never reads a message's first byte without seeing its record.
+#[test]
+fn ancillary_record_is_seen_with_its_data() {
+    use tsss_core::layout::AncQueue;
+    struct Both {
+        s: Arc<Shared>,
+        q: AncQueue,
+    }
+    // SAFETY: as for Shared; AncQueue holds only atomics.
+    unsafe impl Send for Both {}
+    // SAFETY: as above.
+    unsafe impl Sync for Both {}
+    loom::model(|| {
+        let b = Arc::new(Both {
+            s: Shared::new(),
+            q: AncQueue::new(),
+        });
+        let b2 = b.clone();
+        let writer = thread::spawn(move || {
+            let r = &b2.q.recs[0];
+            r.offset.store(0, SeqCst);
+            r.len.store(1, SeqCst);
+            b2.q.head.store(1, loom::sync::atomic::Ordering::Release);
+            assert_eq!(push(&b2.s.ring(), b"m"), 1);
+        });
+        let r = b.s.ring();
+        let head = r.head();
+        let records = b.q.head.load(loom::sync::atomic::Ordering::Acquire);
+        if head > 0 {
+            assert_eq!(
+                records, 1,
+                "read a message's byte without its ancillary record"
+            );
+        }
+        writer.join().unwrap();
+    });
+}

@@ -825,8 +825,9 @@ pub unsafe extern "C" fn recvmsg(fd: c_int, msg: *mut libc::msghdr, flags: c_int
             match unsafe { real::recvmsg(fd, &mut m2, fl) } {
                 1 if byte[0] == CARRIER => {
                     got = (m2.msg_controllen, m2.msg_flags & libc::MSG_CTRUNC);
-                    Ok(())
+                    Ok(true)
                 }
+                1 if byte[0] == 0 => Ok(false),
                 r if r < 0 => Err(Errno::from_raw_os_error(errno())),
                 _ => Err(Errno::IO),
             }
