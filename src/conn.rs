@@ -122,6 +122,8 @@ pub struct Conn {
     closed: AtomicBool,
     /// Current spin budget in ns (see [`Conn::spin`]).
     spin_budget: AtomicU64,
+    /// The socket's inode: names the connection across dup2 and exec.
+    ino: AtomicU64,
 }
 
 /// Plain-phase state kept in the shared side block, loaded when its lock
@@ -268,6 +270,7 @@ impl Conn {
             aliases: AtomicU32::new(1),
             closed: AtomicBool::new(false),
             spin_budget: AtomicU64::new(u64::MAX),
+            ino: AtomicU64::new(rustix::fs::fstat(sock(fd)).map_or(0, |st| st.st_ino)),
         })
     }
 
@@ -1575,6 +1578,11 @@ impl Conn {
         b.seg_nonce.store(nonce, Release);
         b.seg_caps.store(caps, Release);
         Ok(c)
+    }
+
+    /// The socket's inode (0 if unknown).
+    pub fn ino(&self) -> u64 {
+        self.ino.load(Relaxed)
     }
 
     /// Another descriptor of this process now names the connection.

@@ -1759,3 +1759,40 @@ fn threads_and_processes_share_one_connection() {
     assert_logs(&c, "accelerated", &[&s, &c]);
     assert_segments_gone(&[&s, &c]);
 }
+
+/// Accepts one connection on argv[1] and hands it to /bin/cat as stdin and
+/// stdout through subprocess (posix_spawn or vfork + exec underneath).
+const PY_SPAWN_CAT: &str = r#"
+import os, socket, subprocess, sys
+path = sys.argv[1]
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.bind(path)
+s.listen(1)
+c, _ = s.accept()
+s.close()
+os.unlink(path)
+p = subprocess.Popen(["/bin/cat"], stdin=c.fileno(), stdout=c.fileno())
+c.close()
+rc = p.wait()
+print(f"RESULT role=server cat={rc} ok={int(rc == 0)}")
+sys.exit(rc)
+"#;
+
+/// The accelerated connection survives subprocess's spawn + exec of cat.
+#[test]
+fn python_subprocess_hands_connection_to_cat() {
+    let d = TempDir::new("pyspawn");
+    let sock = d.sock("sp");
+    let py = python();
+    let (s, c) = run_pair(
+        &Spec::new("python spawner", py.clone(), &["-c", PY_SPAWN_CAT, &sock]).preload(true),
+        &sock,
+        &Spec::new("python client", py, &["-c", PY_ECHO_CLIENT, &sock, "50"]).preload(true),
+        T60,
+    );
+    let all = [&s, &c];
+    assert_ok(&all);
+    assert_logs(&s, "carried over exec", &all);
+    assert_logs(&c, "accelerated", &all);
+    assert_segments_gone(&all);
+}

@@ -25,26 +25,46 @@ unsafe extern "C" {
 }
 
 /// Connections whose descriptors survive exec, with those descriptors.
+/// Found by the sockets' inodes in the fd table as it is now: in a vfork
+/// child the descriptors were moved (dup2 onto 0 and 1) without our table
+/// hearing of it, as it belongs to the parent.
 fn inherited() -> Vec<(ConnRef, Vec<c_int>)> {
-    let mut out: Vec<(ConnRef, Vec<c_int>)> = Vec::new();
+    let mut conns: Vec<ConnRef> = Vec::new();
     for fd in table::fds_in(0, u32::MAX) {
         let Some(c) = table::get(fd).and_then(ConnRef::new) else {
             continue;
         };
-        if c.is_plain() {
-            continue;
+        if !c.is_plain() && c.ino() != 0 && !conns.iter().any(|o| std::ptr::eq::<Conn>(&**o, &*c)) {
+            conns.push(c);
         }
+    }
+    if conns.is_empty() {
+        return Vec::new();
+    }
+    let mut out: Vec<(ConnRef, Vec<c_int>)> = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
+        return out;
+    };
+    for e in dir.flatten() {
+        let Some(fd) = e.file_name().to_str().and_then(|n| n.parse::<c_int>().ok()) else {
+            continue;
+        };
         // SAFETY: borrowed for one call.
-        let flags = rustix::io::fcntl_getfd(unsafe { rustix::fd::BorrowedFd::borrow_raw(fd) });
-        if !flags.is_ok_and(|f| !f.contains(rustix::io::FdFlags::CLOEXEC)) {
+        let cloexec = rustix::io::fcntl_getfd(unsafe { rustix::fd::BorrowedFd::borrow_raw(fd) })
+            .map_or(true, |f| f.contains(rustix::io::FdFlags::CLOEXEC));
+        if cloexec {
             continue;
         }
+        let Some(ino) = inode(fd) else { continue };
+        let Some(c) = conns.iter().find(|c| c.ino() == ino) else {
+            continue;
+        };
         match out
             .iter_mut()
-            .find(|(o, _)| std::ptr::eq::<Conn>(&**o, &*c))
+            .find(|(o, _)| std::ptr::eq::<Conn>(&**o, &**c))
         {
             Some((_, fds)) => fds.push(fd),
-            None => out.push((c, vec![fd])),
+            None => out.push((c.clone(), vec![fd])),
         }
     }
     out
@@ -167,7 +187,8 @@ unsafe fn build_env(envp: *const *const c_char, handover: &str) -> Vec<CString> 
 fn handover_text(conns: &[(ConnRef, Vec<c_int>)]) -> String {
     conns
         .iter()
-        .filter_map(|(c, fds)| Some(format!("{}={}", inode(fds[0])?, c.export())))
+        .filter(|(c, _)| c.ino() != 0)
+        .map(|(c, _)| format!("{}={}", c.ino(), c.export()))
         .collect::<Vec<_>>()
         .join(";")
 }
@@ -215,10 +236,14 @@ pub unsafe fn exec_with(
     let env = unsafe { build_env(envp, &handover) };
     let mut ptrs: Vec<*const c_char> = env.iter().map(|c| c.as_ptr()).collect();
     ptrs.push(std::ptr::null());
-    // The old side block keeps counting this process: a vfork child
-    // (which skips the fork handlers) would otherwise take the parent's
-    // share away. One too many only means the socket's own EOF, not the
-    // flag, ends the connection.
+    // The new image gets a side block of its own. In a vfork child the old
+    // block is still our parent's: count the new image in it so that the
+    // parent closing its copy does not end the connection. (After a plain
+    // exec the old block goes with the old image; the extra count only
+    // leaves the ending to the socket's EOF.)
+    for (c, _) in &conns {
+        c.before_fork();
+    }
     exec(ptrs.as_ptr())
 }
 
@@ -362,6 +387,11 @@ unsafe fn spawn_with(
         // (A static target would see raw doorbell bytes: a limit, stated in
         // README, as spawn file actions may already have closed them.)
         return spawn(envp);
+    }
+    // The spawned image gets a side block of its own: keep ours from
+    // ending the connection when this process closes its copy.
+    for (c, _) in &conns {
+        c.before_fork();
     }
     // SAFETY: per the caller.
     let env = unsafe { build_env(envp, &handover_text(&conns)) };

@@ -497,6 +497,10 @@ pub unsafe extern "C" fn getpeername(
 /// this process) when its last descriptor goes. Runs while `fd` still
 /// names the socket, since ending may ring the peer's doorbell on it.
 fn forget_fd(fd: c_int) {
+    // A vfork child's close must not change its parent's table.
+    if table::get(fd).is_none() || crate::in_vfork_child() {
+        return;
+    }
     if let Some(g) = table::remove(fd) {
         if let Entry::Conn(c) = &*g
             && c.drop_alias()
@@ -510,6 +514,9 @@ fn forget_fd(fd: c_int) {
 /// `new` now names what `old` names (after a successful dup).
 fn alias_fd(old: c_int, new: c_int) {
     if new < 0 || old == new {
+        return;
+    }
+    if (table::get(old).is_some() || table::get(new).is_some()) && crate::in_vfork_child() {
         return;
     }
     match table::get(old) {

@@ -23,16 +23,40 @@ fn init() {
         tsss_core::log::emit(format_args!("{w}"));
     }
     real::init();
+    record_pid();
     exec::adopt_inherited();
     // SAFETY: registering a plain function pointer, run in the parent just
     // before fork.
-    unsafe { libc::pthread_atfork(Some(before_fork), None, None) };
+    unsafe { libc::pthread_atfork(Some(before_fork), None, Some(record_pid_c)) };
     tsss_core::log!(
         tsss_core::log::DEBUG,
         "loaded ({}; ring {} KiB)",
         if cfg.disabled { "disabled" } else { "enabled" },
         cfg.ring_size >> 10
     );
+}
+
+/// This process's id, recorded at load and in fork children: a vfork child
+/// (which shares our memory and skips the fork handlers) sees a different
+/// getpid() and must not touch the fd table, which is its parent's.
+static MY_PID: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
+fn record_pid() {
+    MY_PID.store(
+        rustix::process::getpid().as_raw_nonzero().get(),
+        std::sync::atomic::Ordering::Relaxed,
+    );
+}
+
+extern "C" fn record_pid_c() {
+    record_pid();
+}
+
+/// Whether we run in a vfork child, in our parent's memory (one syscall:
+/// call only when an accelerated fd is involved).
+pub(crate) fn in_vfork_child() -> bool {
+    rustix::process::getpid().as_raw_nonzero().get()
+        != MY_PID.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 extern "C" fn before_fork() {
@@ -50,5 +74,9 @@ extern "C" fn before_fork() {
 pub unsafe extern "C" fn _Fork() -> libc::pid_t {
     before_fork();
     // SAFETY: passthrough.
-    unsafe { real::_Fork() }
+    let pid = unsafe { real::_Fork() };
+    if pid == 0 {
+        record_pid();
+    }
+    pid
 }
