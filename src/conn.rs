@@ -756,11 +756,7 @@ impl Conn {
             };
             match step {
                 Err(e) => {
-                    return Some(if dst.filled() > 0 {
-                        Ok(dst.filled())
-                    } else {
-                        Err(e)
-                    });
+                    return Some(partial(dst.filled(), e));
                 }
                 Ok(Step::Eof | Step::Stop) => return Some(Ok(dst.filled())),
                 Ok(Step::Data) if dst.filled() >= target => return Some(Ok(dst.filled())),
@@ -768,18 +764,10 @@ impl Conn {
                 Ok(Step::Empty) => {}
             }
             if nonblock {
-                return Some(if dst.filled() > 0 {
-                    Ok(dst.filled())
-                } else {
-                    Err(Errno::AGAIN)
-                });
+                return Some(partial(dst.filled(), Errno::AGAIN));
             }
             if let Err(e) = self.wait_rx(fd) {
-                return Some(if dst.filled() > 0 {
-                    Ok(dst.filled())
-                } else {
-                    Err(e)
-                });
+                return Some(partial(dst.filled(), e));
             }
         }
     }
@@ -1110,13 +1098,10 @@ impl Conn {
         let mut sent = 0;
         let mut sndtimeo = None;
         let fail = |e: Errno, sent: usize| {
-            if sent > 0 {
-                return Ok(sent);
-            }
-            if e == Errno::PIPE && !o.nosignal {
+            if sent == 0 && e == Errno::PIPE && !o.nosignal {
                 sys::raise_sigpipe();
             }
-            Err(e)
+            partial(sent, e)
         };
         if src.remaining() == 0 {
             return Some(Ok(0));
@@ -1187,11 +1172,7 @@ impl Conn {
                 return Some(Ok(sent));
             }
             if nonblock {
-                return Some(if sent > 0 {
-                    Ok(sent)
-                } else {
-                    Err(Errno::AGAIN)
-                });
+                return Some(partial(sent, Errno::AGAIN));
             }
             if let Err(e) = self.wait_tx(fd, &ring, &mut sndtimeo) {
                 return Some(fail(e, sent));
@@ -1249,7 +1230,7 @@ impl Conn {
                 if e == Errno::PIPE && sent == 0 {
                     sys::raise_sigpipe();
                 }
-                return Some(if sent > 0 { Ok(sent) } else { Err(e) });
+                return Some(partial(sent, e));
             }
             let r = ring.push_with(count - sent, |p, len| {
                 // SAFETY: push_with hands us `len` writable ring bytes.
@@ -1257,7 +1238,7 @@ impl Conn {
             });
             let n = match r {
                 Err(_) => return Some(Err(self.broken())),
-                Ok(Err(e)) => return Some(if sent > 0 { Ok(sent) } else { Err(e) }),
+                Ok(Err(e)) => return Some(partial(sent, e)),
                 Ok(Ok(n)) => n,
             };
             if n > 0 {
@@ -1269,14 +1250,10 @@ impl Conn {
                 break; // end of the input file
             }
             if nonblock {
-                return Some(if sent > 0 {
-                    Ok(sent)
-                } else {
-                    Err(Errno::AGAIN)
-                });
+                return Some(partial(sent, Errno::AGAIN));
             }
             if let Err(e) = self.wait_tx(fd, &ring, &mut sndtimeo) {
-                return Some(if sent > 0 { Ok(sent) } else { Err(e) });
+                return Some(partial(sent, e));
             }
         }
         Some(Ok(sent))
@@ -1830,6 +1807,12 @@ fn sock(fd: RawFd) -> BorrowedFd<'static> {
     // call (closing it concurrently is the application's bug, as with the
     // kernel, and at worst makes our syscalls fail with EBADF).
     unsafe { BorrowedFd::borrow_raw(fd) }
+}
+
+/// What a call that moved `done` bytes before meeting `e` returns, as the
+/// kernel does: the partial count, the error left for the next call.
+fn partial(done: usize, e: Errno) -> Result<usize, Errno> {
+    if done > 0 { Ok(done) } else { Err(e) }
 }
 
 /// Spins until `ready`, for at most `budget` ns (a per-connection value
