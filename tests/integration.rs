@@ -936,22 +936,34 @@ c.close()
 print(f"RESULT role=server bytes={n} ok=1")
 "#;
 
-#[test]
-fn python_socket() {
-    let d = TempDir::new("python");
+/// A python server script (given the socket path) against the shared
+/// python echo client, both preloaded: the echo must be byte-exact, the
+/// client accelerated, and the server's log must say `server_log`.
+fn python_echo_pair(test: &str, server: &str, client_delay_ms: &str, server_log: &str) {
+    let d = TempDir::new(test);
     let sock = d.sock("py");
     let py = python();
     let (s, c) = run_pair(
-        &Spec::new("python server", py.clone(), &["-c", PY_ECHO_SERVER, &sock]).preload(true),
+        &Spec::new("python server", py.clone(), &["-c", server, &sock]).preload(true),
         &sock,
-        &Spec::new("python client", py, &["-c", PY_ECHO_CLIENT, &sock, "0"]).preload(true),
+        &Spec::new(
+            "python client",
+            py,
+            &["-c", PY_ECHO_CLIENT, &sock, client_delay_ms],
+        )
+        .preload(true),
         T60,
     );
     let all = [&s, &c];
     assert_ok(&all);
-    assert_logs(&s, "accelerated", &all);
+    assert_logs(&s, server_log, &all);
     assert_logs(&c, "accelerated", &all);
     assert!(!assert_segments_gone(&all).is_empty());
+}
+
+#[test]
+fn python_socket() {
+    python_echo_pair("python", PY_ECHO_SERVER, "0", "accelerated");
 }
 
 #[test]
@@ -1781,18 +1793,5 @@ sys.exit(rc)
 /// The accelerated connection survives subprocess's spawn + exec of cat.
 #[test]
 fn python_subprocess_hands_connection_to_cat() {
-    let d = TempDir::new("pyspawn");
-    let sock = d.sock("sp");
-    let py = python();
-    let (s, c) = run_pair(
-        &Spec::new("python spawner", py.clone(), &["-c", PY_SPAWN_CAT, &sock]).preload(true),
-        &sock,
-        &Spec::new("python client", py, &["-c", PY_ECHO_CLIENT, &sock, "50"]).preload(true),
-        T60,
-    );
-    let all = [&s, &c];
-    assert_ok(&all);
-    assert_logs(&s, "carried over exec", &all);
-    assert_logs(&c, "accelerated", &all);
-    assert_segments_gone(&all);
+    python_echo_pair("pyspawn", PY_SPAWN_CAT, "50", "carried over exec");
 }
