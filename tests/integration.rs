@@ -634,53 +634,40 @@ fn client_only() {
 #[test]
 fn statically_linked_peer() {
     let d = TempDir::new("static");
-    // Preloaded dynamic server, static client (LD_PRELOAD set but ignored).
-    let sock = d.sock("a");
-    let (s, c) = run_pair(
-        &Spec::app("pingpong server", "pingpong", &["server", &sock]).preload(true),
-        &sock,
-        &Spec::app(
-            "pingpong_static client",
-            "pingpong_static",
-            &["client", &sock, "64", "2000"],
-        )
-        .preload(true),
-        T60,
-    );
-    let all = [&s, &c];
-    assert_ok(&all);
-    assert_logs(&s, "plain:", &all);
-    assert_not_logs(&s, "accelerated", &all);
-    assert!(
-        c.stderr().trim().is_empty(),
-        "the static client printed something on stderr\n{}",
-        reports(&all)
-    );
-    assert_segments_gone(&all);
-
-    // Static server, preloaded dynamic client.
-    let sock = d.sock("b");
-    let (s, c) = run_pair(
-        &Spec::app(
-            "pingpong_static server",
-            "pingpong_static",
-            &["server", &sock],
-        )
-        .preload(true),
-        &sock,
-        &Spec::app(
-            "pingpong client",
-            "pingpong",
-            &["client", &sock, "64", "2000"],
-        )
-        .preload(true),
-        T60,
-    );
-    let all = [&s, &c];
-    assert_ok(&all);
-    assert_logs(&c, "plain:", &all);
-    assert_not_logs(&c, "accelerated", &all);
-    assert_segments_gone(&all);
+    // Both orientations: the static side ignores LD_PRELOAD, so the
+    // preloaded dynamic side must stay plain and say so.
+    for (sbin, cbin) in [
+        ("pingpong", "pingpong_static"),
+        ("pingpong_static", "pingpong"),
+    ] {
+        let sock = d.sock(sbin);
+        let (s, c) = run_pair(
+            &Spec::app(&format!("{sbin} server"), sbin, &["server", &sock]).preload(true),
+            &sock,
+            &Spec::app(
+                &format!("{cbin} client"),
+                cbin,
+                &["client", &sock, "64", "2000"],
+            )
+            .preload(true),
+            T60,
+        );
+        let all = [&s, &c];
+        assert_ok(&all);
+        let (dynamic, fixed) = if sbin == "pingpong" {
+            (&s, &c)
+        } else {
+            (&c, &s)
+        };
+        assert_logs(dynamic, "plain:", &all);
+        assert_not_logs(dynamic, "accelerated", &all);
+        assert!(
+            fixed.stderr().trim().is_empty(),
+            "the static side printed something on stderr\n{}",
+            reports(&all)
+        );
+        assert_segments_gone(&all);
+    }
 }
 
 /// Waits until `p` logged `needle` (or exited / timed out).
