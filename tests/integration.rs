@@ -1782,3 +1782,27 @@ sys.exit(rc)
 fn python_subprocess_hands_connection_to_cat() {
     python_echo_pair("pyspawn", PY_SPAWN_CAT, "50", "carried over exec");
 }
+
+/// TSSS_DISABLE: preloaded on both sides, yet every call goes to libc: the
+/// connection works plain and nothing is negotiated or mapped.
+#[test]
+fn disabled_by_environment() {
+    let d = TempDir::new("disabled");
+    let sock = d.sock("x");
+    let (s, c) = run_pair(
+        &Spec::app("stream server", "stream", &["server", &sock])
+            .preload(true)
+            .env("TSSS_DISABLE", "1"),
+        &sock,
+        &Spec::app("stream client", "stream", &["client", &sock, "4096", "16m"])
+            .preload(true)
+            .env("TSSS_DISABLE", "1"),
+        T60,
+    );
+    let all = [&s, &c];
+    assert_ok(&all);
+    for p in all {
+        assert_not_logs(p, "accelerated", &all);
+        assert_not_logs(p, "shmid", &all);
+    }
+}
