@@ -86,7 +86,7 @@ pub struct Ready {
     pub err: bool,
 }
 
-#[derive(Default)]
+#[derive(Default, Clone, Copy, PartialEq)]
 struct RxState {
     /// Plain bytes consumed in this direction (after HELLO for s2c).
     plain_read: u64,
@@ -94,7 +94,7 @@ struct RxState {
     limit: Option<u64>,
 }
 
-#[derive(Default)]
+#[derive(Default, Clone, Copy, PartialEq)]
 struct TxState {
     /// Plain bytes sent in this direction (after HELLO for s2c).
     plain_written: u64,
@@ -113,9 +113,9 @@ pub struct Conn {
     next_live_check: AtomicU64,
     /// Writes since the last liveness look (the clock is read every 64).
     tx_ops: AtomicU32,
-    /// Cached remote indices: the tx ring's tail, the rx ring's head.
+    /// Cached remote index: the tx ring's tail (the rx side loads the
+    /// head once per pass anyway, for the ancillary ordering).
     tx_tail_cache: AtomicU64,
-    rx_head_cache: AtomicU64,
     /// Descriptors of this process naming the connection (dup and friends).
     aliases: AtomicU32,
     /// This process has given up its share (its last descriptor closed).
@@ -128,7 +128,7 @@ pub struct Conn {
 
 /// Plain-phase state kept in the shared side block, loaded when its lock
 /// is taken and stored back when it is released.
-trait SideState {
+trait SideState: Copy + PartialEq {
     fn load(b: &SideBlock) -> Self;
     fn store(&self, b: &SideBlock);
 }
@@ -158,19 +158,23 @@ impl SideState for TxState {
     }
 }
 
-/// A side lock held, with the state it guards loaded.
+/// A side lock held, with the state it guards loaded; stored back on
+/// release only if it changed (in the ring phase it never does).
 struct Locked<'a, T: SideState> {
     _lock: ShmGuard<'a>,
     block: &'a SideBlock,
     st: T,
+    orig: T,
 }
 
 impl<'a, T: SideState> Locked<'a, T> {
     fn new(lock: ShmGuard<'a>, block: &'a SideBlock) -> Self {
+        let st = T::load(block);
         Locked {
             _lock: lock,
             block,
-            st: T::load(block),
+            st,
+            orig: st,
         }
     }
 }
@@ -190,7 +194,9 @@ impl<T: SideState> DerefMut for Locked<'_, T> {
 
 impl<T: SideState> Drop for Locked<'_, T> {
     fn drop(&mut self) {
-        self.st.store(self.block);
+        if self.st != self.orig {
+            self.st.store(self.block);
+        }
     }
 }
 
@@ -266,7 +272,6 @@ impl Conn {
             next_live_check: AtomicU64::new(0),
             tx_ops: AtomicU32::new(0),
             tx_tail_cache: AtomicU64::new(0),
-            rx_head_cache: AtomicU64::new(0),
             aliases: AtomicU32::new(1),
             closed: AtomicBool::new(false),
             spin_budget: AtomicU64::new(u64::MAX),
@@ -860,7 +865,7 @@ impl Conn {
         peek: bool,
     ) -> Result<Step, Errno> {
         let seg = self.seg().ok_or(Errno::CONNRESET)?;
-        let ring = seg.ring(self.rx_dir()).with_cache(&self.rx_head_cache);
+        let ring = seg.ring(self.rx_dir());
         let flags = &ring.ctrl().flags;
         let start = dst.filled();
         let data_or =
@@ -960,11 +965,11 @@ impl Conn {
                 }
                 Some((off, len))
             };
-            let seen = head.wrapping_sub(at).min(ring.capacity() as u64);
-            let max = rec
-                .map_or(usize::MAX, |(off, len)| (off + len - at) as usize)
-                .min(seen as usize);
-            let n = ring.pop_max(dst, max, peek).map_err(|_| self.broken())?;
+            let max = rec.map_or(usize::MAX, |(off, len)| (off + len - at) as usize);
+            // From the head loaded above, never a newer one (see there).
+            let n = ring
+                .pop_from(dst, at, head, max, peek)
+                .map_err(|_| self.broken())?;
             if n > 0 {
                 if let Some((off, _)) = rec
                     && at + n as u64 > off
@@ -1070,26 +1075,29 @@ impl Conn {
             _ => {}
         }
         let mut tx = self.lock_tx();
-        if self.role == Role::Client && self.sb().state.load(Acquire) == PENDING {
-            let now = sys::now_ns();
-            if now >= self.next_hello_peek.load(Relaxed) {
-                self.next_hello_peek.store(now + HELLO_PEEK_NS, Relaxed);
-                if let Some(mut rx) = self.try_lock_rx() {
-                    self.resolve_hello(fd, &mut rx);
-                }
-                if self.sb().state.load(Acquire) == PLAIN {
-                    return None;
-                }
-            }
-        }
-        self.progress_tx(fd, &mut tx);
+        // Negotiation steps only until our direction runs over the ring.
         if !self.sb().tx_ring.load(Relaxed) {
-            let flags = SendFlags::from_bits_retain(o.raw);
-            let r = rustix::net::sendmsg(sock(fd), bufs, &mut Default::default(), flags);
-            if let Ok(n) = r {
-                tx.plain_written += n as u64;
+            if self.role == Role::Client && self.sb().state.load(Acquire) == PENDING {
+                let now = sys::now_ns();
+                if now >= self.next_hello_peek.load(Relaxed) {
+                    self.next_hello_peek.store(now + HELLO_PEEK_NS, Relaxed);
+                    if let Some(mut rx) = self.try_lock_rx() {
+                        self.resolve_hello(fd, &mut rx);
+                    }
+                    if self.sb().state.load(Acquire) == PLAIN {
+                        return None;
+                    }
+                }
             }
-            return Some(r);
+            self.progress_tx(fd, &mut tx);
+            if !self.sb().tx_ring.load(Relaxed) {
+                let flags = SendFlags::from_bits_retain(o.raw);
+                let r = rustix::net::sendmsg(sock(fd), bufs, &mut Default::default(), flags);
+                if let Ok(n) = r {
+                    tx.plain_written += n as u64;
+                }
+                return Some(r);
+            }
         }
         let seg = self.seg()?;
         let ring = seg.ring(self.tx_dir()).with_cache(&self.tx_tail_cache);
@@ -1261,24 +1269,34 @@ impl Conn {
 
     /// Why a write must fail now (EPIPE), if it must.
     fn tx_error(&self, fd: RawFd, ring: &Ring<'_>) -> Option<Errno> {
-        if self.reset_pending() && !self.sb().reset_taken.swap(true, AcqRel) {
-            return Some(Errno::CONNRESET);
-        }
+        // The peer's ECONNRESET (closed with our data unread) comes first, as
+        // the kernel reports a pending socket error before EPIPE. A closing
+        // peer stores that before rd_closed, so it is only looked at here.
+        let fail = || {
+            if self.reset_pending() && !self.sb().reset_taken.swap(true, AcqRel) {
+                Some(Errno::CONNRESET)
+            } else {
+                Some(Errno::PIPE)
+            }
+        };
         if self.sb().shut_wr.load(Relaxed)
             || ring.ctrl().flags.rd_closed.load(Acquire) != 0
             || self.sb().sock_eof.load(Relaxed)
         {
-            return Some(Errno::PIPE);
+            return fail();
         }
-        // A killed peer sets no flag: look at the socket now and then.
-        if self.tx_ops.fetch_add(1, Relaxed) % 64 != 0 {
+        // A killed peer sets no flag: look at the socket now and then. The
+        // caller holds the tx lock, so a plain load/store counts.
+        let k = self.tx_ops.load(Relaxed);
+        self.tx_ops.store(k.wrapping_add(1), Relaxed);
+        if k % 64 != 0 {
             return None;
         }
         let now = sys::now_ns();
         if now >= self.next_live_check.load(Relaxed) {
             self.next_live_check.store(now + LIVENESS_NS, Relaxed);
             if self.peer_hung_up(fd) {
-                return Some(Errno::PIPE);
+                return fail();
             }
         }
         None

@@ -635,14 +635,13 @@ impl<R: Deref<Target = Conn> + Clone> EpollSet<R> {
                 return false;
             }
             let (want_in, want_out) = (w.events & EPOLLIN != 0, w.events & EPOLLOUT != 0);
-            let (i, o) = w.conn.progress_counters();
             let et = w.events & EPOLLET != 0;
-            (want_in
-                && w.conn.quick_ready(true, false)
-                && (!et || i.wrapping_add(w.k_in) != w.last_in))
-                || (want_out
-                    && w.conn.quick_ready(false, true)
-                    && (!et || o.wrapping_add(w.k_out) != w.last_out))
+            // Edge counters only for edge-triggered watches that are ready.
+            let edge_in = || !et || w.conn.progress_counters().0.wrapping_add(w.k_in) != w.last_in;
+            let edge_out =
+                || !et || w.conn.progress_counters().1.wrapping_add(w.k_out) != w.last_out;
+            (want_in && w.conn.quick_ready(true, false) && edge_in())
+                || (want_out && w.conn.quick_ready(false, true) && edge_out())
         })
     }
 

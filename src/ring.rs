@@ -181,17 +181,36 @@ impl<'a> Ring<'a> {
     ) -> Result<usize, Corrupt> {
         let tail = self.ctrl.tail.load(Relaxed);
         let cached = self.remote.map(|c| c.load(Relaxed));
-        let avail = match cached.and_then(|h| self.fill(h, tail).ok()) {
-            Some(n) if n as usize >= dst.remaining() => n as usize,
+        let head = match cached {
+            Some(h)
+                if self
+                    .fill(h, tail)
+                    .is_ok_and(|n| n as usize >= dst.remaining()) =>
+            {
+                h
+            }
             _ => {
                 let head = self.ctrl.head.load(Acquire);
-                let n = self.fill(head, tail)?;
                 if let Some(c) = self.remote {
                     c.store(head, Relaxed);
                 }
-                n as usize
+                head
             }
         };
+        self.pop_from(dst, tail, head, max, peek)
+    }
+
+    /// [`pop_max`](Self::pop_max) from indices the caller already loaded
+    /// (`tail` ours, `head` with Acquire), validated here.
+    pub fn pop_from(
+        &self,
+        dst: &mut DstCursor<'_, '_>,
+        tail: u64,
+        head: u64,
+        max: usize,
+        peek: bool,
+    ) -> Result<usize, Corrupt> {
+        let avail = self.fill(head, tail)? as usize;
         let want = avail.min(dst.remaining()).min(max);
         if want == 0 {
             return Ok(0);

@@ -777,12 +777,18 @@ pub unsafe extern "C" fn __recvfrom_chk(
 /// libc contract.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn readv(fd: c_int, iov: *const libc::iovec, cnt: c_int) -> ssize_t {
-    // SAFETY: the caller's iovecs (only lengths are read).
-    let empty = unsafe { with_iov(iov, cnt, |b| b.iter().all(|s| s.is_empty())) }.unwrap_or(true);
-    if !empty
-        && let Some(c) = accel(fd)
+    // readv of 0 bytes returns 0 at once on a socket: the kernel answers it.
+    if let Some(c) = accel(fd)
         // SAFETY: the caller's iovecs.
-        && let Some(Some(r)) = unsafe { with_iov_mut(iov, cnt, |b| c.recv(fd, b, RecvOpts::default())) }
+        && let Some(Some(r)) = unsafe {
+            with_iov_mut(iov, cnt, |b| {
+                if b.iter().all(|s| s.is_empty()) {
+                    None
+                } else {
+                    c.recv(fd, b, RecvOpts::default())
+                }
+            })
+        }
     {
         return ssize(r);
     }
