@@ -1303,15 +1303,7 @@ impl Conn {
     }
 
     fn peer_hung_up(&self, fd: RawFd) -> bool {
-        let sock = sock(fd);
-        let mut p = [PollFd::new(&sock, PollFlags::empty())];
-        let zero = rustix::time::Timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        if let Ok(1) = rustix::event::poll(&mut p, Some(&zero))
-            && p[0].revents().intersects(PollFlags::HUP | PollFlags::ERR)
-        {
+        if kernel_view(fd).intersects(PollFlags::HUP | PollFlags::ERR) {
             self.sb().sock_eof.store(true, Release);
             return true;
         }
@@ -1639,7 +1631,7 @@ impl Conn {
         // Negotiation consumed socket bytes (HELLO) or changed which
         // directions the kernel speaks for: its earlier view is stale.
         if kernel.is_some() && before != after && self.needs_kernel() {
-            k = self.kernel_now(fd);
+            k = kernel_view(fd);
         }
         let (state, rx_ring, tx_ring) = after;
         match state {
@@ -1689,23 +1681,6 @@ impl Conn {
         // come from doorbell bytes; the application's errors are emulated.
         r.err = reset || (k.contains(PollFlags::ERR) && !(rx_ring && tx_ring));
         Some(r)
-    }
-
-    /// The kernel's readiness of the real socket, now.
-    fn kernel_now(&self, fd: RawFd) -> PollFlags {
-        let sock = sock(fd);
-        let mut p = [PollFd::new(
-            &sock,
-            PollFlags::IN | PollFlags::OUT | PollFlags::RDHUP,
-        )];
-        let zero = rustix::time::Timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        match rustix::event::poll(&mut p, Some(&zero)) {
-            Ok(1) => p[0].revents(),
-            _ => PollFlags::empty(),
-        }
     }
 
     /// Ring-only readiness for spinning (atomics, no syscalls). False when
@@ -1825,6 +1800,24 @@ fn sock(fd: RawFd) -> BorrowedFd<'static> {
     // call (closing it concurrently is the application's bug, as with the
     // kernel, and at worst makes our syscalls fail with EBADF).
     unsafe { BorrowedFd::borrow_raw(fd) }
+}
+
+/// The kernel's readiness of a socket, now (a zero-timeout poll for
+/// IN|OUT|RDHUP; HUP and ERR come whatever is asked).
+pub fn kernel_view(fd: RawFd) -> PollFlags {
+    let sock = sock(fd);
+    let mut p = [PollFd::new(
+        &sock,
+        PollFlags::IN | PollFlags::OUT | PollFlags::RDHUP,
+    )];
+    let zero = rustix::time::Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    match rustix::event::poll(&mut p, Some(&zero)) {
+        Ok(1) => p[0].revents(),
+        _ => PollFlags::empty(),
+    }
 }
 
 /// What a call that moved `done` bytes before meeting `e` returns, as the

@@ -8,7 +8,7 @@
 //! servers gain latency.
 
 use crate::config;
-use crate::conn::{Conn, Ready};
+use crate::conn::{Conn, Ready, kernel_view};
 use crate::sys;
 use rustix::event::PollFlags;
 use rustix::fd::RawFd;
@@ -59,18 +59,6 @@ fn remaining_ms(deadline: Option<u64>) -> i32 {
                 ((d - now).div_ceil(1_000_000)).min(i32::MAX as u64) as i32
             }
         }
-    }
-}
-
-fn kernel_view(fd: RawFd) -> PollFlags {
-    let mut p = [libc::pollfd {
-        fd,
-        events: (p::IN | p::OUT | p::RDHUP) as i16,
-        revents: 0,
-    }];
-    match sys::poll(&mut p, 0) {
-        Ok(1) => PollFlags::from_bits_retain(p[0].revents as u16),
-        _ => PollFlags::empty(),
     }
 }
 
