@@ -493,7 +493,6 @@ impl Conn {
         let _ = self.seg.set(seg);
         rx.plain_read = 0;
         self.sb().state.store(ATTACHED, Release);
-        self.sb().tx_switch_due.store(true, Release);
         if let Some(mut tx) = self.try_lock_tx() {
             self.progress_tx(fd, &mut tx);
         }
@@ -515,7 +514,8 @@ impl Conn {
         let Some(seg) = self.seg() else { return };
         match self.role {
             Role::Client => {
-                if !self.sb().tx_switch_due.load(Acquire) {
+                // Attached: our switch is due (a broken one never switches).
+                if self.sb().state.load(Acquire) != ATTACHED {
                     return;
                 }
             }
@@ -1493,7 +1493,6 @@ impl Conn {
         let flags = u32::from(b.nonblock.load(Acquire))
             | u32::from(b.rx_ring.load(Acquire)) << 1
             | u32::from(b.tx_ring.load(Acquire)) << 2
-            | u32::from(b.tx_switch_due.load(Acquire)) << 3
             | u32::from(b.sock_eof.load(Acquire)) << 4
             | u32::from(b.reset_taken.load(Acquire)) << 5
             | u32::from(b.shut_rd.load(Acquire)) << 6
@@ -1553,7 +1552,6 @@ impl Conn {
         let b = c.sb();
         b.rx_ring.store(flags & 2 != 0, Release);
         b.tx_ring.store(flags & 4 != 0, Release);
-        b.tx_switch_due.store(flags & 8 != 0, Release);
         b.sock_eof.store(flags & 16 != 0, Release);
         b.reset_taken.store(flags & 32 != 0, Release);
         b.shut_rd.store(flags & 64 != 0, Release);

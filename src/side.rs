@@ -22,8 +22,6 @@ pub struct SideBlock {
     pub rx_ring: AtomicBool,
     /// Our writes go to the ring.
     pub tx_ring: AtomicBool,
-    /// The client attached; its switch waits for the tx lock.
-    pub tx_switch_due: AtomicBool,
     /// The peer is gone (EOF/HUP on the socket after its switch).
     pub sock_eof: AtomicBool,
     /// The peer's ECONNRESET was reported.
