@@ -1806,3 +1806,54 @@ fn disabled_by_environment() {
         assert_not_logs(p, "shmid", &all);
     }
 }
+
+/// A peer with another uid (the client runs as `nobody` through setpriv):
+/// the server grants exactly that uid on the segment (owner = peer uid,
+/// mode 0600, so creator and peer only) and the connection is accelerated.
+#[test]
+fn peer_with_another_uid_is_granted() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc_geteuid() } != 0 || !have_cmd("setpriv") {
+        panic!("needs root and setpriv (util-linux) to run a client as another uid");
+    }
+    let d = TempDir::new("otheruid");
+    std::fs::set_permissions(
+        d.path(""),
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .unwrap();
+    let sock = d.sock("u");
+    let mut s =
+        Proc::spawn(&Spec::app("stream server", "stream", &["server", &sock]).preload(true));
+    wait_for_path(Path::new(&sock), &mut s);
+    std::fs::set_permissions(&sock, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    let client = bin("stream");
+    let mut c = Proc::spawn(
+        &Spec::new(
+            "stream client as nobody",
+            "setpriv",
+            &[
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                client.to_str().unwrap(),
+                "client",
+                &sock,
+                "4096",
+                "16m",
+            ],
+        )
+        .preload(true),
+    );
+    wait_all(&mut [&mut c, &mut s], T60, "other uid");
+    let all = [&s, &c];
+    assert_ok(&all);
+    assert_logs(&s, "accelerated", &all);
+    assert_logs(&c, "accelerated", &all);
+    assert_segments_gone(&all);
+}
+
+unsafe extern "C" {
+    #[link_name = "geteuid"]
+    fn libc_geteuid() -> u32;
+}
