@@ -21,6 +21,7 @@ use crate::protocol;
 use crate::ring::{DstCursor, Ring, SrcCursor};
 use crate::segment::Segment;
 use crate::side::{ShmGuard, Side, SideBlock};
+use crate::signals;
 use crate::sync::Ordering::{AcqRel, Acquire, Relaxed, Release, SeqCst};
 use crate::sync::fence;
 use crate::sys;
@@ -59,6 +60,11 @@ const LIVENESS_NS: u64 = 20_000_000;
 const CLOSED_RESET: u32 = 2;
 /// How often a pending client peeks for HELLO from its write path.
 const HELLO_PEEK_NS: u64 = 200_000;
+/// Writes up to this size go into the ring whole or not at all (capped at
+/// half the ring), as the kernel appends a Unix stream write in whole
+/// buffers of about 32 KiB: concurrent small writers (threads, processes,
+/// a signal handler) never interleave inside one write.
+const ATOMIC_WRITE: usize = 32 << 10;
 
 #[derive(Clone, Copy, Debug, Default)]
 pub struct RecvOpts {
@@ -1131,19 +1137,24 @@ impl Conn {
                     return Some(fail(self.broken(), 0));
                 }
                 let free = ring.writable().unwrap_or(0);
-                if used < ANC_SLOTS as u64 && free > 0 {
+                let room = free >= src.remaining().min(ATOMIC_WRITE.min(ring.capacity() / 2));
+                if used < ANC_SLOTS as u64 && room {
                     break;
                 }
                 if nonblock {
                     return Some(Err(Errno::AGAIN));
                 }
-                if free > 0 {
+                // Never sleep holding the lock: a signal handler (or another
+                // thread) writing to this socket would wait for us.
+                drop(tx);
+                if room {
                     // Only the record queue is full: the reader frees it as
                     // it reads; no doorbell covers that, so nap briefly.
                     std::thread::sleep(std::time::Duration::from_micros(50));
                 } else if let Err(e) = self.wait_tx(fd, &ring, &mut sndtimeo) {
                     return Some(fail(e, 0));
                 }
+                tx = self.lock_tx();
             }
             if let Err(e) = carrier() {
                 return Some(fail(e, 0));
@@ -1163,7 +1174,7 @@ impl Conn {
             if let Some(e) = self.tx_error(fd, &ring) {
                 return Some(fail(e, sent));
             }
-            let n = match ring.push(&mut src) {
+            let n = match ring.push_whole(&mut src, ATOMIC_WRITE.min(ring.capacity() / 2)) {
                 Ok(n) => n,
                 Err(_) => return Some(fail(self.broken(), sent)),
             };
@@ -1182,9 +1193,11 @@ impl Conn {
             if nonblock {
                 return Some(partial(sent, Errno::AGAIN));
             }
+            drop(tx);
             if let Err(e) = self.wait_tx(fd, &ring, &mut sndtimeo) {
                 return Some(fail(e, sent));
             }
+            tx = self.lock_tx();
         }
     }
 
@@ -1353,13 +1366,21 @@ impl Conn {
             tv_sec: 0,
             tv_nsec: left as _,
         };
+        signals::reset_seen();
         match rustix::thread::futex::wait(
             &f.space_seq,
             rustix::thread::futex::Flags::empty(),
             seq,
             Some(&nap),
         ) {
-            Err(Errno::INTR) if !sys::all_handlers_restart() => Err(Errno::INTR),
+            // The kernel's rule for a blocked send: with SO_SNDTIMEO set,
+            // always EINTR; else restart if the handler had SA_RESTART.
+            Err(Errno::INTR)
+                if end.is_some()
+                    || !signals::handler_ran().unwrap_or_else(sys::all_handlers_restart) =>
+            {
+                Err(Errno::INTR)
+            }
             Err(Errno::TIMEDOUT) => {
                 if self.peer_hung_up(fd) {
                     Err(Errno::PIPE)

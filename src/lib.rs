@@ -6,7 +6,8 @@
 //! - [`ring`]: the byte ring, validated against a hostile peer;
 //! - [`conn`]: negotiation and kernel stream semantics on top of the rings;
 //! - [`readiness`]: poll/select/epoll emulation for accelerated sockets;
-//! - [`protocol`]: the doorbell and switch steps, model-checked with loom.
+//! - [`protocol`]: the doorbell and switch steps, model-checked with loom;
+//! - [`signals`]: handlers deferred while a thread holds a connection lock.
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 
@@ -25,6 +26,8 @@ pub mod ring;
 pub mod segment;
 #[cfg(not(loom))]
 pub mod side;
+#[cfg(not(loom))]
+pub mod signals;
 pub mod sync;
 pub mod sys;
 pub mod wire;

@@ -94,6 +94,15 @@ impl<'a> Ring<'a> {
 
     /// Producer: copies as much of `src` as fits and publishes it.
     pub fn push(&self, src: &mut SrcCursor<'_, '_>) -> Result<usize, Corrupt> {
+        self.push_whole(src, 1)
+    }
+
+    /// [`push`](Self::push), but copies nothing unless the first
+    /// `min(remaining, atomic)` bytes fit: like the kernel's socket buffer,
+    /// which appends a write in whole chunks, so that small writes of
+    /// concurrent writers never interleave.
+    #[inline]
+    pub fn push_whole(&self, src: &mut SrcCursor<'_, '_>, atomic: usize) -> Result<usize, Corrupt> {
         let head = self.ctrl.head.load(Relaxed);
         let cached = self.remote.map(|c| c.load(Relaxed));
         let free = match cached.and_then(|t| self.fill(head, t).ok()) {
@@ -110,7 +119,7 @@ impl<'a> Ring<'a> {
             }
         };
         let want = free.min(src.remaining());
-        if want == 0 {
+        if want == 0 || want < src.remaining().min(atomic) {
             return Ok(0);
         }
         let mut done = 0;

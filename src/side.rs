@@ -8,6 +8,7 @@
 //! closed once mapped; the mapping needs no descriptor. Across exec the
 //! mapping is gone and the new image gets a fresh block (see `handover`).
 
+use crate::signals::Critical;
 use crate::sync::Ordering::{Acquire, Relaxed, Release};
 use rustix::io::Errno;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64};
@@ -90,18 +91,23 @@ pub struct ShmLock {
     owner: AtomicU32,
 }
 
-pub struct ShmGuard<'a>(&'a ShmLock);
+/// Holding a lock is a signal [`Critical`] section: a handler that
+/// touched the same connection would wait for its own thread forever.
+pub struct ShmGuard<'a>(&'a ShmLock, #[allow(dead_code)] Critical);
 
 impl ShmLock {
     pub fn try_lock(&self) -> Option<ShmGuard<'_>> {
+        let c = Critical::enter();
         self.word.compare_exchange(0, 1, Acquire, Relaxed).ok()?;
         self.owner.store(pid(), Relaxed);
-        Some(ShmGuard(self))
+        Some(ShmGuard(self, c))
     }
 
     pub fn lock(&self) -> ShmGuard<'_> {
-        if let Some(g) = self.try_lock() {
-            return g;
+        let crit = Critical::enter();
+        if self.word.compare_exchange(0, 1, Acquire, Relaxed).is_ok() {
+            self.owner.store(pid(), Relaxed);
+            return ShmGuard(self, crit);
         }
         // Drepper's "futexes are tricky" mutex #3.
         let mut c = self.word.swap(2, Acquire);
@@ -133,7 +139,7 @@ impl ShmLock {
             c = self.word.swap(2, Acquire);
         }
         self.owner.store(pid(), Relaxed);
-        ShmGuard(self)
+        ShmGuard(self, crit)
     }
 }
 

@@ -36,6 +36,7 @@
 #include <sys/syscall.h>
 
 #include <poll.h>
+#include <pthread.h>
 #include <sys/epoll.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
@@ -44,7 +45,7 @@
 #include <sys/uio.h>
 #include <sys/wait.h>
 
-#define NSCEN 16
+#define NSCEN 17
 #define LOGCAP (1u << 18)
 #define SOCK "sock"
 
@@ -1498,9 +1499,119 @@ static void sc16(int fd)
     sc13(fd);
 }
 
+/* ---- scenario 17: EINTR and SA_RESTART in blocked reads and writes ------------ */
+
+static volatile int g_usr1, g_usr2;
+static void on_usr1(int sig) { (void)sig; g_usr1++; }
+static void on_usr2(int sig) { (void)sig; g_usr2++; }
+
+struct kicker {
+    pthread_t target;
+    int sig;
+};
+
+static void *kick(void *arg)
+{
+    struct kicker *k = arg;
+    msleep(150);
+    pthread_kill(k->target, k->sig);
+    return NULL;
+}
+
+/* Runs `call` while another thread signals us 150 ms in. */
+#define WITH_SIGNAL(sig, call)                                            \
+    do {                                                                  \
+        struct kicker k_ = {pthread_self(), (sig)};                        \
+        pthread_t t_;                                                     \
+        if (pthread_create(&t_, NULL, kick, &k_) != 0)                    \
+            fail("pthread_create");                                       \
+        call;                                                             \
+        pthread_join(t_, NULL);                                           \
+    } while (0)
+
+/* Non-blocking writes until EAGAIN, then back to blocking. */
+static void fill_up(int fd)
+{
+    static char junk[1000];
+    memset(junk, 'x', sizeof junk);
+    set_nonblock(fd);
+    while (write(fd, junk, sizeof junk) > 0)
+        ;
+    int fl = fcntl(fd, F_GETFL);
+    fcntl(fd, F_SETFL, fl & ~O_NONBLOCK);
+}
+
+/* Reads until an 'E' arrives (the writer's end mark). */
+static void drain_to_mark(int fd)
+{
+    static char buf[65536];
+    for (;;) {
+        ssize_t n = read(fd, buf, sizeof buf);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            fail("drain");
+        if (buf[n - 1] == 'E')
+            return;
+    }
+}
+
+static void sc17(int fd)
+{
+    char c = 0;
+    /* SIGUSR1 restarts, SIGUSR2 interrupts: a guess from "some handler
+     * lacks SA_RESTART" gets the first case wrong. */
+    xsigaction(SIGUSR1, on_usr1, SA_RESTART);
+    xsigaction(SIGUSR2, on_usr2, 0);
+    if (IS_C) {
+        sig_peer();
+        WITH_SIGNAL(SIGUSR1, DO(read(fd, &c, 1)));
+        L("blocked read, SIGUSR1 (SA_RESTART) = %s '%c', handled %d", RV, c, g_usr1);
+        sig_peer();
+        WITH_SIGNAL(SIGUSR2, DO(read(fd, &c, 1)));
+        L("blocked read, SIGUSR2 (no SA_RESTART) = %s, handled %d", RV, g_usr2);
+        handover();
+        do_read(fd, 16);
+
+        static char msg[1000];
+        memset(msg, 'y', sizeof msg);
+        fill_up(fd);
+        sig_peer();
+        WITH_SIGNAL(SIGUSR1, DO(write(fd, msg, sizeof msg)));
+        L("blocked write, SIGUSR1 (SA_RESTART) = %s, handled %d", RV, g_usr1);
+        DO(write(fd, "E", 1));
+        wait_peer();
+        fill_up(fd);
+        WITH_SIGNAL(SIGUSR2, DO(write(fd, msg, sizeof msg)));
+        L("blocked write, SIGUSR2 (no SA_RESTART) = %s, handled %d", RV, g_usr2);
+        sig_peer();
+        DO(write(fd, "E", 1));
+        wait_peer();
+    } else {
+        wait_peer();
+        msleep(400);
+        do_write(fd, "R");
+        wait_peer();
+        msleep(400);
+        wait_peer();
+        do_write(fd, "after");
+        sig_peer();
+
+        wait_peer();
+        msleep(400);
+        drain_to_mark(fd);
+        L("drained to the end mark");
+        sig_peer();
+        wait_peer();
+        drain_to_mark(fd);
+        L("drained to the end mark");
+        sig_peer();
+    }
+}
+
 /* ---- driver ------------------------------------------------------------------ */
 
-static void (*const g_scen[NSCEN + 1])(int) = {NULL, sc1, sc2, sc3, sc4, sc5, sc6, sc7, sc8, sc9, sc10, sc11, sc12, sc13, sc14, sc15, sc16};
+static void (*const g_scen[NSCEN + 1])(int) = {NULL, sc1, sc2, sc3, sc4, sc5, sc6, sc7, sc8, sc9, sc10, sc11, sc12, sc13, sc14, sc15, sc16, sc17};
 static const char *const g_names[NSCEN + 1] = {
     NULL,
     "basic I/O calls (read/write, readv/writev, send/recv, sendto/recvfrom, sendmsg/recvmsg)",
@@ -1519,6 +1630,7 @@ static const char *const g_names[NSCEN + 1] = {
     "sendmmsg/recvmmsg, SO_ERROR, SIOCOUTQ",
     "SO_SNDTIMEO and SO_RCVTIMEO",
     "exec with execle (explicit environment)",
+    "EINTR and SA_RESTART in blocked reads and writes",
 };
 
 /*

@@ -9,6 +9,7 @@
 mod exec;
 mod hooks;
 mod real;
+mod signal;
 mod table;
 
 use tsss_core::config::Config;

@@ -1,0 +1,314 @@
+//! Signal handlers never run while their thread holds a connection lock.
+//!
+//! A handler may write to an accelerated socket. Had it interrupted code
+//! that holds that socket's lock, it would wait for itself forever; had it
+//! interrupted a half-done ring update on another socket, a second update
+//! could interleave with it. So the shim installs [`trampoline`] in place of
+//! every handler the program sets (its sigaction/signal overrides call
+//! [`install`]), and while the thread is inside a [`Critical`] section the
+//! trampoline only queues the signal. Leaving the section re-raises it to
+//! the same thread with its original siginfo (rt_tgsigqueueinfo), so the
+//! program's handler runs a few instructions later, with the mask and flags
+//! it asked for. OpenOnload defers handlers the same way while it holds its
+//! stack lock. Sections are short: no lock is held across a blocking wait.
+//!
+//! The trampoline also notes whether a handler that ran lacked SA_RESTART,
+//! so that a writer interrupted while it sleeps on a full ring answers
+//! EINTR or restarts exactly as the kernel would for that very signal.
+//!
+//! Faults raised by the code itself (SIGSEGV, SIGBUS, ... with a positive
+//! si_code) are never deferred. Handlers set with a raw rt_sigaction
+//! syscall bypass all this; see [`handler_ran`].
+
+use std::cell::{Cell, UnsafeCell};
+use std::mem::MaybeUninit;
+use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering::Relaxed};
+
+const NSIG: usize = 65;
+/// Deferred signals one thread can hold; a standard signal already queued
+/// is coalesced, as the kernel coalesces it.
+const QUEUE: usize = 16;
+
+/// The program's own handler for one signal (0: none of ours installed).
+struct UserAction {
+    handler: AtomicUsize,
+    flags: AtomicI32,
+}
+
+#[allow(clippy::declare_interior_mutable_const)]
+const NONE: UserAction = UserAction {
+    handler: AtomicUsize::new(0),
+    flags: AtomicI32::new(0),
+};
+static ACTIONS: [UserAction; NSIG] = [NONE; NSIG];
+
+thread_local! {
+    static DEPTH: Cell<u32> = const { Cell::new(0) };
+    static PENDING: Cell<usize> = const { Cell::new(0) };
+    static QUEUED: UnsafeCell<[MaybeUninit<libc::siginfo_t>; QUEUE]> =
+        const { UnsafeCell::new([MaybeUninit::uninit(); QUEUE]) };
+    /// Bit 0: a handler ran; bit 1: one of them lacked SA_RESTART.
+    static SEEN: Cell<u8> = const { Cell::new(0) };
+}
+
+/// What the kernel should be told for a program's `handler`/`flags`: our
+/// trampoline with SA_SIGINFO added (the program's flags are kept for
+/// calling its handler the way it expects), or `None` for SIG_DFL/SIG_IGN,
+/// which pass through. Records the program's action either way.
+pub fn install(sig: i32, handler: usize, flags: i32) -> Option<(usize, i32)> {
+    let a = ACTIONS.get(usize::try_from(sig).ok()?)?;
+    if handler == libc::SIG_DFL || handler == libc::SIG_IGN {
+        a.handler.store(0, Relaxed);
+        return None;
+    }
+    a.flags.store(flags, Relaxed);
+    a.handler.store(handler, Relaxed);
+    Some((trampoline as *const () as usize, flags | libc::SA_SIGINFO))
+}
+
+/// The program's view of what the kernel reports: our trampoline is
+/// replaced by the program's handler and its own SA_SIGINFO bit.
+pub fn user_view(sig: i32, handler: usize, flags: i32) -> (usize, i32) {
+    match usize::try_from(sig).ok().and_then(|s| ACTIONS.get(s)) {
+        Some(a) if handler == trampoline as *const () as usize => {
+            let uf = a.flags.load(Relaxed);
+            (
+                a.handler.load(Relaxed),
+                (flags & !libc::SA_SIGINFO) | (uf & libc::SA_SIGINFO),
+            )
+        }
+        _ => (handler, flags),
+    }
+}
+
+/// Marks this thread as inside tsss while alive; the last one to drop
+/// delivers the signals that arrived meanwhile.
+pub struct Critical(());
+
+impl Critical {
+    #[inline]
+    pub fn enter() -> Critical {
+        DEPTH.with(|d| d.set(d.get() + 1));
+        Critical(())
+    }
+}
+
+impl Drop for Critical {
+    #[inline]
+    fn drop(&mut self) {
+        let left = DEPTH.with(|d| {
+            let v = d.get() - 1;
+            d.set(v);
+            v
+        });
+        if left == 0 && PENDING.with(Cell::get) != 0 {
+            flush();
+        }
+    }
+}
+
+#[cold]
+fn flush() {
+    let (pid, tid) = (
+        rustix::process::getpid().as_raw_nonzero().get(),
+        rustix::thread::gettid().as_raw_nonzero().get(),
+    );
+    loop {
+        // Take one entry first: its handler may itself enter and leave a
+        // section, which must not see it again.
+        let Some(n) = PENDING.with(|p| p.get().checked_sub(1)) else {
+            return;
+        };
+        PENDING.with(|p| p.set(n));
+        // SAFETY: entries below the old PENDING were written by the
+        // trampoline on this thread; this thread is not inside it now.
+        let info = QUEUED.with(|q| unsafe { (*q.get())[n].assume_init() });
+        // SAFETY: re-queues a signal to ourselves with the siginfo the
+        // kernel gave us (allowed for one's own thread group).
+        unsafe {
+            libc::syscall(
+                libc::SYS_rt_tgsigqueueinfo,
+                pid,
+                tid,
+                info.si_signo,
+                &info as *const libc::siginfo_t,
+            )
+        };
+    }
+}
+
+/// Clears the record of handlers run by this thread (before a wait).
+pub fn reset_seen() {
+    SEEN.with(|s| s.set(0));
+}
+
+/// After a wait returned EINTR: `Some(true)` if every handler that ran
+/// since [`reset_seen`] had SA_RESTART (restart the wait), `Some(false)` if
+/// one did not, `None` if none of ours ran (a handler installed behind our
+/// back: the caller must guess).
+pub fn handler_ran() -> Option<bool> {
+    match SEEN.with(Cell::get) {
+        0 => None,
+        s => Some(s & 2 == 0),
+    }
+}
+
+fn synchronous(sig: i32, code: i32) -> bool {
+    matches!(
+        sig,
+        libc::SIGSEGV | libc::SIGBUS | libc::SIGILL | libc::SIGFPE | libc::SIGTRAP | libc::SIGSYS
+    ) && code > 0
+}
+
+/// The handler the kernel calls for every signal the program handles.
+///
+/// # Safety
+/// Called by the kernel with a valid siginfo.
+pub unsafe extern "C" fn trampoline(sig: i32, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
+    let Some(a) = usize::try_from(sig).ok().and_then(|s| ACTIONS.get(s)) else {
+        return;
+    };
+    let (handler, flags) = (a.handler.load(Relaxed), a.flags.load(Relaxed));
+    // SAFETY: per the contract; read only.
+    let code = unsafe { (*info).si_code };
+    if DEPTH.with(Cell::get) > 0 && !synchronous(sig, code) {
+        defer(sig, info, flags);
+        return;
+    }
+    SEEN.with(|s| s.set(s.get() | 1 | if flags & libc::SA_RESTART == 0 { 2 } else { 0 }));
+    if handler == 0 {
+        return;
+    }
+    if flags & libc::SA_SIGINFO != 0 {
+        // SAFETY: the program registered this function as an sa_sigaction.
+        let f: extern "C" fn(i32, *mut libc::siginfo_t, *mut libc::c_void) =
+            unsafe { std::mem::transmute(handler) };
+        f(sig, info, ctx);
+    } else {
+        // SAFETY: the program registered this function as an sa_handler.
+        let f: extern "C" fn(i32) = unsafe { std::mem::transmute(handler) };
+        f(sig);
+    }
+}
+
+fn defer(sig: i32, info: *mut libc::siginfo_t, flags: i32) {
+    let n = PENDING.with(Cell::get);
+    let queue = QUEUED.with(|q| q.get());
+    // SAFETY: this thread's own queue; entries below n are initialised.
+    let dup = (0..n).any(|i| unsafe { (*queue)[i].assume_init_ref().si_signo } == sig);
+    if sig < libc::SIGRTMIN() && dup || n == QUEUE {
+        return;
+    }
+    // SAFETY: as above; `info` is valid per the trampoline's contract.
+    unsafe { (*queue)[n] = MaybeUninit::new(*info) };
+    PENDING.with(|p| p.set(n + 1));
+    if flags & libc::SA_RESETHAND != 0 {
+        // The kernel already reset the action to SIG_DFL; the re-raised
+        // signal must still reach the program's handler once.
+        // SAFETY: a zeroed sigaction is valid; filled in before use.
+        let mut act: libc::sigaction = unsafe { std::mem::zeroed() };
+        act.sa_sigaction = trampoline as *const () as usize;
+        act.sa_flags = flags | libc::SA_SIGINFO;
+        // SAFETY: installs our own handler for this signal (libc's
+        // sigaction supplies the restorer).
+        unsafe { libc::sigaction(sig, &act, std::ptr::null_mut()) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU32, Ordering::SeqCst};
+
+    static HITS: AtomicU32 = AtomicU32::new(0);
+    static DEPTH_SEEN: AtomicU32 = AtomicU32::new(u32::MAX);
+
+    extern "C" fn on_usr1(_: i32) {
+        HITS.fetch_add(1, SeqCst);
+        DEPTH_SEEN.store(DEPTH.with(Cell::get), SeqCst);
+    }
+
+    fn set(sig: i32, h: usize, flags: i32) {
+        let (k, kf) = install(sig, h, flags).unwrap();
+        // SAFETY: zeroed sigaction then filled.
+        let mut act: libc::sigaction = unsafe { std::mem::zeroed() };
+        act.sa_sigaction = k;
+        act.sa_flags = kf;
+        // SAFETY: installing the trampoline.
+        let r = unsafe { libc::sigaction(sig, &act, std::ptr::null_mut()) };
+        assert_eq!(r, 0);
+    }
+
+    fn raise(sig: i32) {
+        // SAFETY: signal to our own thread.
+        unsafe { libc::syscall(libc::SYS_tgkill, libc::getpid(), libc::gettid(), sig) };
+    }
+
+    #[test]
+    fn deferred_inside_a_section_delivered_after() {
+        set(
+            libc::SIGUSR1,
+            on_usr1 as *const () as usize,
+            libc::SA_RESTART,
+        );
+        let before = HITS.load(SeqCst);
+        {
+            let _c = Critical::enter();
+            raise(libc::SIGUSR1);
+            raise(libc::SIGUSR1);
+            assert_eq!(HITS.load(SeqCst), before, "ran inside the section");
+        }
+        // Standard signals coalesce: one delivery, outside any section.
+        assert_eq!(HITS.load(SeqCst), before + 1);
+        assert_eq!(DEPTH_SEEN.load(SeqCst), 0);
+        reset_seen();
+        raise(libc::SIGUSR1);
+        assert_eq!(HITS.load(SeqCst), before + 2);
+        assert_eq!(handler_ran(), Some(true));
+        let (h, f) = user_view(
+            libc::SIGUSR1,
+            trampoline as *const () as usize,
+            libc::SA_SIGINFO,
+        );
+        assert_eq!(h, on_usr1 as *const () as usize);
+        assert_eq!(f & libc::SA_SIGINFO, 0);
+    }
+
+    static RT_HITS: AtomicU32 = AtomicU32::new(0);
+    static RT_VALUE_SUM: AtomicU32 = AtomicU32::new(0);
+
+    extern "C" fn on_rt(_: i32, info: *mut libc::siginfo_t, _: *mut libc::c_void) {
+        RT_HITS.fetch_add(1, SeqCst);
+        // SAFETY: sent with sigqueue: si_value is set.
+        let v = unsafe { (*info).si_value().sival_ptr } as usize as u32;
+        RT_VALUE_SUM.fetch_add(v, SeqCst);
+    }
+
+    #[test]
+    fn realtime_signals_queue_with_their_values() {
+        let sig = libc::SIGRTMIN() + 3;
+        set(sig, on_rt as *const () as usize, libc::SA_SIGINFO);
+        {
+            let _c = Critical::enter();
+            for v in 1..=3usize {
+                let val = libc::sigval {
+                    sival_ptr: v as *mut libc::c_void,
+                };
+                // SAFETY: queue a signal to ourselves (one thread group;
+                // the other test threads may get it, so block elsewhere is
+                // not needed: only this thread is in a section).
+                unsafe { libc::pthread_sigqueue(libc::pthread_self(), sig, val) };
+            }
+            assert_eq!(RT_HITS.load(SeqCst), 0);
+        }
+        assert_eq!(RT_HITS.load(SeqCst), 3);
+        assert_eq!(RT_VALUE_SUM.load(SeqCst), 6);
+        reset_seen();
+        let val = libc::sigval {
+            sival_ptr: std::ptr::null_mut(),
+        };
+        // SAFETY: as above.
+        unsafe { libc::pthread_sigqueue(libc::pthread_self(), sig, val) };
+        assert_eq!(handler_ran(), Some(false), "no SA_RESTART: EINTR");
+    }
+}
