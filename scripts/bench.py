@@ -5,7 +5,7 @@
                              [--lib target/release/libtsss.so]
                              [--bin test-apps/bin] [--repeats R]
                              [--cases stream,pingpong,syscall,pipe,file,pubsub,
-                                      webcache,redis,socat]
+                                      webcache,redis,socat,ringsize]
                              [--plain-only] [--timeout 120]
 
 Runs every case plain and with LD_PRELOAD=<lib> on BOTH client and server,
@@ -28,6 +28,9 @@ only ever inflates):
   * socat     a 200 MiB file through socat -u UNIX-LISTEN / UNIX-CONNECT,
               wall time, output compared with the input; SKIPPED when
               socat is not installed                     (GB/s)
+  * ringsize  TSSS_RING_SIZE 16K .. 4M (size column): stream throughput at
+              64 B, 4 KiB and 64 KiB messages and ping-pong RTT at 64 B and
+              16 KiB (plain ignores the variable: same-time baseline)
 
 ratio is always "> 1 means tsss is better": tsss/plain for throughput,
 plain/tsss for latency.
@@ -96,14 +99,20 @@ WEBCACHE = {"workers": 4, "conns": 8, "reqs": 1000, "files": 20}
 # tests=(): redis-benchmark's own default test set (about 20 commands).
 REDIS = {"n": 20000, "n_p16": 100000, "clients": 50, "tests": ()}
 SOCAT_BYTES = 200 * M
+# ringsize: TSSS_RING_SIZE values (bytes per direction), then stream totals
+# per message size and ping-pong iterations per message size (~1.7 s plain,
+# ~0.3 s tsss per ring size and repeat)
+RING_SIZES = (16 * K, 64 * K, 256 * K, 1 * M, 4 * M)
+RING_STREAM = {64: 32 * M, 4096: 512 * M, 65536: 2 * G}
+RING_PINGPONG = {64: 10000, 16384: 5000}
 
 ALL_GROUPS = ("stream", "pingpong", "syscall", "pipe", "file",
-              "webcache", "redis", "socat", "pubsub")
+              "webcache", "redis", "socat", "pubsub", "ringsize")
 # test-app binaries each group needs
 GROUP_BINS = {"stream": ("stream",), "pingpong": ("pingpong",),
               "syscall": ("syscost",), "pipe": ("pipefile",),
               "file": ("pipefile",), "webcache": ("webcache",),
-              "pubsub": ("pubsub",)}
+              "pubsub": ("pubsub",), "ringsize": ("stream", "pingpong")}
 
 # (case, size, metric, minimum ratio) -- reported as PASS / FALL SHORT
 TARGETS = [
@@ -133,6 +142,10 @@ M_RTT_P99 = Metric("rtt_p99_us", "us", False)
 M_RPS = Metric("rps", "req/s", True)
 M_RPS_P16 = Metric("rps_p16", "req/s", True)
 M_KMSGS_FWD = Metric("kmsgs_fwd", "k msg/s", True)
+# ringsize: one metric per message size
+M_RING = ([Metric("gbps_%s" % svgplot.size_label(sz), "GB/s", True) for sz in RING_STREAM]
+          + [Metric("rtt_%s_us" % svgplot.size_label(sz), "us", False)
+             for sz in RING_PINGPONG])
 
 
 class Case:
@@ -651,6 +664,40 @@ def pubsub_fn(subs, pubs, msgs, size):
     return fn
 
 
+class _EnvVar:
+    """Sets one environment variable for the processes started inside the
+    with block (Runner.env copies os.environ), then restores it."""
+
+    def __init__(self, name, value):
+        self.name, self.value, self.old = name, value, None
+
+    def __enter__(self):
+        self.old = os.environ.get(self.name)
+        os.environ[self.name] = self.value
+
+    def __exit__(self, *exc):
+        if self.old is None:
+            os.environ.pop(self.name, None)
+        else:
+            os.environ[self.name] = self.old
+
+
+def ringsize_fn(ring, stream_totals, pingpong_iters):
+    """Stream and ping-pong with TSSS_RING_SIZE=ring on both sides (the
+    accepting side's value decides)."""
+    def fn(rt, mode):
+        vals = {}
+        with _EnvVar("TSSS_RING_SIZE", svgplot.size_label(ring)):
+            for size, total in stream_totals.items():
+                vals["gbps_%s" % svgplot.size_label(size)] = \
+                    stream_fn(size, total)(rt, mode)["gbps"]
+            for size, iters in pingpong_iters.items():
+                vals["rtt_%s_us" % svgplot.size_label(size)] = \
+                    pingpong_fn(size, iters)(rt, mode)["rtt_med_us"]
+        return vals
+    return fn
+
+
 def build_cases(quick, groups):
     div = 10 if quick else 1
     cases = []
@@ -688,6 +735,11 @@ def build_cases(quick, groups):
     if "pubsub" in groups:
         cases.append(Case("pubsub", 4096, [M_KMSGS_FWD],
                           pubsub_fn(4, 2, max(200, 20000 // div), 4096)))
+    if "ringsize" in groups:
+        st = {sz: max(sz, t // div // sz * sz) for sz, t in RING_STREAM.items()}
+        pp = {sz: max(100, n // div) for sz, n in RING_PINGPONG.items()}
+        for ring in RING_SIZES:
+            cases.append(Case("ringsize", ring, M_RING, ringsize_fn(ring, st, pp)))
     # TSSS_BENCH_EXTRA: reserved for extra cases; ignored for now.
     return cases
 
