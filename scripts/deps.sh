@@ -12,6 +12,9 @@ declare -A PKGS=(
     [redis-server]=redis-server
     [redis-benchmark]=redis-tools
     [ipcs]=util-linux
+    [setpriv]=util-linux
+    [nginx]=nginx
+    [curl]=curl
 )
 missing=()
 for cmd in "${!PKGS[@]}"; do
@@ -19,6 +22,13 @@ for cmd in "${!PKGS[@]}"; do
 done
 # Static glibc for the "statically linked peer" test.
 [ -e /usr/lib/x86_64-linux-gnu/libc.a ] || [ -e /usr/lib/libc.a ] || missing+=(libc6-dev)
+# PostgreSQL's programs live in /usr/lib/postgresql/<version>/bin, not on PATH
+# (the package `postgresql` brings the server, pgbench and the client psql).
+pg_ok=
+for d in /usr/lib/postgresql/*/bin; do
+    if [ -x "$d/postgres" ] && [ -x "$d/initdb" ] && [ -x "$d/pgbench" ] && [ -x "$d/psql" ]; then pg_ok=1; fi
+done
+[ -n "$pg_ok" ] || missing+=(postgresql)
 
 if [ ${#missing[@]} -eq 0 ]; then
     exit 0
@@ -32,5 +42,12 @@ fi
 export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get update -qq
 $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-# Debian starts redis-server as a service on install; tests run their own.
-if command -v systemctl >/dev/null 2>&1; then $SUDO systemctl disable --now redis-server >/dev/null 2>&1 || true; fi
+# Debian starts these as services on install; tests run their own instances.
+for svc in redis-server nginx postgresql; do
+    if command -v systemctl >/dev/null 2>&1; then
+        $SUDO systemctl disable --now "$svc" >/dev/null 2>&1 || $SUDO systemctl disable "$svc" >/dev/null 2>&1 || true
+    fi
+    if [ ! -d /run/systemd/system ] && [ -x "/etc/init.d/$svc" ]; then
+        $SUDO "/etc/init.d/$svc" stop >/dev/null 2>&1 || true
+    fi
+done
