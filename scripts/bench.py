@@ -5,7 +5,8 @@
                              [--lib target/release/libtsss.so]
                              [--bin test-apps/bin] [--repeats R]
                              [--cases stream,pingpong,syscall,pipe,file,pubsub,
-                                      webcache,redis,socat,ringsize]
+                                      webcache,redis,socat,ringsize,nginx,
+                                      postgres]
                              [--plain-only] [--timeout 120]
 
 Runs every case plain and with LD_PRELOAD=<lib> on BOTH client and server,
@@ -31,6 +32,14 @@ only ever inflates):
   * ringsize  TSSS_RING_SIZE 16K .. 4M (size column): stream throughput at
               64 B, 4 KiB and 64 KiB messages and ping-pong RTT at 64 B and
               16 KiB (plain ignores the variable: same-time baseline)
+  * nginx     one curl fetches a 64 MiB file 16 times over one keep-alive
+              connection from nginx (sendfile on) on a Unix socket; size
+              column = file size; SKIPPED when nginx / curl are not
+              installed                                  (GB/s)
+  * postgres  pgbench -S (select only, scale 1) for 3 s against PostgreSQL
+              on a Unix socket, 1 and 4 clients (size column); one forked
+              backend per connection; SKIPPED when PostgreSQL is not
+              installed                                  (transactions/s)
 
 ratio is always "> 1 means tsss is better": tsss/plain for throughput,
 plain/tsss for latency.
@@ -106,8 +115,14 @@ RING_SIZES = (16 * K, 64 * K, 256 * K, 1 * M, 4 * M)
 RING_STREAM = {64: 32 * M, 4096: 512 * M, 65536: 2 * G}
 RING_PINGPONG = {64: 10000, 16384: 5000}
 
+# nginx: file size, GETs of it on one keep-alive connection (~0.5 s plain)
+NGINX = {"size": 64 * M, "gets": 16}
+# pgbench -S: seconds per run, client counts (one case each)
+PGBENCH = {"seconds": 3, "clients": (1, 4)}
+
 ALL_GROUPS = ("stream", "pingpong", "syscall", "pipe", "file",
-              "webcache", "redis", "socat", "pubsub", "ringsize")
+              "webcache", "redis", "socat", "pubsub", "ringsize",
+              "nginx", "postgres")
 # test-app binaries each group needs
 GROUP_BINS = {"stream": ("stream",), "pingpong": ("pingpong",),
               "syscall": ("syscost",), "pipe": ("pipefile",),
@@ -142,6 +157,7 @@ M_RTT_P99 = Metric("rtt_p99_us", "us", False)
 M_RPS = Metric("rps", "req/s", True)
 M_RPS_P16 = Metric("rps_p16", "req/s", True)
 M_KMSGS_FWD = Metric("kmsgs_fwd", "k msg/s", True)
+M_TPS = Metric("tps", "tx/s", True)
 # ringsize: one metric per message size
 M_RING = ([Metric("gbps_%s" % svgplot.size_label(sz), "GB/s", True) for sz in RING_STREAM]
           + [Metric("rtt_%s_us" % svgplot.size_label(sz), "us", False)
@@ -698,6 +714,229 @@ def ringsize_fn(ring, stream_totals, pingpong_iters):
     return fn
 
 
+_SRV_DIR = []
+
+
+def _server_dir():
+    """A 0755 temporary directory for servers that drop root (nginx's worker
+    runs as nobody, PostgreSQL refuses root): the runner's own is 0700."""
+    if not _SRV_DIR:
+        d = tempfile.mkdtemp(prefix="tsss-bench-srv.")
+        os.chmod(d, 0o755)
+        atexit.register(shutil.rmtree, d, True)
+        _SRV_DIR.append(d)
+    return _SRV_DIR[0]
+
+
+def _server_env(rt, mode):
+    """The mode's environment; with tsss, TSSS_LOG=info (one line per
+    connection) so that a run that was not accelerated is a failure."""
+    env = rt.env(mode)
+    if mode == "tsss":
+        env["TSSS_LOG"] = "info"
+    return env
+
+
+def _check_accelerated(mode, what, text, side, want):
+    if mode != "tsss":
+        return
+    n = (text or "").count("accelerated (%s" % side)
+    if n < want:
+        raise RunFailure("%s: %d connections accelerated (%s side), expected %d\n%s"
+                         % (what, n, side, want, (text or "")[-3000:]))
+
+
+def nginx_fn(size, gets):
+    """curl GETs one file `gets` times on one keep-alive connection."""
+    def fn(rt, mode):
+        nginx, curl = shutil.which("nginx"), shutil.which("curl")
+        if not nginx or not curl:
+            raise SkipCase("%s not installed" % ("nginx" if not nginx else "curl"))
+        d = os.path.join(_server_dir(), "nginx")
+        www = os.path.join(d, "www")
+        conf = os.path.join(d, "nginx.conf")
+        sock = os.path.join(d, "nginx.sock")
+        if not os.path.exists(conf):  # once per bench run
+            os.makedirs(www)
+            os.chmod(d, 0o755)
+            os.chmod(www, 0o755)
+            with open(os.path.join(www, "f.bin"), "wb") as f:
+                for _ in range(size // M):
+                    f.write(os.urandom(M))
+                f.write(os.urandom(size % M))
+            os.chmod(os.path.join(www, "f.bin"), 0o644)
+            with open(conf, "w") as f:
+                f.write("daemon off;\nmaster_process on;\nworker_processes 1;\n"
+                        "pid {d}/nginx.pid;\nerror_log stderr notice;\n"
+                        "events {{ worker_connections 64; }}\n"
+                        "http {{\naccess_log off;\nsendfile on;\n"
+                        "default_type application/octet-stream;\n"
+                        "client_body_temp_path {d}/t-body;\nproxy_temp_path {d}/t-proxy;\n"
+                        "fastcgi_temp_path {d}/t-fcgi;\nuwsgi_temp_path {d}/t-uwsgi;\n"
+                        "scgi_temp_path {d}/t-scgi;\n"
+                        "server {{ listen unix:{d}/nginx.sock; root {d}/www; }}\n}}\n"
+                        .format(d=d))
+        if os.path.exists(sock):
+            os.unlink(sock)
+        env = _server_env(rt, mode)
+        log = os.path.join(d, "nginx.log")
+        with open(log, "w") as logf:
+            srv = subprocess.Popen([nginx, "-e", "stderr", "-p", d, "-c", conf],
+                                   env=env, stdout=logf, stderr=subprocess.STDOUT,
+                                   stdin=subprocess.DEVNULL)
+        _live.add(srv)
+        try:
+            _wait_socket(srv, sock, "nginx", log)
+            cmd = [curl, "-sS", "--fail", "--unix-socket", sock, "-o", "/dev/null",
+                   "-w", "%{size_download} %{time_total} %{num_connects}\n",
+                   "http://localhost/f.bin?[1-%d]" % gets]
+            try:
+                p = subprocess.run(cmd, env=env, stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, universal_newlines=True,
+                                   timeout=rt.timeout)
+            except subprocess.TimeoutExpired as e:
+                raise RunFailure("%s: timed out after %ss\n%s"
+                                 % (" ".join(cmd), rt.timeout, e.stderr or ""))
+            rows = [l.split() for l in p.stdout.splitlines() if l.strip()]
+            if (p.returncode != 0 or _preload_failed(mode, p.stderr) or len(rows) != gets
+                    or any(len(r) != 3 or int(r[0]) != size for r in rows)
+                    or sum(int(r[2]) for r in rows) != 1):
+                raise RunFailure("%s exited with status %s (want %d GETs of %d bytes "
+                                 "on one connection)\n--- stdout ---\n%s--- stderr ---\n%s%s"
+                                 % (" ".join(cmd), p.returncode, gets, size,
+                                    p.stdout[-3000:], p.stderr[-3000:], _read_log(log)))
+            secs = sum(float(r[1]) for r in rows)
+            _check_accelerated(mode, "curl", p.stderr, "client", 1)
+            srv.send_signal(signal.SIGQUIT)  # graceful shutdown
+            try:
+                srv.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                raise RunFailure("nginx did not exit after SIGQUIT\n%s" % _read_log(log))
+            if srv.returncode != 0 or _preload_failed(mode, _read_log(log)):
+                raise RunFailure("nginx exited with status %s\n%s"
+                                 % (srv.returncode, _read_log(log)))
+            _check_accelerated(mode, "nginx", _read_log(log, 100000), "server", 1)
+        finally:
+            if srv.poll() is None:
+                srv.kill()
+                srv.wait()
+            _live.discard(srv)
+        return {"gbps": size * gets / secs / 1e9}
+    return fn
+
+
+def _pg_bindir():
+    """/usr/lib/postgresql/<highest version>/bin with the server and pgbench."""
+    best = None
+    for v in os.listdir("/usr/lib/postgresql") if os.path.isdir("/usr/lib/postgresql") else ():
+        b = os.path.join("/usr/lib/postgresql", v, "bin")
+        if v.isdigit() and all(os.access(os.path.join(b, x), os.X_OK)
+                               for x in ("postgres", "initdb", "pgbench")):
+            if best is None or int(v) > best[0]:
+                best = (int(v), b)
+    return best and best[1]
+
+
+def _pg_user(cmd):
+    """PostgreSQL refuses to run as root: then as nobody, through setpriv."""
+    if os.geteuid() != 0:
+        return cmd
+    if not shutil.which("setpriv"):
+        raise RunFailure("running as root: setpriv (util-linux) is needed to run "
+                         "PostgreSQL as nobody")
+    return ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"] + cmd
+
+
+PGBENCH_TPS_RE = re.compile(r"^tps = ([0-9.]+) \(without initial connection time\)", re.M)
+
+
+def postgres_fn(clients, seconds):
+    """pgbench -S against a server started for this run (the data directory,
+    made with initdb and pgbench -i once, is shared by both modes)."""
+    def fn(rt, mode):
+        b = _pg_bindir()
+        if not b:
+            raise SkipCase("PostgreSQL (postgres, initdb, pgbench) not installed")
+        d = os.path.join(_server_dir(), "pg")
+        data = os.path.join(d, "data")
+        plain = rt.env("plain")
+        plain["LC_ALL"] = "C"
+        if not os.path.exists(data):  # once per bench run, plain
+            os.makedirs(d)
+            if os.geteuid() == 0:
+                os.chown(d, 65534, 65534)
+            p = subprocess.run(_pg_user([os.path.join(b, "initdb"), "-D", data, "-U",
+                                         "postgres", "--auth=trust", "--no-locale",
+                                         "-E", "UTF8", "--no-sync"]),
+                               env=plain, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               universal_newlines=True, timeout=rt.timeout)
+            if p.returncode != 0:
+                shutil.rmtree(data, True)
+                raise RunFailure("initdb failed (status %s)\n%s"
+                                 % (p.returncode, p.stdout[-3000:]))
+        env = _server_env(rt, mode)
+        env["LC_ALL"] = "C"
+        log = os.path.join(rt.file_dir, "postgres.log")
+        with open(log, "w") as logf:
+            srv = subprocess.Popen(
+                _pg_user([os.path.join(b, "postgres"), "-D", data, "-k", d,
+                          "-c", "listen_addresses=", "-c", "fsync=off",
+                          "-c", "synchronous_commit=off", "-c", "shared_buffers=64MB",
+                          "-c", "max_connections=%d" % (clients + 10)]),
+                env=env, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        _live.add(srv)
+        pg = [os.path.join(b, "pgbench"), "-h", d, "-U", "postgres"]
+
+        def run(args, what):
+            try:
+                p = subprocess.run(pg + args + ["postgres"], env=env, stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, universal_newlines=True,
+                                   timeout=rt.timeout)
+            except subprocess.TimeoutExpired as e:
+                raise RunFailure("%s: timed out after %ss\n%s"
+                                 % (what, rt.timeout, e.stderr or ""))
+            if p.returncode != 0 or _preload_failed(mode, p.stderr):
+                raise RunFailure("%s exited with status %s\n--- stdout ---\n%s"
+                                 "--- stderr ---\n%s%s"
+                                 % (what, p.returncode, p.stdout[-3000:],
+                                    p.stderr[-3000:], _read_log(log)))
+            return p
+        try:
+            deadline = time.monotonic() + 30
+            while "ready to accept connections" not in _read_log(log, 100000):
+                if srv.poll() is not None or time.monotonic() > deadline:
+                    raise RunFailure("postgres did not start (status %s)\n%s"
+                                     % (srv.poll(), _read_log(log)))
+                time.sleep(0.02)
+            marker = os.path.join(d, "pgbench-initialized")
+            if not os.path.exists(marker):  # once per bench run, not timed
+                run(["-i", "-s", "1", "-q"], "pgbench -i")
+                open(marker, "w").close()
+            p = run(["-S", "-n", "-T", str(seconds), "-c", str(clients),
+                     "-j", str(min(clients, os.cpu_count() or 1))], "pgbench -S")
+            m = PGBENCH_TPS_RE.search(p.stdout)
+            if not m or "number of failed transactions: 0" not in p.stdout:
+                raise RunFailure("pgbench -S: no tps, or failed transactions\n%s"
+                                 % p.stdout[-3000:])
+            _check_accelerated(mode, "pgbench", p.stderr, "client", clients)
+            srv.send_signal(signal.SIGINT)  # fast shutdown
+            try:
+                srv.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                raise RunFailure("postgres did not exit after SIGINT\n%s" % _read_log(log))
+            if srv.returncode != 0 or _preload_failed(mode, _read_log(log)):
+                raise RunFailure("postgres exited with status %s\n%s"
+                                 % (srv.returncode, _read_log(log)))
+            _check_accelerated(mode, "postgres", _read_log(log, 1000000), "server", clients)
+        finally:
+            if srv.poll() is None:
+                srv.kill()
+                srv.wait()
+            _live.discard(srv)
+        return {"tps": float(m.group(1))}
+    return fn
+
+
 def build_cases(quick, groups):
     div = 10 if quick else 1
     cases = []
@@ -740,6 +979,14 @@ def build_cases(quick, groups):
         pp = {sz: max(100, n // div) for sz, n in RING_PINGPONG.items()}
         for ring in RING_SIZES:
             cases.append(Case("ringsize", ring, M_RING, ringsize_fn(ring, st, pp)))
+    if "nginx" in groups:
+        n = NGINX
+        cases.append(Case("nginx", n["size"], [M_GBPS],
+                          nginx_fn(n["size"], max(2, n["gets"] // div))))
+    if "postgres" in groups:
+        for c in PGBENCH["clients"]:
+            cases.append(Case("postgres", c, [M_TPS],
+                              postgres_fn(c, max(1, PGBENCH["seconds"] // (3 if quick else 1)))))
     # TSSS_BENCH_EXTRA: reserved for extra cases; ignored for now.
     return cases
 
