@@ -1,0 +1,444 @@
+//! Process lifecycle: accelerated connections that outlive the process
+//! that made them. A fork-per-connection server, and a client that hands
+//! its connection to a child made with vfork + exec, fork + exec, `_Fork`
+//! or posix_spawn, dynamically or statically linked.
+//!
+//! The C side is test-apps/lifecycle.c (and its static build
+//! lifecycle_static): every byte of the stream is a known pattern byte at a
+//! known offset, the server checks each byte it receives at its offset and
+//! echoes it, and each client process checks the echo of what it sent.
+//!
+//! Run: `cargo test --release --test lifecycle` (after `make`).
+
+use std::path::Path;
+use std::thread;
+use std::time::{Duration, Instant};
+
+mod common;
+use common::*;
+
+const T30: Duration = Duration::from_secs(30);
+
+/// Stream bytes the client exchanges before the hand-over (several chunks,
+/// so both directions run over the ring by then), in the child, and after.
+const BEFORE: u64 = 300_000;
+const DURING: u64 = 1_000_000; // more than a 256 KiB ring: it wraps
+const AFTER: u64 = 300_000;
+
+/// The value of `key=` on the line of `p`'s stdout that starts with `prefix`.
+fn field(p: &Proc, prefix: &str, key: &str) -> Option<String> {
+    let out = p.stdout();
+    let line = out.lines().find(|l| l.starts_with(prefix))?;
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
+        .map(str::to_string)
+}
+
+/// The pids of the `tsss[PID]:` lines of `text` that contain `needle`.
+fn log_pids(text: &str, needle: &str) -> Vec<u32> {
+    text.lines()
+        .filter(|l| l.contains(needle))
+        .filter_map(|l| l.strip_prefix("tsss[")?.split(']').next()?.parse().ok())
+        .collect()
+}
+
+/// Once the processes have exited, waits until their output is complete:
+/// the collector threads can lag behind an exit on a loaded machine. Done
+/// when every stdout has its RESULT line (printed last; a MISMATCH on
+/// stderr ends a run without one) and nothing changed for 200 ms; 5 s at
+/// most (then the assertions report what is there).
+fn settle(ps: &[&Proc]) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let sizes = || {
+        ps.iter()
+            .map(|p| (p.out.lock().unwrap().len(), p.err.lock().unwrap().len()))
+            .collect::<Vec<_>>()
+    };
+    let mut last = sizes();
+    let mut quiet_since = Instant::now();
+    while Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(20));
+        let cur = sizes();
+        if cur != last {
+            last = cur;
+            quiet_since = Instant::now();
+            continue;
+        }
+        let complete = ps
+            .iter()
+            .all(|p| p.stdout().contains("RESULT ") || p.stderr().contains("MISMATCH"));
+        if complete && quiet_since.elapsed() >= Duration::from_millis(200) {
+            return;
+        }
+    }
+}
+
+/// [`run_pair`], then [`settle`].
+fn pair(server: &Spec, sock: &str, client: &Spec, timeout: Duration) -> (Proc, Proc) {
+    let (s, c) = run_pair(server, sock, client, timeout);
+    settle(&[&s, &c]);
+    (s, c)
+}
+
+/// `lifecycle server` against `lifecycle client ... HOW`, both preloaded.
+fn handover(test: &str, how: &str, env: &[(&str, &str)]) -> (Proc, Proc) {
+    let d = TempDir::new(test);
+    let sock = d.sock("s");
+    let (b, du, a) = (BEFORE.to_string(), DURING.to_string(), AFTER.to_string());
+    let mut client = Spec::app(
+        &format!("lifecycle client ({how})"),
+        "lifecycle",
+        &["client", &sock, how, &b, &du, &a],
+    )
+    .preload(true);
+    for (k, v) in env {
+        client = client.env(k, v);
+    }
+    pair(
+        &Spec::app("lifecycle server", "lifecycle", &["server", &sock]).preload(true),
+        &sock,
+        &client,
+        T30,
+    )
+}
+
+/// The connection was accelerated before the hand-over, and the rest of
+/// the stream arrived exact and whole: every byte exactly once.
+fn assert_exact_handover(s: &Proc, c: &Proc, how: &str) {
+    let all = [s, c];
+    assert_ok(&all);
+    let bytes = field(s, "RESULT role=server", "bytes");
+    assert_eq!(
+        bytes,
+        Some((BEFORE + DURING + AFTER).to_string()),
+        "the server did not receive every byte exactly once\n{}",
+        reports(&all)
+    );
+    assert_eq!(
+        field(s, "RESULT role=server", "end").as_deref(),
+        Some("eof"),
+        "{}",
+        reports(&all)
+    );
+    for part in ["before", "child", "after"] {
+        assert_eq!(
+            field(c, "RESULT role=client", part).as_deref(),
+            Some("ok"),
+            "{how}: the {part} part was not exact\n{}",
+            reports(&all)
+        );
+    }
+    let err = c.stderr();
+    let acc = err.find("accelerated (client");
+    let hand = err.find("lifecycle: handover");
+    assert!(
+        acc.is_some() && hand.is_some() && acc < hand,
+        "{how}: the client was not accelerated before the hand-over\n{}",
+        reports(&all)
+    );
+    assert_logs(s, "accelerated (server", &all);
+    for p in all {
+        assert_not_logs(p, "plain:", &all);
+        assert_not_logs(p, "MISMATCH", &all);
+    }
+    assert!(!assert_segments_gone(&all).is_empty());
+}
+
+/// For the hand-overs through exec: the child program adopted the
+/// connection (it did not see a bare socket) and exchanged its part.
+fn assert_child_adopted(c: &Proc, s: &Proc) {
+    let all = [s, c];
+    let parent = c.child.id();
+    let adopted = log_pids(&c.stderr(), "accelerated connection carried over exec");
+    assert!(
+        adopted.len() == 1 && adopted[0] != parent,
+        "the exec'd child did not adopt the connection (pids {adopted:?}, parent {parent})\n{}",
+        reports(&all)
+    );
+    assert_eq!(
+        field(c, "CHILD role=child", "result").as_deref(),
+        Some("ok"),
+        "{}",
+        reports(&all)
+    );
+    assert_eq!(
+        field(c, "CHILD role=child", "pid"),
+        Some(adopted[0].to_string()),
+        "the child that reported is not the one that adopted\n{}",
+        reports(&all)
+    );
+}
+
+// ------------------------------------------------------------------ fork per connection
+
+/// inetd/postgres pattern: accept, fork a child per connection that serves
+/// it, the parent closes its copy at once. 40 pipelined echo connections,
+/// every byte checked by echo_client; every connection accelerated and
+/// served by its child.
+#[test]
+fn fork_per_connection_server() {
+    const CONNS: u64 = 40;
+    const MSGS: u64 = 300;
+    const SIZE: u64 = 4096;
+    let d = TempDir::new("forksrv");
+    let sock = d.sock("f");
+    let t0 = Instant::now();
+    let (s, c) = pair(
+        &Spec::app(
+            "lifecycle forkserver",
+            "lifecycle",
+            &["forkserver", &sock, &CONNS.to_string()],
+        )
+        .preload(true),
+        &sock,
+        &Spec::app(
+            "echo_client",
+            "echo_client",
+            &[
+                &sock,
+                &CONNS.to_string(),
+                &MSGS.to_string(),
+                &SIZE.to_string(),
+            ],
+        )
+        .preload(true),
+        T60,
+    );
+    let all = [&s, &c];
+    eprintln!("fork_per_connection_server: {:.2?}", t0.elapsed());
+    assert_ok(&all);
+    let per_conn = MSGS * SIZE;
+    assert_eq!(
+        field(&c, "RESULT role=echo_client", "bytes"),
+        Some((CONNS * per_conn).to_string()),
+        "{}",
+        reports(&all)
+    );
+    assert_eq!(
+        field(&s, "RESULT role=forkserver", "children_ok"),
+        Some(CONNS.to_string()),
+        "{}",
+        reports(&all)
+    );
+    // Each child echoed exactly its connection's bytes.
+    let out = s.stdout();
+    let children: Vec<(u32, u64)> = out
+        .lines()
+        .filter(|l| l.starts_with("CHILD role=forkchild") && l.ends_with(" ok=1"))
+        .filter_map(|l| {
+            let get = |k: &str| {
+                l.split_whitespace()
+                    .find_map(|w| w.strip_prefix(k)?.strip_prefix('='))
+            };
+            Some((get("pid")?.parse().ok()?, get("bytes")?.parse().ok()?))
+        })
+        .collect();
+    assert_eq!(
+        children.len() as u64,
+        CONNS,
+        "not every child reported\n{}",
+        reports(&all)
+    );
+    assert!(
+        children.iter().all(|&(_, b)| b == per_conn),
+        "a child echoed a wrong number of bytes: {children:?}\n{}",
+        reports(&all)
+    );
+    // Accelerated on both ends, the server side in the children that
+    // served the connections (the parent had closed its copy).
+    let mut served = log_pids(&s.stderr(), "accelerated (server");
+    let mut pids: Vec<u32> = children.iter().map(|&(p, _)| p).collect();
+    served.sort_unstable();
+    pids.sort_unstable();
+    assert_eq!(
+        served,
+        pids,
+        "each child must log its own connection as accelerated (parent {})\n{}",
+        s.child.id(),
+        reports(&all)
+    );
+    assert_eq!(
+        count(&c.stderr(), "accelerated (client"),
+        CONNS as usize,
+        "{}",
+        reports(&all)
+    );
+    for p in all {
+        assert_not_logs(p, "plain:", &all);
+    }
+    let ids = assert_segments_gone(&all);
+    assert!(
+        ids.len() as u64 >= CONNS,
+        "only {} distinct segments logged",
+        ids.len()
+    );
+}
+
+// ------------------------------------------------------------------ vfork / fork + exec
+
+/// vfork, the child execs a dynamically linked program with the inherited
+/// descriptor: it adopts the connection and continues it byte-exact, and
+/// the parent carries on after it.
+#[test]
+fn vfork_exec_child_continues_connection() {
+    let (s, c) = handover("vfork", "vfork", &[]);
+    assert_exact_handover(&s, &c, "vfork");
+    assert_child_adopted(&c, &s);
+}
+
+/// The same with LD_PRELOAD removed from the environment given to execve:
+/// tsss keeps itself in LD_PRELOAD for the hand-over (README), so the
+/// child still adopts the connection.
+#[test]
+fn vfork_exec_child_without_ld_preload() {
+    let (s, c) = handover("vforknoenv", "vfork-noenv", &[]);
+    assert_exact_handover(&s, &c, "vfork-noenv");
+    assert_child_adopted(&c, &s);
+}
+
+/// fork (not vfork), the child moves the descriptor (dup2 to 40, close the
+/// original) and execs: found by inode, adopted under its new number.
+#[test]
+fn fork_exec_child_moves_descriptor() {
+    let (s, c) = handover("forkmove", "fork-move", &[]);
+    assert_exact_handover(&s, &c, "fork-move");
+    assert_child_adopted(&c, &s);
+    assert_logs(
+        &c,
+        "fd 40: accelerated connection carried over exec",
+        &[&s, &c],
+    );
+}
+
+/// execve of a statically linked program (after fork and after vfork), as
+/// README and shim/src/exec.rs state: the program cannot run tsss, so the
+/// connection is shut down with a log line rather than handed over as a
+/// socket full of doorbells. The bytes before arrive exact and exactly
+/// once; then the server sees EOF, and the static child and the parent get
+/// an error or EOF: never wrong bytes, never a hang.
+#[test]
+fn exec_of_static_program_ends_connection_cleanly() {
+    for how in ["fork-static", "vfork-static"] {
+        let t0 = Instant::now();
+        let (s, c) = handover(how, how, &[]);
+        let took = t0.elapsed();
+        let all = [&s, &c];
+        assert!(
+            s.success() && field(&s, "RESULT role=server", "ok").as_deref() == Some("1"),
+            "{how}: the server failed\n{}",
+            reports(&all)
+        );
+        assert_eq!(
+            field(&s, "RESULT role=server", "bytes"),
+            Some(BEFORE.to_string()),
+            "{how}: the server must get exactly the bytes before the exec\n{}",
+            reports(&all)
+        );
+        assert_eq!(
+            field(&s, "RESULT role=server", "end").as_deref(),
+            Some("eof"),
+            "{}",
+            reports(&all)
+        );
+        assert_eq!(
+            field(&c, "RESULT role=client", "before").as_deref(),
+            Some("ok"),
+            "{}",
+            reports(&all)
+        );
+        let ended = |r: Option<String>| r.is_some_and(|r| r == "eof" || r.starts_with("error:"));
+        assert!(
+            ended(field(&c, "CHILD role=child", "result"))
+                && ended(field(&c, "RESULT role=client", "child"))
+                && ended(field(&c, "RESULT role=client", "after")),
+            "{how}: the static child and then the parent must see the connection ended \
+             (EOF or an error)\n{}",
+            reports(&all)
+        );
+        assert_logs(&c, "accelerated connection ended at exec: ", &all);
+        assert_logs(&c, "lifecycle_static is statically linked", &all);
+        assert_not_logs(&c, "carried over exec", &all);
+        assert!(
+            took < Duration::from_secs(5),
+            "{how}: took {took:?}: something waited for a timeout\n{}",
+            reports(&all)
+        );
+        assert!(!assert_segments_gone(&all).is_empty());
+    }
+}
+
+// ------------------------------------------------------------------ _Fork
+
+/// glibc's `_Fork` skips the atfork handlers. The child writes its part of
+/// the stream through the inherited connection (no reads), closes and
+/// exits, while the parent reads that part's echo concurrently, then the
+/// parent carries on: the server gets every byte exactly once.
+#[test]
+fn underscore_fork_child_writes_parent_reads() {
+    let (s, c) = handover("ufork", "_fork", &[]);
+    assert_exact_handover(&s, &c, "_fork");
+    assert_not_logs(&c, "carried over exec", &[&s, &c]);
+}
+
+// ------------------------------------------------------------------ posix_spawn
+
+/// posix_spawn of a dynamically linked program, its file actions moving
+/// the descriptor to 50 and closing the original: adopted, byte-exact.
+#[test]
+fn posix_spawn_dynamic_child_continues_connection() {
+    let (s, c) = handover("spawn", "spawn", &[]);
+    assert_exact_handover(&s, &c, "spawn");
+    assert_child_adopted(&c, &s);
+    assert_logs(
+        &c,
+        "fd 50: accelerated connection carried over exec",
+        &[&s, &c],
+    );
+}
+
+// ------------------------------------------------------------------ self-check
+
+/// The checks can fail: one flipped byte in the part the exec'd child
+/// sends (LIFECYCLE_CORRUPT, inherited by the child) must make the server
+/// report MISMATCH, and a flipped byte on a forked server's connection must
+/// make echo_client fail.
+#[test]
+fn corrupted_bytes_are_detected() {
+    let at = (BEFORE + 12_345).to_string();
+    let (s, c) = handover("corrupt", "spawn", &[("LIFECYCLE_CORRUPT", &at)]);
+    let all = [&s, &c];
+    assert!(
+        !s.success() && s.stderr().contains("MISMATCH: received stream byte 312345"),
+        "the server did not detect the flipped byte\n{}",
+        reports(&all)
+    );
+    assert!(!result_ok(&c), "{}", reports(&all));
+    assert_logs(&c, "carried over exec", &all);
+
+    let d = TempDir::new("corruptfork");
+    let sock = d.sock("f");
+    let mut srv = Proc::spawn(
+        &Spec::app(
+            "lifecycle forkserver",
+            "lifecycle",
+            &["forkserver", &sock, "4"],
+        )
+        .preload(true),
+    );
+    wait_for_path(Path::new(&sock), &mut srv);
+    let mut cl = Proc::spawn(
+        &Spec::app("echo_client", "echo_client", &[&sock, "4", "100", "4096"])
+            .preload(true)
+            .env("CORRUPT_AT", "100000"),
+    );
+    // The children see their connections end and the server exits too.
+    wait_all(&mut [&mut cl, &mut srv], T30, "corrupting echo_client");
+    settle(&[&srv, &cl]);
+    let all = [&srv, &cl];
+    assert!(
+        !cl.success() && cl.stderr().contains("MISMATCH"),
+        "echo_client did not detect the flipped byte\n{}",
+        reports(&all)
+    );
+    assert_logs(&srv, "accelerated (server", &all);
+}
