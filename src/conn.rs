@@ -16,7 +16,7 @@
 //!   doorbells on the socket can never steal a writer's wake-up.
 
 use crate::config;
-use crate::layout::{ANC_SLOTS, CARRIER, CLIENT_ATTACHED, Dir, RingFlags};
+use crate::layout::{ANC_CREDS_ONLY, ANC_SLOTS, CARRIER, CLIENT_ATTACHED, Dir, RingFlags};
 use crate::protocol;
 use crate::ring::{DstCursor, Ring, SrcCursor};
 use crate::segment::Segment;
@@ -77,6 +77,8 @@ pub struct RecvOpts {
 pub struct SendOpts {
     pub dontwait: bool,
     pub nosignal: bool,
+    /// The ancillary data is SCM_CREDENTIALS only (see `ANC_CREDS_ONLY`).
+    pub creds_only: bool,
     /// The caller's flags, forwarded as they are while the direction is
     /// still a plain socket.
     pub raw: u32,
@@ -693,20 +695,7 @@ impl Conn {
         bufs: &mut [IoSliceMut<'_>],
         o: RecvOpts,
     ) -> Option<Result<usize, Errno>> {
-        let mut discard = |peek: bool| {
-            let f = if peek {
-                RecvFlags::DONTWAIT | RecvFlags::PEEK
-            } else {
-                RecvFlags::DONTWAIT
-            };
-            let mut b = [0u8; 1];
-            match rustix::net::recv(sock(fd), &mut b, f)? {
-                (_, 1) if b[0] == CARRIER => Ok(true),
-                (_, 1) if b[0] == 0 => Ok(false),
-                _ => Err(Errno::IO),
-            }
-        };
-        self.recv_with(fd, &mut discard, bufs, o)
+        self.recv_with(fd, &mut |peek| discard_carrier(fd, peek), bufs, o)
     }
 
     /// [`recv`](Self::recv) for recvmsg: `carrier` receives the ancillary
@@ -788,13 +777,16 @@ impl Conn {
     /// `f(max)`, the real recvmsg with its data capped at `max` bytes, so
     /// the kernel hands over descriptors and credentials itself and the
     /// switch point is never crossed. `None`: HELLO still unread, or the
-    /// direction already runs over the ring.
+    /// direction already runs over the ring. With the result: whether the
+    /// call stopped exactly at the switch point (the caller may go on
+    /// reading from the ring, as the kernel's call would have).
     pub fn recv_plain_with(
         &self,
         fd: RawFd,
         nonblock_call: bool,
+        peek: bool,
         f: impl FnOnce(usize) -> Result<usize, Errno>,
-    ) -> Option<Result<usize, Errno>> {
+    ) -> Option<(Result<usize, Errno>, bool)> {
         let mut f = Some(f);
         loop {
             {
@@ -806,10 +798,10 @@ impl Conn {
                     // let a control-less read take the first message.
                     drop(rx);
                     if nonblock_call || self.nonblocking() {
-                        return Some(Err(Errno::AGAIN));
+                        return Some((Err(Errno::AGAIN), false));
                     }
                     if let Err(e) = self.wait_rx(fd) {
-                        return Some(Err(e));
+                        return Some((Err(e), false));
                     }
                     continue;
                 }
@@ -842,10 +834,12 @@ impl Conn {
                 if allowed > 0 || at_eof {
                     // At EOF the real call just returns 0.
                     let r = (f.take()?)(allowed.max(1));
-                    if let Ok(n) = r {
-                        rx.plain_read += n as u64;
+                    let n = *r.as_ref().unwrap_or(&0) as u64;
+                    let at_switch = limit.is_some_and(|l| rx.plain_read + n == l);
+                    if !peek {
+                        rx.plain_read += n;
                     }
-                    return Some(r);
+                    return Some((r, at_switch));
                 }
                 if limit.is_some() {
                     // Every plain byte was read: the ring takes over.
@@ -853,12 +847,40 @@ impl Conn {
                 }
             }
             if nonblock_call || self.nonblocking() {
-                return Some(Err(Errno::AGAIN));
+                return Some((Err(Errno::AGAIN), false));
             }
             if let Err(e) = self.wait_rx(fd) {
-                return Some(Err(e));
+                return Some((Err(e), false));
             }
         }
+    }
+
+    /// After a peek that returned the last `got` plain bytes before the
+    /// switch point: peeks on into the ring, as the kernel's peek would go
+    /// on into the next bytes. Stops before a message with ancillary data
+    /// (its carrier sits behind the unread plain bytes on the socket).
+    pub fn peek_past_switch(&self, got: usize, bufs: &mut [IoSliceMut<'_>]) -> usize {
+        let rx = self.lock_rx();
+        let (Some(l), Some(seg)) = (rx.limit, self.seg()) else {
+            return 0;
+        };
+        if rx.plain_read + got as u64 != l {
+            return 0;
+        }
+        let ring = seg.ring(self.rx_dir());
+        let anc = &seg.header().anc[self.rx_dir() as usize];
+        let (at, head) = (ring.tail(), ring.head());
+        let (qh, qt) = (anc.head.load(Acquire), anc.tail.load(Relaxed));
+        let max = if qh == qt {
+            usize::MAX
+        } else {
+            let off = anc.recs[(qt % ANC_SLOTS as u64) as usize]
+                .offset
+                .load(Acquire);
+            off.saturating_sub(at) as usize
+        };
+        let mut dst = DstCursor::new(bufs);
+        ring.pop_from(&mut dst, at, head, max, true).unwrap_or(0)
     }
 
     /// One non-blocking pass: plain bytes below the limit, then the ring.
@@ -948,6 +970,7 @@ impl Conn {
         }
         // Ring phase.
         let anc = &seg.header().anc[self.rx_dir() as usize];
+        let mut passcred = None;
         for _ in 0..2 {
             // A message with ancillary data ahead? Then this read may go up
             // to its end, delivers its control data if it reaches its
@@ -958,31 +981,61 @@ impl Conn {
             let at = ring.tail();
             let head = ring.head();
             let (qh, qt) = (anc.head.load(Acquire), anc.tail.load(Relaxed));
-            let rec = if qh == qt {
-                None
-            } else {
-                if qh.wrapping_sub(qt) > ANC_SLOTS as u64 {
-                    return Err(self.broken());
-                }
-                let r = &anc.recs[(qt % ANC_SLOTS as u64) as usize];
-                let (off, len) = (r.offset.load(Acquire), r.len.load(Acquire));
+            if qh.wrapping_sub(qt) > ANC_SLOTS as u64 {
+                return Err(self.broken());
+            }
+            // Credentials alone are invisible to a socket without
+            // SO_PASSCRED: the kernel neither reports nor stops at them, so
+            // such records are passed over (a peek keeps stopping: their
+            // carriers stay queued ahead of any later one).
+            let mut qi = qt;
+            let mut rec = None;
+            while qi != qh {
+                let r = &anc.recs[(qi % ANC_SLOTS as u64) as usize];
+                let (off, raw) = (r.offset.load(Acquire), r.len.load(Acquire));
+                let len = raw & !ANC_CREDS_ONLY;
                 if off < at || len == 0 || len > ring.capacity() as u64 {
                     return Err(self.broken());
                 }
-                Some((off, len))
-            };
+                if raw & ANC_CREDS_ONLY != 0
+                    && !peek
+                    && !*passcred.get_or_insert_with(|| {
+                        rustix::net::sockopt::socket_passcred(sock(fd)).unwrap_or(false)
+                    })
+                {
+                    qi += 1;
+                    continue;
+                }
+                rec = Some((off, len));
+                break;
+            }
             let max = rec.map_or(usize::MAX, |(off, len)| (off + len - at) as usize);
             // From the head loaded above, never a newer one (see there).
             let n = ring
                 .pop_from(dst, at, head, max, peek)
                 .map_err(|_| self.broken())?;
             if n > 0 {
+                if !peek && qi != qt {
+                    // Drop the carriers of the passed-over records this read
+                    // went past (in socket order, before any later carrier).
+                    let mut t = qt;
+                    while t != qi
+                        && anc.recs[(t % ANC_SLOTS as u64) as usize]
+                            .offset
+                            .load(Relaxed)
+                            < at + n as u64
+                    {
+                        self.take_carrier(fd, false, &mut |p| discard_carrier(fd, p))?;
+                        t += 1;
+                    }
+                    anc.tail.store(t, Release);
+                }
                 if let Some((off, _)) = rec
                     && at + n as u64 > off
                 {
                     self.take_carrier(fd, peek, carrier)?;
                     if !peek {
-                        anc.tail.store(qt + 1, Release);
+                        anc.tail.store(qi + 1, Release);
                         self.space_bell(fd, &ring);
                     }
                     return Ok(Step::Stop);
@@ -1162,10 +1215,9 @@ impl Conn {
             let h = anc.head.load(Relaxed);
             let r = &anc.recs[(h % ANC_SLOTS as u64) as usize];
             r.offset.store(ring.head(), Relaxed);
-            r.len.store(
-                ring.writable().unwrap_or(0).min(src.remaining()) as u64,
-                Relaxed,
-            );
+            let len = ring.writable().unwrap_or(0).min(src.remaining()) as u64;
+            r.len
+                .store(len | if o.creds_only { ANC_CREDS_ONLY } else { 0 }, Relaxed);
             // Published before the data: a reader that sees the bytes sees
             // the record.
             anc.head.store(h + 1, Release);
@@ -1866,6 +1918,22 @@ fn spin_until(budget: u64, mut ready: impl FnMut() -> bool) -> bool {
     }
 }
 
+/// A [`CarrierRecv`] that takes the next control byte and drops whatever
+/// ancillary data came with it (the kernel's read() drops it too).
+fn discard_carrier(fd: RawFd, peek: bool) -> Result<bool, Errno> {
+    let f = if peek {
+        RecvFlags::DONTWAIT | RecvFlags::PEEK
+    } else {
+        RecvFlags::DONTWAIT
+    };
+    let mut b = [0u8; 1];
+    match rustix::net::recv(sock(fd), &mut b, f)? {
+        (_, 1) if b[0] == CARRIER => Ok(true),
+        (_, 1) if b[0] == 0 => Ok(false),
+        _ => Err(Errno::IO),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1895,6 +1963,7 @@ mod tests {
         let o = SendOpts {
             dontwait: true,
             nosignal: true,
+            creds_only: false,
             raw: (libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) as u32,
         };
         c.send(c.fd(), &[IoSlice::new(b)], o).unwrap()

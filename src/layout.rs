@@ -112,8 +112,12 @@ pub struct AncRec {
     /// Stream offset (ring index) of the message's first byte.
     pub offset: AtomicU64,
     /// Its length: a read that delivers the control data stops there.
+    /// Or'ed with [`ANC_CREDS_ONLY`] when the data is SCM_CREDENTIALS only.
     pub len: AtomicU64,
 }
+
+/// Flag in [`AncRec::len`]: a socket without SO_PASSCRED reads through.
+pub const ANC_CREDS_ONLY: u64 = 1 << 63;
 
 /// The socket byte that carries ancillary data (doorbells are 0).
 pub const CARRIER: u8 = 2;

@@ -45,7 +45,7 @@
 #include <sys/uio.h>
 #include <sys/wait.h>
 
-#define NSCEN 17
+#define NSCEN 18
 #define LOGCAP (1u << 18)
 #define SOCK "sock"
 
@@ -1609,9 +1609,136 @@ static void sc17(int fd)
     }
 }
 
+/* ---- scenario 18: where ancillary data arrives -------------------------------- */
+
+/* sendmsg of `s` with our credentials (creds) or `nfds` fresh pipe ends. */
+static void send_anc(int fd, const char *s, int creds, int nfds)
+{
+    union {
+        char buf[CMSG_SPACE(sizeof(struct ucred)) + CMSG_SPACE(4 * sizeof(int))];
+        struct cmsghdr align;
+    } u;
+    memset(&u, 0, sizeof u);
+    struct iovec iov = {(void *)s, strlen(s)};
+    struct msghdr m = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = u.buf};
+    struct cmsghdr *c = (struct cmsghdr *)u.buf;
+    int p[4] = {-1, -1, -1, -1};
+    if (creds) {
+        struct ucred uc = {getpid(), getuid(), getgid()};
+        c->cmsg_level = SOL_SOCKET;
+        c->cmsg_type = SCM_CREDENTIALS;
+        c->cmsg_len = CMSG_LEN(sizeof uc);
+        memcpy(CMSG_DATA(c), &uc, sizeof uc);
+        m.msg_controllen = CMSG_SPACE(sizeof uc);
+    } else {
+        if (pipe(p) != 0 || pipe(p + 2) != 0)
+            fail("pipe");
+        c->cmsg_level = SOL_SOCKET;
+        c->cmsg_type = SCM_RIGHTS;
+        c->cmsg_len = CMSG_LEN((size_t)nfds * sizeof(int));
+        memcpy(CMSG_DATA(c), p, (size_t)nfds * sizeof(int));
+        m.msg_controllen = CMSG_SPACE((size_t)nfds * sizeof(int));
+    }
+    DO(sendmsg(fd, &m, 0));
+    if (creds)
+        L("sendmsg(%s, SCM_CREDENTIALS) = %s", esc(s, (long)strlen(s)), RV);
+    else
+        L("sendmsg(%s, SCM_RIGHTS x%d) = %s", esc(s, (long)strlen(s)), nfds, RV);
+    for (int i = 0; i < 4; i++)
+        if (p[i] >= 0)
+            close(p[i]);
+}
+
+/* recvmsg of up to `len` bytes with room for `room` descriptors; logs the
+ * bytes, flags and what the control data held. */
+static void recv_anc(int fd, size_t len, int room, int flags)
+{
+    char data[256];
+    union {
+        char buf[CMSG_SPACE(sizeof(struct ucred)) + CMSG_SPACE(4 * sizeof(int))];
+        struct cmsghdr align;
+    } u;
+    memset(&u, 0, sizeof u);
+    struct iovec iov = {data, len < sizeof data ? len : sizeof data};
+    struct msghdr m = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = u.buf};
+    m.msg_controllen = room ? CMSG_SPACE((size_t)room * sizeof(int)) : sizeof u.buf;
+    DO(recvmsg(fd, &m, flags));
+    char what[256] = "";
+    size_t w = 0;
+    if (r_ >= 0)
+        for (struct cmsghdr *c = CMSG_FIRSTHDR(&m); c; c = CMSG_NXTHDR(&m, c)) {
+            if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS) {
+                int n = (int)((c->cmsg_len - CMSG_LEN(0)) / sizeof(int));
+                int cloexec = 0, valid = 0;
+                for (int i = 0; i < n; i++) {
+                    int f;
+                    memcpy(&f, CMSG_DATA(c) + (size_t)i * sizeof(int), sizeof f);
+                    int fl = fcntl(f, F_GETFD);
+                    valid += fl >= 0;
+                    cloexec += fl >= 0 && (fl & FD_CLOEXEC);
+                    close(f);
+                }
+                w += (size_t)snprintf(what + w, sizeof what - w, " RIGHTS n=%d valid=%d cloexec=%d", n,
+                                      valid, cloexec);
+            } else if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_CREDENTIALS) {
+                struct ucred uc;
+                memcpy(&uc, CMSG_DATA(c), sizeof uc);
+                w += (size_t)snprintf(what + w, sizeof what - w, " CREDS peer=%s uid=%u",
+                                      uc.pid == getppid() || uc.pid == g_child ? "yes" : "no", uc.uid);
+            } else {
+                w += (size_t)snprintf(what + w, sizeof what - w, " other(%d,%d)", c->cmsg_level,
+                                      c->cmsg_type);
+            }
+        }
+    L("recvmsg(%zu, room %d%s) = %s %s flags=%s%s", len, room,
+      flags & MSG_CMSG_CLOEXEC ? ", CMSG_CLOEXEC" : "", RV, esc(data, r_),
+      r_ < 0 ? "-" : (m.msg_flags & MSG_CTRUNC) ? "CTRUNC" : "0", w ? what : " (none)");
+}
+
+static void sc18(int fd)
+{
+    if (IS_C) {
+        /* Credentials to a socket without SO_PASSCRED: invisible, glued. */
+        do_write(fd, "aaa");
+        send_anc(fd, "bbb", 1, 0);
+        do_write(fd, "ccc");
+        handover();
+        /* Descriptors: with the read that reaches their first byte, which
+         * stops at the end of their message. */
+        do_write(fd, "ggg");
+        send_anc(fd, "hhh", 0, 1);
+        do_write(fd, "iii");
+        send_anc(fd, "jjj", 0, 3); /* more than the reader has room for */
+        send_anc(fd, "kkk", 0, 1);
+        do_write(fd, "lll");
+        handover();
+        send_anc(fd, "mmm", 1, 0);
+        send_anc(fd, "nnn", 0, 1);
+        do_write(fd, "ooo");
+        handover();
+    } else {
+        wait_peer();
+        recv_anc(fd, 100, 0, 0);
+        sig_peer();
+        wait_peer();
+        recv_anc(fd, 2, 0, 0);
+        recv_anc(fd, 2, 0, 0);
+        recv_anc(fd, 100, 1, MSG_CMSG_CLOEXEC);
+        recv_anc(fd, 1, 1, 0);
+        recv_anc(fd, 100, 1, 0);
+        sig_peer();
+        /* read() drops the descriptors of the message it reaches. */
+        wait_peer();
+        do_read(fd, 4);
+        recv_anc(fd, 100, 1, MSG_PEEK);
+        recv_anc(fd, 100, 1, 0);
+        sig_peer();
+    }
+}
+
 /* ---- driver ------------------------------------------------------------------ */
 
-static void (*const g_scen[NSCEN + 1])(int) = {NULL, sc1, sc2, sc3, sc4, sc5, sc6, sc7, sc8, sc9, sc10, sc11, sc12, sc13, sc14, sc15, sc16, sc17};
+static void (*const g_scen[NSCEN + 1])(int) = {NULL, sc1, sc2, sc3, sc4, sc5, sc6, sc7, sc8, sc9, sc10, sc11, sc12, sc13, sc14, sc15, sc16, sc17, sc18};
 static const char *const g_names[NSCEN + 1] = {
     NULL,
     "basic I/O calls (read/write, readv/writev, send/recv, sendto/recvfrom, sendmsg/recvmsg)",
@@ -1631,6 +1758,7 @@ static const char *const g_names[NSCEN + 1] = {
     "SO_SNDTIMEO and SO_RCVTIMEO",
     "exec with execle (explicit environment)",
     "EINTR and SA_RESTART in blocked reads and writes",
+    "where ancillary data arrives (SCM_CREDENTIALS, SCM_RIGHTS, CTRUNC, CMSG_CLOEXEC)",
 };
 
 /*

@@ -79,6 +79,7 @@ fn send_opts(flags: c_int) -> SendOpts {
     SendOpts {
         dontwait: flags & libc::MSG_DONTWAIT != 0,
         nosignal: flags & libc::MSG_NOSIGNAL != 0,
+        creds_only: false,
         raw: flags as u32,
     }
 }
@@ -807,11 +808,21 @@ pub unsafe extern "C" fn recvmsg(fd: c_int, msg: *mut libc::msghdr, flags: c_int
         let m = unsafe { &mut *msg };
         if !m.msg_control.is_null() && m.msg_controllen > 0 {
             let nb = flags & libc::MSG_DONTWAIT != 0;
+            let peek = flags & libc::MSG_PEEK != 0;
+            let ctl_len = m.msg_controllen;
             // SAFETY: the caller's message, passed on with fewer data bytes.
-            let plain =
-                c.recv_plain_with(fd, nb, |max| unsafe { recvmsg_capped(fd, msg, flags, max) });
-            if let Some(r) = plain {
-                return ssize(r);
+            let plain = c.recv_plain_with(fd, nb, peek, |max| unsafe {
+                recvmsg_capped(fd, msg, flags, max)
+            });
+            match plain {
+                // The last plain bytes, no control data: the kernel's call
+                // would go on into what now travels over the ring.
+                Some((Ok(n), true)) if n > 0 && m.msg_controllen == 0 => {
+                    // SAFETY: the caller's message.
+                    return unsafe { recvmsg_more(&c, fd, msg, flags, n, ctl_len) } as ssize_t;
+                }
+                Some((r, _)) => return ssize(r),
+                None => {}
             }
         }
         let (ctl, ctl_len) = (m.msg_control, m.msg_controllen);
@@ -874,6 +885,73 @@ pub unsafe extern "C" fn recvmsg(fd: c_int, msg: *mut libc::msghdr, flags: c_int
         }
     }
     r
+}
+
+/// After `got` plain bytes that ended at the switch point: reads on from
+/// the ring into the rest of the caller's buffers without waiting, with
+/// the caller's control buffer. Returns the total.
+///
+/// # Safety
+/// `msg` is a valid msghdr, as for recvmsg.
+unsafe fn recvmsg_more(
+    c: &Conn,
+    fd: c_int,
+    msg: *mut libc::msghdr,
+    flags: c_int,
+    got: usize,
+    ctl_len: usize,
+) -> usize {
+    // SAFETY: per the caller.
+    let m = unsafe { &mut *msg };
+    let iovs = if m.msg_iov.is_null() || m.msg_iovlen == 0 {
+        &[][..]
+    } else {
+        // SAFETY: the caller's iovec array.
+        unsafe { std::slice::from_raw_parts(m.msg_iov, m.msg_iovlen) }
+    };
+    let mut skip = got;
+    let mut rest: Vec<libc::iovec> = Vec::with_capacity(iovs.len());
+    for v in iovs {
+        let s = skip.min(v.iov_len);
+        skip -= s;
+        if v.iov_len > s {
+            rest.push(libc::iovec {
+                // SAFETY: within the caller's buffer.
+                iov_base: unsafe { v.iov_base.cast::<u8>().add(s) }.cast(),
+                iov_len: v.iov_len - s,
+            });
+        }
+    }
+    if rest.is_empty() {
+        return got;
+    }
+    if flags & libc::MSG_PEEK != 0 {
+        // SAFETY: the rest of the caller's buffers.
+        let more = unsafe {
+            with_iov_mut(rest.as_ptr(), rest.len() as c_int, |b| {
+                c.peek_past_switch(got, b)
+            })
+        };
+        return got + more.unwrap_or(0);
+    }
+    let mut m2 = *m;
+    m2.msg_iov = rest.as_mut_ptr();
+    m2.msg_iovlen = rest.len();
+    m2.msg_name = std::ptr::null_mut();
+    m2.msg_namelen = 0;
+    m2.msg_controllen = ctl_len;
+    let e = errno();
+    // SAFETY: our own override, on a copy of the caller's message: now in
+    // the ring phase, it takes the ring path. It must not wait: the kernel
+    // returns what it has.
+    let r = unsafe { recvmsg(fd, &mut m2, flags | libc::MSG_DONTWAIT) };
+    set_errno(e);
+    if r <= 0 {
+        return got;
+    }
+    m.msg_controllen = m2.msg_controllen;
+    m.msg_flags = m2.msg_flags;
+    got + r as usize
 }
 
 /// The real recvmsg with the data capped at `max` bytes (the rest of the
@@ -987,6 +1065,27 @@ pub unsafe extern "C" fn writev(fd: c_int, iov: *const libc::iovec, cnt: c_int) 
     unsafe { real::writev(fd, iov, cnt) }
 }
 
+/// Whether every control message is SCM_CREDENTIALS.
+///
+/// # Safety
+/// `m` is a valid msghdr with a readable control buffer.
+unsafe fn only_credentials(m: &libc::msghdr) -> bool {
+    // SAFETY: CMSG_* walk the caller's control buffer within its length.
+    let mut c = unsafe { libc::CMSG_FIRSTHDR(m) };
+    let mut any = false;
+    while !c.is_null() {
+        // SAFETY: a header inside the buffer, per CMSG_FIRSTHDR/NXTHDR.
+        let h = unsafe { &*c };
+        if h.cmsg_level != libc::SOL_SOCKET || h.cmsg_type != libc::SCM_CREDENTIALS {
+            return false;
+        }
+        any = true;
+        // SAFETY: as above.
+        c = unsafe { libc::CMSG_NXTHDR(m, c) };
+    }
+    any
+}
+
 /// # Safety
 /// libc contract.
 #[unsafe(no_mangle)]
@@ -1028,10 +1127,15 @@ pub unsafe extern "C" fn sendmsg(fd: c_int, msg: *const libc::msghdr, flags: c_i
                         _ => Err(Errno::IO),
                     }
                 };
+                let o = SendOpts {
+                    // SAFETY: the caller's message.
+                    creds_only: unsafe { only_credentials(m) },
+                    ..send_opts(flags)
+                };
                 // SAFETY: the caller's iovecs.
                 if let Some(Some(r)) = unsafe {
                     with_iov(m.msg_iov, m.msg_iovlen as c_int, |b| {
-                        c.send_with(fd, Some(&mut carrier), b, send_opts(flags))
+                        c.send_with(fd, Some(&mut carrier), b, o)
                     })
                 } {
                     return ssize(r);
