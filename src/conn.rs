@@ -648,9 +648,16 @@ impl Conn {
                     return;
                 }
             };
-            let bells = buf[..n].iter().take_while(|&&b| b != CARRIER).count();
+            let bells = buf[..n].iter().take_while(|&&b| b == 0).count();
             if bells > 0 {
                 let _ = rustix::net::recv(sock(fd), &mut buf[..bells], RecvFlags::DONTWAIT);
+            }
+            if bells < n && buf[bells] != CARRIER {
+                // Neither doorbell nor carrier: bytes written behind our
+                // back (a broken peer, or a process without tsss sharing
+                // the socket). Dropping them would lose data silently.
+                self.broken();
+                return;
             }
             if bells < n || n < buf.len() {
                 return;
@@ -1060,6 +1067,9 @@ impl Conn {
                 return Ok(Step::Eof);
             }
             self.drain_bells(fd);
+            if self.sb().state.load(Acquire) == BROKEN {
+                return Err(Errno::CONNRESET);
+            }
             if self.sb().sock_eof.load(Acquire) {
                 if ring.readable().map_err(|_| self.broken())? > 0 {
                     continue;
@@ -1093,6 +1103,26 @@ impl Conn {
             protocol::announce_waiting(&ring.ctrl().flags.reader_waiting);
             if self.rx_quick_ready(&ring) {
                 return Ok(());
+            }
+            // A carrier heads the socket, so the peek below would not wait.
+            // Its record comes a moment later (the writer sends the carrier
+            // first); one that never comes is a broken peer, not a reason
+            // to spin.
+            let mut b = [0u8; 1];
+            if let Ok((_, 1)) =
+                rustix::net::recv(sock(fd), &mut b, RecvFlags::PEEK | RecvFlags::DONTWAIT)
+                && b[0] == CARRIER
+            {
+                let anc = &seg.header().anc[self.rx_dir() as usize];
+                for _ in 0..100 {
+                    if anc.head.load(Acquire) != anc.tail.load(Acquire)
+                        || self.rx_quick_ready(&ring)
+                    {
+                        return Ok(());
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+                return Err(self.broken());
             }
         }
         let mut b = [0u8; 1];

@@ -91,26 +91,28 @@ fn lib_path() -> Option<Vec<u8>> {
 /// Whether the program at `path` loads LD_PRELOAD: a dynamically linked
 /// ELF (it has PT_INTERP), or anything else (a script: its interpreter).
 fn can_preload(path: &[u8]) -> bool {
-    use std::io::Read;
-    let Ok(mut f) = std::fs::File::open(OsStr::from_bytes(path)) else {
+    // Raw syscalls only: in a vfork child our fd table is the parent's, and
+    // the descriptor this open gets may be one the child closed, still
+    // listed as a connection; libc's read would reach our override.
+    use rustix::fs::{Mode, OFlags};
+    let Ok(f) = rustix::fs::open(
+        OsStr::from_bytes(path),
+        OFlags::RDONLY | OFlags::CLOEXEC,
+        Mode::empty(),
+    ) else {
         return true;
     };
     let mut h = [0u8; 64];
-    if f.read_exact(&mut h).is_err() || &h[..4] != b"\x7fELF" || h[4] != 2 {
+    if rustix::io::pread(&f, &mut h, 0) != Ok(64) || &h[..4] != b"\x7fELF" || h[4] != 2 {
         return true;
     }
     let phoff = u64::from_le_bytes(h[32..40].try_into().unwrap_or_default());
     let phentsize = u16::from_le_bytes([h[54], h[55]]) as usize;
     let phnum = u16::from_le_bytes([h[56], h[57]]) as usize;
-    let mut all = Vec::new();
-    if f.read_to_end(&mut all).is_err() {
-        return true;
-    }
-    let base = (phoff as usize).saturating_sub(64);
-    (0..phnum).any(|i| {
-        let o = base + i * phentsize;
-        all.get(o..o + 4)
-            .is_some_and(|t| u32::from_le_bytes([t[0], t[1], t[2], t[3]]) == libc::PT_INTERP)
+    let mut ph = [0u8; 4];
+    (0..phnum.min(256)).any(|i| {
+        rustix::io::pread(&f, &mut ph, phoff + (i * phentsize) as u64) == Ok(4)
+            && u32::from_le_bytes(ph) == libc::PT_INTERP
     })
 }
 
@@ -200,6 +202,21 @@ fn inode(fd: c_int) -> Option<u64> {
         .then_some(st.st_ino)
 }
 
+/// Ends connections a statically linked program would inherit: it would
+/// read doorbells as data and write into what the peer takes for control
+/// bytes. A clear error (EOF, EPIPE) instead of a corrupted stream.
+fn end_connections(conns: &[(ConnRef, Vec<c_int>)], at: &str, target: &[u8]) {
+    for (c, fds) in conns {
+        log!(
+            INFO,
+            "fd {}: accelerated connection ended at {at}: {} is statically linked and cannot run tsss",
+            fds[0],
+            String::from_utf8_lossy(target)
+        );
+        let _ = c.shutdown(fds[0], libc::SHUT_RDWR);
+    }
+}
+
 /// Runs `exec` (the real call, given the environment to use) with the
 /// handover prepared; returns only if exec failed.
 ///
@@ -220,15 +237,7 @@ pub unsafe fn exec_with(
     if let Some(t) = target
         && !can_preload(t)
     {
-        for (c, fds) in &conns {
-            log!(
-                INFO,
-                "fd {}: accelerated connection ended at exec: {} is statically linked and cannot run tsss",
-                fds[0],
-                String::from_utf8_lossy(t)
-            );
-            let _ = c.shutdown(fds[0], libc::SHUT_RDWR);
-        }
+        end_connections(&conns, "exec", t);
         return exec(envp);
     }
     let handover = handover_text(&conns);
@@ -383,9 +392,16 @@ unsafe fn spawn_with(
         return spawn(envp);
     }
     let conns = inherited();
-    if conns.is_empty() || target.is_some_and(|t| !can_preload(t)) {
-        // (A static target would see raw doorbell bytes: a limit, stated in
-        // README, as spawn file actions may already have closed them.)
+    if conns.is_empty() {
+        return spawn(envp);
+    }
+    if let Some(t) = target
+        && !can_preload(t)
+    {
+        // As at exec: the static image would see the bare socket. (Its file
+        // actions may close the descriptors; we cannot read them, so the
+        // connection ends either way.)
+        end_connections(&conns, "spawn", t);
         return spawn(envp);
     }
     // The spawned image gets a side block of its own: keep ours from
