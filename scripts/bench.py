@@ -750,6 +750,19 @@ def _pin(server):
     return lambda: os.sched_setaffinity(0, {cpu})
 
 
+def _end_server(srv, sig):
+    """After a failure: `sig` makes the master stop its workers/backends
+    (SIGKILL to the master alone would orphan them), SIGKILL after 5 s."""
+    if srv.poll() is None:
+        srv.send_signal(sig)
+        try:
+            srv.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            srv.kill()
+            srv.wait()
+    _live.discard(srv)
+
+
 def _check_accelerated(mode, what, text, side, want):
     if mode != "tsss":
         return
@@ -830,10 +843,7 @@ def nginx_fn(size, gets):
                                  % (srv.returncode, _read_log(log)))
             _check_accelerated(mode, "nginx", _read_log(log, 100000), "server", 1)
         finally:
-            if srv.poll() is None:
-                srv.kill()
-                srv.wait()
-            _live.discard(srv)
+            _end_server(srv, signal.SIGTERM)  # nginx: fast shutdown
         return {"gbps": size * gets / secs / 1e9}
     return fn
 
@@ -943,10 +953,7 @@ def postgres_fn(clients, seconds):
                                  % (srv.returncode, _read_log(log)))
             _check_accelerated(mode, "postgres", _read_log(log, 1000000), "server", clients)
         finally:
-            if srv.poll() is None:
-                srv.kill()
-                srv.wait()
-            _live.discard(srv)
+            _end_server(srv, signal.SIGQUIT)  # postgres: immediate shutdown
         return {"tps": float(m.group(1))}
     return fn
 
