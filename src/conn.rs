@@ -296,7 +296,7 @@ impl Conn {
         let cur = self.spin_budget.load(Relaxed).min(max);
         let caught = spin_until(cur, ready);
         let next = if caught {
-            (cur * 2).clamp(1000, max)
+            (cur * 2).max(1000).min(max)
         } else {
             cur / 2
         };
@@ -465,6 +465,8 @@ impl Conn {
             Err(e) => return self.go_plain(format_args!("socket error before HELLO: {e}")),
         };
         if n == 0 {
+            // It may have died between creating a segment and marking it.
+            crate::segment::sweep_orphans();
             return self.go_plain(format_args!("peer closed before offering"));
         }
         let hello = match wire::classify_first_bytes(&buf[..n]) {
@@ -950,6 +952,12 @@ impl Conn {
                     return Ok(data_or(dst, Step::Empty));
                 }
                 Err(Errno::INTR) => continue,
+                // The kernel resets us when the peer went away with bytes
+                // of ours unread; if we never sent it data, those were only
+                // our control bytes, and the program would have seen EOF.
+                Err(Errno::CONNRESET) if self.sent_nothing(seg) => {
+                    return Ok(data_or(dst, Step::Eof));
+                }
                 Err(e) => return Err(e),
             };
             if known.is_none() {
@@ -1074,11 +1082,26 @@ impl Conn {
                 if ring.readable().map_err(|_| self.broken())? > 0 {
                     continue;
                 }
+                // The peer is gone without a close of its own (killed): had
+                // it left our bytes unread, the kernel would say so once.
+                if self.sb().tx_ring.load(Acquire)
+                    && seg.ring(self.tx_dir()).readable().unwrap_or(0) > 0
+                    && !self.sb().reset_taken.swap(true, AcqRel)
+                {
+                    return Err(Errno::CONNRESET);
+                }
                 return Ok(Step::Eof);
             }
             return Ok(Step::Empty);
         }
         Ok(data_or(dst, Step::Empty))
+    }
+
+    /// Whether no byte of ours awaits the peer: none ever sent on the
+    /// socket, none unread in our ring.
+    fn sent_nothing(&self, seg: &Segment) -> bool {
+        self.sb().plain_written.load(Relaxed) == 0
+            && seg.ring(self.tx_dir()).readable().unwrap_or(0) == 0
     }
 
     fn rx_quick_ready(&self, ring: &Ring<'_>) -> bool {

@@ -59,8 +59,20 @@ impl Segment {
         cap_s2c: usize,
         grant_uid: Option<u32>,
     ) -> Result<(Segment, Hello), Errno> {
+        static FIRST: std::sync::Once = std::sync::Once::new();
+        FIRST.call_once(|| {
+            sweep_orphans();
+        });
         let size = HDR_SIZE + cap_c2s + cap_s2c;
-        let id = sys::shm_create(size)?;
+        let id = match sys::shm_create(size) {
+            // Orphans may be what fills the table: collect them, once more.
+            Err(Errno::NOSPC) if sweep_orphans() > 0 => sys::shm_create(size)?,
+            r => r?,
+        };
+        // Attach and mark for removal back to back: a segment nobody has
+        // attached is destroyed by IPC_RMID at once, so there is a window
+        // of two syscalls in which kill -9 leaves it behind (see
+        // `sweep_orphans`).
         let base = match sys::shm_attach(id) {
             Ok(p) => p,
             Err(e) => {
@@ -68,16 +80,15 @@ impl Segment {
                 return Err(e);
             }
         };
+        let removed = sys::shm_remove(id);
         let seg = Segment {
             base: NonNull::new(base).ok_or(Errno::FAULT)?,
             shmid: id,
             caps: [cap_c2s, cap_s2c],
         };
-        let granted = grant_uid.map_or(Ok(()), |uid| sys::shm_grant(id, uid));
-        // Removal first, error handling second: the segment must never
-        // outlive us even if granting failed.
-        sys::shm_remove(id)?;
-        granted?;
+        removed?;
+        // A segment marked for removal can still be granted and attached.
+        grant_uid.map_or(Ok(()), |uid| sys::shm_grant(id, uid))?;
         let mut nonce = [0u8; 8];
         let _ = rustix::rand::getrandom(&mut nonce, rustix::rand::GetRandomFlags::empty());
         let nonce = u64::from_ne_bytes(nonce) | 1;
@@ -176,6 +187,74 @@ impl Drop for Segment {
         // SAFETY: attached by us; the owner (Conn) is gone, so are all borrows.
         unsafe { sys::shm_detach(self.base.as_ptr()) };
     }
+}
+
+/// Removes segments that a tsss process created and was killed before it
+/// could attach them and mark them for removal: private (key 0), mode
+/// exactly 0600 (no removal mark), not attached, never attached by anyone
+/// but its creator (the id leaves a process only once marked), created by
+/// this user, a creator that no longer exists,
+/// and a tsss size (the header plus two equal power-of-two rings). Nothing
+/// else matches all of these but a segment its dead creator meant to hand
+/// over by id, never to be attached by itself. Returns how many went.
+///
+/// Run by a process's first segment creation, when the table is full, and
+/// by a client whose server died before offering.
+pub fn sweep_orphans() -> usize {
+    let Ok(text) = sys::read_small_file(c"/proc/sysvipc/shm") else {
+        return 0;
+    };
+    let text = String::from_utf8_lossy(&text);
+    let mut lines = text.lines();
+    let Some(header) = lines.next() else {
+        return 0;
+    };
+    let col = |name: &str| header.split_whitespace().position(|c| c == name);
+    let cols = [
+        "key", "shmid", "perms", "size", "cpid", "lpid", "nattch", "cuid",
+    ]
+    .map(col);
+    let [
+        Some(k),
+        Some(id),
+        Some(pm),
+        Some(sz),
+        Some(cp),
+        Some(lp),
+        Some(na),
+        Some(cu),
+    ] = cols
+    else {
+        return 0;
+    };
+    let me = u64::from(rustix::process::geteuid().as_raw());
+    let mut removed = 0;
+    for l in lines {
+        let w: Vec<&str> = l.split_whitespace().collect();
+        let num = |i: usize| w.get(i).and_then(|v| v.parse::<u64>().ok());
+        let tsss_size = num(sz).is_some_and(|s| {
+            let ring = s.saturating_sub(HDR_SIZE as u64) / 2;
+            s == HDR_SIZE as u64 + 2 * ring && ring.is_power_of_two() && ring >= 4096
+        });
+        let orphan = num(k) == Some(0)
+            && w.get(pm) == Some(&"600")
+            && num(na) == Some(0)
+            && (num(lp) == Some(0) || num(lp) == num(cp))
+            && num(cu) == Some(me)
+            && tsss_size
+            && num(cp).is_some_and(|p| !sys::process_exists(p as i32));
+        if let (true, Some(id)) = (orphan, num(id))
+            && sys::shm_remove(id as i32).is_ok()
+        {
+            crate::log!(
+                crate::log::INFO,
+                "removed shmid {id}, left behind by process {} killed while creating it",
+                num(cp).unwrap_or(0)
+            );
+            removed += 1;
+        }
+    }
+    removed
 }
 
 #[cfg(all(test, not(loom), not(miri)))]

@@ -176,9 +176,7 @@ extern "C" fn forget_pid() {
 }
 
 fn process_alive(p: u32) -> bool {
-    // SAFETY: kill with signal 0 only checks existence and permission.
-    let r = unsafe { libc::syscall(libc::SYS_kill, p as libc::pid_t, 0) };
-    r == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
+    crate::sys::process_exists(p as i32)
 }
 
 #[cfg(test)]

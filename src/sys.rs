@@ -92,6 +92,29 @@ pub fn shm_remove(id: i32) -> Result<(), Errno> {
     Ok(())
 }
 
+/// Whether process `pid` exists (EPERM: it does, under another user).
+pub fn process_exists(pid: i32) -> bool {
+    // SAFETY: signal 0 only checks existence and permission.
+    let r = unsafe { libc::syscall(libc::SYS_kill, pid, 0) };
+    r == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
+}
+
+/// A small file read with raw syscalls (never through our overrides).
+pub fn read_small_file(path: &core::ffi::CStr) -> Result<Vec<u8>, Errno> {
+    use rustix::fs::{Mode, OFlags};
+    let f = rustix::fs::open(path, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())?;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        match rustix::io::read(&f, &mut buf) {
+            Ok(0) => return Ok(out),
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(Errno::INTR) => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// Sends SIGPIPE to the calling thread, as the kernel does on EPIPE.
 pub fn raise_sigpipe() {
     let pid = rustix::process::getpid().as_raw_nonzero().get();
