@@ -30,6 +30,18 @@ for d in /usr/lib/postgresql/*/bin; do
 done
 [ -n "$pg_ok" ] || missing+=(postgresql)
 
+# `make miri` (part of `make test`): nightly Rust with the miri and rust-src
+# components, through rustup (per user, no root needed).
+if ! cargo +nightly miri --version >/dev/null 2>&1; then
+    command -v rustup >/dev/null || { echo "deps: need rustup to install miri (make miri)" >&2; exit 1; }
+    echo "deps: installing miri (nightly toolchain)"
+    if rustup toolchain list | grep -q '^nightly'; then
+        rustup component add --toolchain nightly miri rust-src
+    else
+        rustup toolchain install nightly --profile minimal --component miri,rust-src
+    fi
+fi
+
 if [ ${#missing[@]} -eq 0 ]; then
     exit 0
 fi
