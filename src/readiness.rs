@@ -648,3 +648,41 @@ impl<R: Deref<Target = Conn> + Clone> EpollSet<R> {
         cap
     }
 }
+
+/// The events and data `fd` is registered with in a kernel epoll, from that
+/// epoll's `/proc/self/fdinfo` text (`tfd: FD events: HEX data: HEX ...`).
+/// For a socket the program added to an epoll before it connected.
+pub fn epoll_registration(fdinfo: &str, fd: i32) -> Option<(u32, u64)> {
+    for l in fdinfo.lines() {
+        let mut w = l.split_whitespace();
+        if w.next() != Some("tfd:") || w.next().and_then(|v| v.parse::<i32>().ok()) != Some(fd) {
+            continue;
+        }
+        let (mut events, mut data) = (None, None);
+        while let Some(k) = w.next() {
+            match k {
+                "events:" => events = w.next().and_then(|v| u32::from_str_radix(v, 16).ok()),
+                "data:" => data = w.next().and_then(|v| u64::from_str_radix(v, 16).ok()),
+                _ => {}
+            }
+        }
+        return Some((events?, data?));
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn epoll_registration_from_fdinfo() {
+        let text = "pos:\t0\nflags:\t02000002\nmnt_id:\t17\nino:\t1038\n\
+                    tfd:        4 events: 80000019 data:                4  pos:0 ino:1eb119 sdev:9\n\
+                    tfd:       12 events:       1d data:     7f00deadbeef  pos:0 ino:1 sdev:9\n";
+        assert_eq!(epoll_registration(text, 4), Some((0x8000_0019, 4)));
+        assert_eq!(epoll_registration(text, 12), Some((0x1d, 0x7f00_dead_beef)));
+        assert_eq!(epoll_registration(text, 1), None);
+        assert_eq!(epoll_registration("tfd: 3 events: zz data: 1", 3), None);
+    }
+}

@@ -369,6 +369,7 @@ pub unsafe extern "C" fn connect(fd: c_int, addr: *const sockaddr, len: socklen_
                     DEBUG,
                     "fd {fd}: connected with the tsss marker; waiting for the server's offer"
                 );
+                adopt_epoll_registration(fd);
             }
             Err(why) => log!(INFO, "fd {fd}: plain: {why}"),
         }
@@ -1734,6 +1735,11 @@ pub unsafe extern "C" fn epoll_ctl(
     fd: c_int,
     ev: *mut libc::epoll_event,
 ) -> c_int {
+    if op == libc::EPOLL_CTL_ADD
+        && let Some(h) = usize::try_from(fd).ok().and_then(|i| EPOLL_HINT.get(i))
+    {
+        h.store(epfd + 1, std::sync::atomic::Ordering::Relaxed);
+    }
     // SAFETY: forwarded.
     match unsafe { epoll_ctl_inner(epfd, op, fd, ev) } {
         Some(Ok(())) => 0,
@@ -1817,8 +1823,51 @@ unsafe fn epoll_ctl_inner(
     Some(s.ctl(op, fd, conn, events, data))
 }
 
+/// The epoll (+1) each fd was last added to, whatever it was then: a socket
+/// added before it connected is registered on the bare socket, where ring
+/// data never shows; connect moves it into our emulation (nginx does this
+/// for its upstreams). Only a hint: the kernel's fdinfo is read to confirm.
+static EPOLL_HINT: [std::sync::atomic::AtomicI32; 65536] =
+    [const { std::sync::atomic::AtomicI32::new(0) }; 65536];
+
+/// After `fd` became a connection: if the program had added it to an epoll
+/// before, move that registration into our emulation.
+fn adopt_epoll_registration(fd: c_int) {
+    let Some(h) = usize::try_from(fd).ok().and_then(|i| EPOLL_HINT.get(i)) else {
+        return;
+    };
+    let epfd = h.swap(0, std::sync::atomic::Ordering::Relaxed) - 1;
+    if epfd < 0 {
+        return;
+    }
+    let Ok(path) = std::ffi::CString::new(format!("/proc/self/fdinfo/{epfd}")) else {
+        return;
+    };
+    let Ok(text) = tsss_core::sys::read_small_file(&path) else {
+        return;
+    };
+    let Some((events, data)) = readiness::epoll_registration(&String::from_utf8_lossy(&text), fd)
+    else {
+        return;
+    };
+    let Some(c) = table::get(fd).and_then(ConnRef::new) else {
+        return;
+    };
+    match migrate(epfd, fd, c, events, data) {
+        Ok(()) => log!(
+            DEBUG,
+            "fd {fd}: its epoll {epfd} registration moved to the emulation"
+        ),
+        Err(e) => log!(
+            INFO,
+            "fd {fd}: cannot move its epoll {epfd} registration: {e}"
+        ),
+    }
+}
+
 /// Moves an fd registered in the kernel's epoll before it was accelerated
-/// into our emulation (on the application's next EPOLL_CTL_MOD).
+/// into our emulation (on the application's next EPOLL_CTL_MOD, or at
+/// connect).
 fn migrate(epfd: c_int, fd: c_int, conn: ConnRef, events: u32, data: u64) -> Result<(), Errno> {
     tsss_core::sys::epoll_ctl(epfd, libc::EPOLL_CTL_DEL, fd, 0, 0)?;
     let _l = EPOLL_CREATE.lock().unwrap_or_else(|p| p.into_inner());
