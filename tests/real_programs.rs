@@ -338,6 +338,64 @@ fn nginx_static_files_and_upload() {
     assert_eq!(assert_segments_gone(&all).len(), 2);
 }
 
+/// nginx as a reverse proxy: the front server passes /up/ to an upstream
+/// server (same nginx) on another Unix socket, with upstream keep-alive.
+/// Both hops (curl -> nginx, nginx -> nginx) must be accelerated and every
+/// byte of an 8 MiB file and some small ones must come through.
+#[test]
+fn nginx_reverse_proxy_to_unix_upstream() {
+    let ngx = Nginx::new(
+        "nginxproxy",
+        "upstream backend { server unix:@D@/up.sock; keepalive 4; }\n\
+         server {\n\
+             listen unix:@D@/front.sock;\n\
+             location /up/ {\n\
+                 proxy_pass http://backend/;\n\
+                 proxy_http_version 1.1;\n\
+                 proxy_set_header Connection \"\";\n\
+             }\n\
+         }\n\
+         server { listen unix:@D@/up.sock; root @D@/www; }",
+    );
+    let big = random_bytes(8 << 20, 41);
+    let small = random_bytes(3000, 42);
+    ngx.file("big.bin", &big);
+    ngx.file("small.bin", &small);
+    let sock = ngx.d.sock("front.sock");
+    let mut s = ngx.start("front.sock");
+    wait_for_path(&ngx.d.path("up.sock"), &mut s);
+    let out = |n: &str| ngx.d.path(n);
+    let get = ngx.curl(
+        "curl GET via proxy",
+        &sock,
+        &[],
+        &[
+            ("/up/small.bin", &out("o1")),
+            ("/up/big.bin", &out("o2")),
+            ("/up/small.bin", &out("o3")),
+            ("/up/big.bin", &out("o4")),
+        ],
+    );
+    ngx.stop(&mut s, &[&get]);
+    let all = [&s, &get];
+    transfers(&get, "200", 4, &all);
+    check_same("GET /up/small.bin", &out("o1"), &small, &all);
+    check_same("GET /up/big.bin", &out("o2"), &big, &all);
+    check_same("GET /up/small.bin (again)", &out("o3"), &small, &all);
+    check_same("GET /up/big.bin (again)", &out("o4"), &big, &all);
+    assert_nginx_clean(&s, &[&get], &all);
+    assert_logs(&get, "accelerated (client", &all);
+    // nginx is the client of the upstream hop and the server of both.
+    assert_logs(&s, "accelerated (client", &all);
+    let ns = count(&s.stderr(), "accelerated (server");
+    assert!(
+        ns >= 2,
+        "nginx: {ns} accelerated server connections, expected at least 2 (curl's, its own upstream's)\n{}",
+        reports(&all)
+    );
+    assert!(!assert_segments_gone(&all).is_empty());
+}
+
 // ------------------------------------------------------------------ PostgreSQL
 
 /// /usr/lib/postgresql/<highest version>/bin (Debian), else `pg_config --bindir`.
