@@ -1009,7 +1009,12 @@ impl Conn {
                 let r = &anc.recs[(qi % ANC_SLOTS as u64) as usize];
                 let (off, raw) = (r.offset.load(Acquire), r.len.load(Acquire));
                 let len = raw & !ANC_CREDS_ONLY;
-                if off < at || len == 0 || len > ring.capacity() as u64 {
+                // The message must end within what a full ring could hold.
+                if off < at
+                    || len == 0
+                    || len > ring.capacity() as u64
+                    || off - at > ring.capacity() as u64
+                {
                     return Err(self.broken());
                 }
                 if raw & ANC_CREDS_ONLY != 0
@@ -1136,11 +1141,10 @@ impl Conn {
                 rustix::net::recv(sock(fd), &mut b, RecvFlags::PEEK | RecvFlags::DONTWAIT)
                 && b[0] == CARRIER
             {
-                let anc = &seg.header().anc[self.rx_dir() as usize];
+                // Its message's bytes follow the record at once; a record
+                // whose bytes never come is as broken as a missing one.
                 for _ in 0..100 {
-                    if anc.head.load(Acquire) != anc.tail.load(Acquire)
-                        || self.rx_quick_ready(&ring)
-                    {
+                    if self.rx_quick_ready(&ring) {
                         return Ok(());
                     }
                     std::thread::sleep(std::time::Duration::from_millis(1));
@@ -1211,7 +1215,11 @@ impl Conn {
                 return Some(r);
             }
         }
-        let seg = self.seg()?;
+        let Some(seg) = self.seg() else {
+            // A failed re-attach marks the connection broken: never fall
+            // back to the bare socket, whose stream is past the switch.
+            return (self.sb().state.load(Acquire) != PLAIN).then_some(Err(Errno::CONNRESET));
+        };
         let ring = seg.ring(self.tx_dir()).with_cache(&self.tx_tail_cache);
         let mut src = SrcCursor::new(bufs);
         let nonblock = o.dontwait || self.nonblocking();
@@ -1242,7 +1250,9 @@ impl Conn {
                 if used > ANC_SLOTS as u64 {
                     return Some(fail(self.broken(), 0));
                 }
-                let free = ring.writable().unwrap_or(0);
+                let Ok(free) = ring.writable() else {
+                    return Some(fail(self.broken(), 0));
+                };
                 let room = free >= src.remaining().min(ATOMIC_WRITE.min(ring.capacity() / 2));
                 if used < ANC_SLOTS as u64 && room {
                     break;
@@ -1313,6 +1323,9 @@ impl Conn {
         &self,
         f: impl FnOnce() -> Result<usize, Errno>,
     ) -> Option<Result<usize, Errno>> {
+        if self.sb().state.load(Acquire) == BROKEN {
+            return Some(Err(Errno::CONNRESET));
+        }
         let mut tx = self.lock_tx();
         if self.sb().tx_ring.load(Relaxed) {
             return None;
@@ -1346,7 +1359,11 @@ impl Conn {
         if !self.sb().tx_ring.load(Relaxed) {
             return None;
         }
-        let seg = self.seg()?;
+        let Some(seg) = self.seg() else {
+            // A failed re-attach marks the connection broken: never fall
+            // back to the bare socket, whose stream is past the switch.
+            return (self.sb().state.load(Acquire) != PLAIN).then_some(Err(Errno::CONNRESET));
+        };
         let ring = seg.ring(self.tx_dir()).with_cache(&self.tx_tail_cache);
         let nonblock = nonblock_call || self.nonblocking();
         let mut sent = 0;

@@ -31,10 +31,9 @@
 //! Tests: `nonblocking` (most cases), `blocking` (blocking calls, bounded by
 //! SO_RCVTIMEO/SO_SNDTIMEO or by the peer shutting its socket down 30 ms
 //! into a blocked call), `racing_scribbler` (a thread rewrites shared words
-//! while the victim runs). Inputs that trigger known bugs are steered
-//! around unless `TSSS_FUZZ_KNOWN_BUGS=all` (or a list: `2,4`); each bug
-//! has an ignored `known_bug_*` test with the exact input, see the end of
-//! this file. Seeds, case counts, replay: `fuzz_support`.
+//! while the victim runs). The five bugs this fuzzer found (all fixed)
+//! each have a `known_bug_*` regression test with the exact input, see the
+//! end of this file. Seeds, case counts, replay: `fuzz_support`.
 //!
 //! `cargo test --release --test fuzz_header`
 
@@ -68,13 +67,13 @@ fn cases(release: u64, debug: u64) -> u64 {
     }
 }
 
-/// Whether to walk into known bug `n` instead of around it:
-/// `TSSS_FUZZ_KNOWN_BUGS=all` or a list such as `1,5`.
+/// Whether to walk into the inputs of bug `n` (see the `known_bug_*`
+/// regression tests): always, since all are fixed. Kept as a switch so a
+/// new bug can be steered around while it is open
+/// (`TSSS_FUZZ_KNOWN_BUGS=none` steers around all of them).
 fn known_bug(n: u32) -> bool {
-    std::env::var("TSSS_FUZZ_KNOWN_BUGS").is_ok_and(|v| {
-        v.split(',')
-            .any(|w| w.trim() == "all" || w.trim().parse() == Ok(n))
-    })
+    let _ = n;
+    std::env::var("TSSS_FUZZ_KNOWN_BUGS").map_or(true, |v| v != "none")
 }
 
 fn uid() -> u32 {
@@ -1191,10 +1190,10 @@ fn racing_scribbler() {
     fuzz_support::run(FILE, "racing_scribbler", n, racing);
 }
 
-// ------------------------------------------------------------------ known bugs
+// ------------------------------------------------------------------ found bugs
 //
-// Each found by the fuzzer above, reduced to its input. Ignored until fixed:
-// `cargo test --release --test fuzz_header -- --ignored`.
+// Each found by the fuzzer above, reduced to its input; all fixed, kept as
+// regression tests.
 
 /// A client victim running over the rings both ways, with its socket, the
 /// peer's socket and the peer's mapping of the segment (4 KiB rings).
@@ -1235,7 +1234,6 @@ fn send_opts(dontwait: bool) -> SendOpts {
 /// and a blocking read spins at full CPU (SO_RCVTIMEO never applies) until
 /// the peer changes the record. (A debug build panics on the overflow.)
 #[test]
-#[ignore = "known bug 1: a record with offset + len wrapping onto the read position stalls reads"]
 fn known_bug_1_wrapping_record_stalls_reads() {
     let (c, vs, _ps, seg) = accelerated_client(true);
     let fd = vs.as_raw_fd();
@@ -1265,7 +1263,6 @@ fn known_bug_1_wrapping_record_stalls_reads() {
 /// reset; blocking (no SO_SNDTIMEO), `wait_tx` finds the ring "ready"
 /// (Corrupt) at once and the loop spins at full CPU until the peer dies.
 #[test]
-#[ignore = "known bug 2: sendmsg with ancillary data on a corrupt ring: EAGAIN, or a busy loop"]
 fn known_bug_2_ancillary_send_on_corrupt_ring() {
     let (c, vs, ps, seg) = accelerated_client(false);
     let fd = vs.as_raw_fd();
@@ -1318,7 +1315,6 @@ fn known_bug_2_ancillary_send_on_corrupt_ring() {
 /// send: application bytes go out on a broken connection, where `send`
 /// says ECONNRESET.
 #[test]
-#[ignore = "known bug 3: send_plain_with runs the real send on a broken connection"]
 fn known_bug_3_plain_send_on_broken_connection() {
     tune();
     let (vs, ps) = pair();
@@ -1345,7 +1341,6 @@ fn known_bug_3_plain_send_on_broken_connection() {
 /// the real function", so that write goes to the raw socket. The same
 /// `?` is in `send_from_fd` and `bytes_unread_by_peer`.
 #[test]
-#[ignore = "known bug 4: a failed re-attach after exec makes one send pass through to the socket"]
 fn known_bug_4_failed_reattach_passes_a_send_through() {
     let (c, vs, _ps, seg) = accelerated_client(true);
     let fd = vs.as_raw_fd();
@@ -1366,7 +1361,6 @@ fn known_bug_4_failed_reattach_passes_a_send_through() {
 /// carrier stays queued). The read below never returns (its thread is
 /// left spinning when this test fails).
 #[test]
-#[ignore = "known bug 5: a pending record without data makes a blocking read spin forever"]
 fn known_bug_5_record_without_data_spins_reader() {
     let (c, vs, ps, seg) = accelerated_client(false);
     let fd = vs.as_raw_fd();
