@@ -672,3 +672,62 @@ fn third_uid_cannot_reach_a_granted_segment() {
 fn third_uid_cannot_reach_an_unprivileged_pair_segment() {
     isolation("iso-unpriv", 65534, 1, 2);
 }
+
+// ------------------------------------------------------------ 3b. descriptors
+
+/// The client's socket takes its last descriptor (RLIMIT_NOFILE 4: stdio and
+/// the socket), so its side block's memfd cannot be made.
+#[test]
+fn client_out_of_descriptors() {
+    let _g = serial();
+    need_root();
+    let (s, c) = pingpong(
+        "nofileclient",
+        |s| s,
+        |c, _| wrap(&c, &["prlimit", "--nofile=4:4", "--"]),
+    );
+    let all = [&s, &c];
+    assert_plain_because(&c, "cannot map side state", EMFILE, &all);
+}
+
+/// An epoll server at its descriptor limit: RLIMIT_NOFILE 7 is exactly
+/// enough for stdio, the epoll set, the listener and two connections
+/// without tsss (checked first). tsss needs one descriptor more per epoll
+/// set that watches accelerated sockets (the private epoll nested in it;
+/// README, Limits): with 8 the run works, every connection accelerated or
+/// plain with the reason logged.
+#[test]
+fn epoll_server_at_its_descriptor_limit() {
+    let _g = serial();
+    need_root();
+    for (preload, nofile) in [(false, "--nofile=7:7"), (true, "--nofile=8:8")] {
+        let d = TempDir::new("nofileepoll");
+        let sock = d.sock("e");
+        let (s, c) = run_pair(
+            &wrap(
+                &Spec::app(
+                    "echo_server",
+                    "echo_server",
+                    &[&sock, "lt", "--max-conns", "2"],
+                )
+                .preload(preload),
+                &["prlimit", nofile, "--"],
+            ),
+            &sock,
+            &Spec::app("echo_client", "echo_client", &[&sock, "2", "100", "512"]).preload(preload),
+            T60,
+        );
+        let all = [&s, &c];
+        assert_ok(&all);
+        if preload {
+            let n = count(&s.stderr(), "accelerated (server") + count(&s.stderr(), "plain:");
+            assert_eq!(
+                n,
+                2,
+                "each connection accelerated or plain with a reason\n{}",
+                reports(&all)
+            );
+            assert_segments_gone(&all);
+        }
+    }
+}

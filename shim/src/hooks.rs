@@ -353,26 +353,26 @@ pub unsafe extern "C" fn connect(fd: c_int, addr: *const sockaddr, len: socklen_
         return unsafe { real::connect(fd, addr, len) };
     }
     let saved = errno();
-    let marked = prepare_marker(fd);
+    // Our state first: once the marker is bound the server will offer, and
+    // a client that cannot track the connection would hand HELLO to the
+    // program (out of descriptors, for one).
+    // SAFETY: borrowed for one call.
+    let bfd = unsafe { rustix::fd::BorrowedFd::borrow_raw(fd) };
+    let nb = rustix::fs::fcntl_getfl(bfd).is_ok_and(|f| f.contains(rustix::fs::OFlags::NONBLOCK));
+    let conn = Conn::client(fd, nb)
+        .map_err(|why| log!(INFO, "fd {fd}: plain: {why}"))
+        .ok();
+    let marked = conn.is_some() && prepare_marker(fd);
     // SAFETY: passthrough.
     let r = unsafe { real::connect(fd, addr, len) };
     let e = errno();
-    if marked && (r == 0 || e == libc::EINPROGRESS) {
-        // SAFETY: borrowed for one call.
-        let bfd = unsafe { rustix::fd::BorrowedFd::borrow_raw(fd) };
-        let nb =
-            rustix::fs::fcntl_getfl(bfd).is_ok_and(|f| f.contains(rustix::fs::OFlags::NONBLOCK));
-        match Conn::client(fd, nb) {
-            Ok(c) => {
-                drop(table::insert(fd, Entry::Conn(c)));
-                log!(
-                    DEBUG,
-                    "fd {fd}: connected with the tsss marker; waiting for the server's offer"
-                );
-                adopt_epoll_registration(fd);
-            }
-            Err(why) => log!(INFO, "fd {fd}: plain: {why}"),
-        }
+    if let (true, Some(c)) = (marked && (r == 0 || e == libc::EINPROGRESS), conn) {
+        drop(table::insert(fd, Entry::Conn(c)));
+        log!(
+            DEBUG,
+            "fd {fd}: connected with the tsss marker; waiting for the server's offer"
+        );
+        adopt_epoll_registration(fd);
     }
     set_errno(if r == 0 { saved } else { e });
     r
