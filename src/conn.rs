@@ -124,6 +124,10 @@ pub struct Conn {
     /// Cached remote index: the tx ring's tail (the rx side loads the
     /// head once per pass anyway, for the ancillary ordering).
     tx_tail_cache: AtomicU64,
+    /// The peer's read position (+1) when a non-blocking write last found
+    /// the ring full: until the peer reads, nothing more fits, as a kernel
+    /// socket that answered EAGAIN takes nothing until its reader reads.
+    full_at: AtomicU64,
     /// Descriptors of this process naming the connection (dup and friends).
     aliases: AtomicU32,
     /// This process has given up its share (its last descriptor closed).
@@ -280,6 +284,7 @@ impl Conn {
             next_live_check: AtomicU64::new(0),
             tx_ops: AtomicU32::new(0),
             tx_tail_cache: AtomicU64::new(0),
+            full_at: AtomicU64::new(0),
             aliases: AtomicU32::new(1),
             closed: AtomicBool::new(false),
             spin_budget: AtomicU64::new(u64::MAX),
@@ -639,7 +644,11 @@ impl Conn {
                 RecvFlags::DONTWAIT | RecvFlags::PEEK,
             ) {
                 Ok((_, 0)) => {
-                    self.sb().sock_eof.store(true, Release);
+                    // After our own SHUT_RD the socket reads EOF: no news
+                    // of the peer.
+                    if !self.sb().shut_rd.load(Acquire) {
+                        self.sb().sock_eof.store(true, Release);
+                    }
                     return;
                 }
                 Ok((_, n)) => n,
@@ -661,7 +670,9 @@ impl Conn {
                 self.broken();
                 return;
             }
-            if bells < n || n < buf.len() {
+            // All taken: look again, for more or for the EOF behind them
+            // (a peer that rang, then died).
+            if bells < n {
                 return;
             }
         }
@@ -938,7 +949,7 @@ impl Conn {
                     }
                     // Before the switch an EOF may be a real SHUT_WR of a
                     // live peer; after it, only a close (or SHUT_RDWR).
-                    if known.is_some() {
+                    if known.is_some() && !self.sb().shut_rd.load(Acquire) {
                         self.sb().sock_eof.store(true, Release);
                     }
                     return Ok(data_or(dst, Step::Eof));
@@ -1089,10 +1100,7 @@ impl Conn {
                 }
                 // The peer is gone without a close of its own (killed): had
                 // it left our bytes unread, the kernel would say so once.
-                if self.sb().tx_ring.load(Acquire)
-                    && seg.ring(self.tx_dir()).readable().unwrap_or(0) > 0
-                    && !self.sb().reset_taken.swap(true, AcqRel)
-                {
+                if self.reset_pending() && !self.sb().reset_taken.swap(true, AcqRel) {
                     return Err(Errno::CONNRESET);
                 }
                 return Ok(Step::Eof);
@@ -1232,7 +1240,12 @@ impl Conn {
             partial(sent, e)
         };
         if src.remaining() == 0 {
-            return Some(Ok(0));
+            // The kernel checks only that the socket may still send.
+            let gone = self.sb().shut_wr.load(Relaxed)
+                || ring.ctrl().flags.rd_closed.load(Acquire) != 0
+                || self.sb().sock_eof.load(Relaxed)
+                || self.peer_hung_up(fd);
+            return Some(if gone { fail(Errno::PIPE, 0) } else { Ok(0) });
         }
         // The carrier byte itself wakes a reader sleeping on the socket: the
         // message it travels with needs no doorbell of its own.
@@ -1289,6 +1302,9 @@ impl Conn {
             if let Some(e) = self.tx_error(fd, &ring) {
                 return Some(fail(e, sent));
             }
+            if nonblock && self.full_at.load(Relaxed) == ring.tail().wrapping_add(1) {
+                return Some(partial(sent, Errno::AGAIN));
+            }
             let n = match ring.push_whole(&mut src, ATOMIC_WRITE.min(ring.capacity() / 2)) {
                 Ok(n) => n,
                 Err(_) => return Some(fail(self.broken(), sent)),
@@ -1306,6 +1322,7 @@ impl Conn {
                 return Some(Ok(sent));
             }
             if nonblock {
+                self.full_at.store(ring.tail().wrapping_add(1), Relaxed);
                 return Some(partial(sent, Errno::AGAIN));
             }
             drop(tx);
@@ -1404,16 +1421,10 @@ impl Conn {
 
     /// Why a write must fail now (EPIPE), if it must.
     fn tx_error(&self, fd: RawFd, ring: &Ring<'_>) -> Option<Errno> {
-        // The peer's ECONNRESET (closed with our data unread) comes first, as
-        // the kernel reports a pending socket error before EPIPE. A closing
-        // peer stores that before rd_closed, so it is only looked at here.
-        let fail = || {
-            if self.reset_pending() && !self.sb().reset_taken.swap(true, AcqRel) {
-                Some(Errno::CONNRESET)
-            } else {
-                Some(Errno::PIPE)
-            }
-        };
+        // EPIPE even when the peer left our data unread: a Unix stream send
+        // never reports the pending ECONNRESET (reads, poll and SO_ERROR
+        // do), so it stays pending for them.
+        let fail = || Some(Errno::PIPE);
         if self.sb().shut_wr.load(Relaxed)
             || ring.ctrl().flags.rd_closed.load(Acquire) != 0
             || self.sb().sock_eof.load(Relaxed)
@@ -1552,7 +1563,11 @@ impl Conn {
                 self.wake_writers(fd, &ring);
             }
         }
-        if rd && wr {
+        if rd {
+            // The kernel's own SHUT_RD too: before the switch the peer may
+            // still write plain (it must get EPIPE) and our reads must end
+            // at EOF once the queue is empty. Its doorbells fail after it,
+            // harmlessly: we read nothing more.
             real = true;
         }
         if real {
@@ -1621,11 +1636,26 @@ impl Conn {
 
     /// The peer closed with our data unread and we have not said so yet.
     fn reset_pending(&self) -> bool {
-        !self.sb().reset_taken.load(Relaxed)
-            && self.sb().rx_ring.load(Relaxed)
-            && self.seg().is_some_and(|s| {
-                s.ring(self.rx_dir()).ctrl().flags.wr_closed.load(Acquire) == CLOSED_RESET
-            })
+        if self.sb().reset_taken.load(Relaxed) {
+            return false;
+        }
+        let Some(s) = self.seg() else {
+            return false;
+        };
+        // Closed by tsss with our data unread...
+        (self.sb().rx_ring.load(Relaxed)
+            && s.ring(self.rx_dir()).ctrl().flags.wr_closed.load(Acquire) == CLOSED_RESET)
+            // ...or gone without a close of its own (killed, or exited with
+            // the fd open) and our ring bytes unread: the kernel resets a
+            // socket whose peer went away with data in its queue.
+            || (self.sb().sock_eof.load(Relaxed)
+                && self.sb().tx_ring.load(Relaxed)
+                && s.ring(self.tx_dir()).readable().unwrap_or(0) > 0
+                // A peer that shut both directions also reads as EOF/HUP
+                // while alive; only its release resets. Not telling the two
+                // apart, we take it as alive.
+                && !(s.ring(self.rx_dir()).ctrl().flags.wr_closed.load(Acquire) != 0
+                    && s.ring(self.tx_dir()).ctrl().flags.rd_closed.load(Acquire) != 0))
     }
 
     /// The state a new program image needs to carry on with this
@@ -1789,7 +1819,12 @@ impl Conn {
             _ => {}
         }
         let mut r = Ready::default();
+        let shut_rd_now = self.sb().shut_rd.load(Relaxed);
         let gone = self.sb().sock_eof.load(Acquire) || (rx_ring && k.contains(PollFlags::HUP));
+        // (A HUP after our own SHUT_RDWR says nothing of the peer.)
+        if gone && !(shut_rd_now && self.sb().shut_wr.load(Relaxed)) {
+            self.sb().sock_eof.store(true, Release);
+        }
         let reset = self.reset_pending();
         let seg = self.seg();
         let shut_rd = self.sb().shut_rd.load(Relaxed);
@@ -1878,9 +1913,14 @@ impl Conn {
     /// direction is still a plain socket; ask the kernel.
     pub fn bytes_unread_by_peer(&self) -> Option<usize> {
         if !self.sb().tx_ring.load(Acquire) {
-            return None;
+            // Only our own bytes (HELLO) queued: none of the program's.
+            return (self.sb().plain_written.load(Relaxed) == 0).then_some(0);
         }
         let ring = self.seg()?.ring(self.tx_dir());
+        // A peer that closed or died took its queue with it.
+        if self.sb().sock_eof.load(Acquire) {
+            return Some(0);
+        }
         Some(ring.capacity() - ring.writable().unwrap_or(0))
     }
 

@@ -315,6 +315,10 @@ impl<R> Drop for EpollSet<R> {
 
 const EPOLLIN: u32 = libc::EPOLLIN as u32;
 const EPOLLOUT: u32 = libc::EPOLLOUT as u32;
+/// The input and output bits a watch may ask for (poll's *NORM twins
+/// included: the kernel reports them alike on a stream socket).
+const IN_BITS: u32 = (libc::EPOLLIN | libc::EPOLLRDNORM) as u32;
+const OUT_BITS: u32 = (libc::EPOLLOUT | libc::EPOLLWRNORM) as u32;
 const EPOLLRDHUP: u32 = libc::EPOLLRDHUP as u32;
 const EPOLLHUP: u32 = libc::EPOLLHUP as u32;
 const EPOLLERR: u32 = libc::EPOLLERR as u32;
@@ -346,7 +350,7 @@ impl<R: Deref<Target = Conn> + Clone> EpollSet<R> {
 
     fn kernel_events(conn: &Conn, events: u32) -> u32 {
         let mut k = EPOLLIN | EPOLLRDHUP | EPOLLET;
-        if events & EPOLLOUT != 0 && conn.needs_kernel() {
+        if events & OUT_BITS != 0 && conn.needs_kernel() {
             k |= EPOLLOUT;
         }
         k
@@ -427,10 +431,10 @@ impl<R: Deref<Target = Conn> + Clone> EpollSet<R> {
         let r = conn.readiness(w.fd, k)?;
         let mut ev = 0;
         if r.readable {
-            ev |= w.events & EPOLLIN;
+            ev |= w.events & IN_BITS;
         }
         if r.writable {
-            ev |= w.events & EPOLLOUT;
+            ev |= w.events & OUT_BITS;
         }
         if r.rdhup {
             ev |= w.events & EPOLLRDHUP;
@@ -451,19 +455,19 @@ impl<R: Deref<Target = Conn> + Clone> EpollSet<R> {
             let seq_in = seq_in.wrapping_add(w.k_in);
             let seq_out = seq_out.wrapping_add(w.k_out);
             let mut edge = 0;
-            if ev & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR) != 0 && seq_in != w.last_in {
-                edge |= ev & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR);
+            if ev & (IN_BITS | EPOLLRDHUP | EPOLLHUP | EPOLLERR) != 0 && seq_in != w.last_in {
+                edge |= ev & (IN_BITS | EPOLLRDHUP | EPOLLHUP | EPOLLERR);
             }
-            if ev & EPOLLOUT != 0 && seq_out != w.last_out {
-                edge |= EPOLLOUT;
+            if ev & OUT_BITS != 0 && seq_out != w.last_out {
+                edge |= ev & OUT_BITS;
             }
             if edge == 0 {
                 return None;
             }
-            if edge & EPOLLIN != 0 || ev & EPOLLIN == 0 {
+            if edge & IN_BITS != 0 || ev & IN_BITS == 0 {
                 w.last_in = seq_in;
             }
-            if edge & EPOLLOUT != 0 {
+            if edge & OUT_BITS != 0 {
                 w.last_out = seq_out;
             }
             ev = edge;
@@ -622,7 +626,7 @@ impl<R: Deref<Target = Conn> + Clone> EpollSet<R> {
             if w.disabled {
                 return false;
             }
-            let (want_in, want_out) = (w.events & EPOLLIN != 0, w.events & EPOLLOUT != 0);
+            let (want_in, want_out) = (w.events & IN_BITS != 0, w.events & OUT_BITS != 0);
             let et = w.events & EPOLLET != 0;
             // Edge counters only for edge-triggered watches that are ready.
             let edge_in = || !et || w.conn.progress_counters().0.wrapping_add(w.k_in) != w.last_in;
@@ -639,7 +643,7 @@ impl<R: Deref<Target = Conn> + Clone> EpollSet<R> {
         let ws = self.lock();
         let mut cap = false;
         for w in ws.iter().filter(|w| !w.disabled) {
-            let (r, wr) = (w.events & EPOLLIN != 0, w.events & EPOLLOUT != 0);
+            let (r, wr) = (w.events & IN_BITS != 0, w.events & OUT_BITS != 0);
             w.conn.arm(r, wr);
             if wr && !w.conn.bells_work() && !w.conn.needs_kernel() {
                 cap = true;

@@ -718,9 +718,13 @@ pub unsafe extern "C" fn recvfrom(
 ) -> ssize_t {
     // SAFETY: the caller's buffer.
     if let Some(r) = unsafe { recv_one(fd, buf, n, flags) } {
-        if r >= 0 {
+        if r > 0 {
             // SAFETY: the caller's address buffer.
             unsafe { peer_addr_out(fd, addr, alen) };
+        } else if r == 0 && !addr.is_null() && !alen.is_null() {
+            // The kernel names the sender of the bytes read: none at EOF.
+            // SAFETY: checked non-null.
+            unsafe { *alen = 0 };
         }
         return r;
     }
@@ -869,9 +873,21 @@ pub unsafe extern "C" fn recvmsg(fd: c_int, msg: *mut libc::msghdr, flags: c_int
                 // The kernel echoes MSG_CMSG_CLOEXEC in msg_flags.
                 m.msg_flags = got.1 | (flags & libc::MSG_CMSG_CLOEXEC);
                 let mut nl = m.msg_namelen;
-                // SAFETY: msg_name/msg_namelen as the caller gave them.
-                unsafe { peer_addr_out(fd, m.msg_name.cast(), &mut nl) };
-                m.msg_namelen = if m.msg_name.is_null() { 0 } else { nl };
+                // A zero-length read names the sender only if there are
+                // bytes (a 0 at EOF names nobody).
+                // SAFETY: the caller's iovecs.
+                let asked = !unsafe { iov_total_is_zero(iov, iovlen as c_int) }
+                    || c.bytes_readable(fd).is_some_and(|n| n == 0);
+                if r != Ok(0) || !asked {
+                    // SAFETY: msg_name/msg_namelen as the caller gave them.
+                    unsafe { peer_addr_out(fd, m.msg_name.cast(), &mut nl) };
+                }
+                // No sender at EOF: the kernel reports no name.
+                m.msg_namelen = if m.msg_name.is_null() || (r == Ok(0) && asked) {
+                    0
+                } else {
+                    nl
+                };
             }
             return ssize(r);
         }
@@ -1056,6 +1072,11 @@ pub unsafe extern "C" fn sendto(
 /// libc contract.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn writev(fd: c_int, iov: *const libc::iovec, cnt: c_int) -> ssize_t {
+    // SAFETY: the caller's iovecs.
+    if unsafe { iov_total_is_zero(iov, cnt) } && accel(fd).is_some() {
+        // The kernel's writev returns 0 before the socket sees it.
+        return 0;
+    }
     if let Some(c) = accel(fd)
         // SAFETY: the caller's iovecs.
         && let Some(Some(r)) = unsafe { with_iov(iov, cnt, |b| c.send(fd, b, SendOpts::default())) }
@@ -1064,6 +1085,23 @@ pub unsafe extern "C" fn writev(fd: c_int, iov: *const libc::iovec, cnt: c_int) 
     }
     // SAFETY: passthrough.
     unsafe { real::writev(fd, iov, cnt) }
+}
+
+/// A valid iovec array (0..=IOV_MAX entries) whose lengths are all zero.
+///
+/// # Safety
+/// `iov` points to `cnt` iovecs when `cnt` is in range.
+unsafe fn iov_total_is_zero(iov: *const libc::iovec, cnt: c_int) -> bool {
+    if !(0..=libc::UIO_MAXIOV).contains(&cnt) || (cnt > 0 && iov.is_null()) {
+        return false;
+    }
+    if cnt == 0 {
+        return true;
+    }
+    // SAFETY: per the caller.
+    unsafe { std::slice::from_raw_parts(iov, cnt as usize) }
+        .iter()
+        .all(|v| v.iov_len == 0)
 }
 
 /// Whether every control message is SCM_CREDENTIALS.
