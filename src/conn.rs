@@ -1140,28 +1140,24 @@ impl Conn {
             if self.rx_quick_ready(&ring) {
                 return Ok(());
             }
-            // A carrier heads the socket, so the peek below would not wait.
-            // Its record comes a moment later (the writer sends the carrier
-            // first); one that never comes is a broken peer, not a reason
+        }
+        let mut b = [0u8; 1];
+        match rustix::net::recv(sock(fd), &mut b, RecvFlags::PEEK) {
+            // A carrier heads the socket, so this peek will not wait again.
+            // Its record and bytes follow at once (the writer sends it
+            // first); ones that never come are a broken peer, not a reason
             // to spin.
-            let mut b = [0u8; 1];
-            if let Ok((_, 1)) =
-                rustix::net::recv(sock(fd), &mut b, RecvFlags::PEEK | RecvFlags::DONTWAIT)
-                && b[0] == CARRIER
-            {
-                // Its message's bytes follow the record at once; a record
-                // whose bytes never come is as broken as a missing one.
+            Ok((_, 1)) if b[0] == CARRIER && ring_phase => {
+                let Some(seg) = seg else { return Ok(()) };
+                let ring = seg.ring(self.rx_dir());
                 for _ in 0..100 {
                     if self.rx_quick_ready(&ring) {
                         return Ok(());
                     }
                     std::thread::sleep(std::time::Duration::from_millis(1));
                 }
-                return Err(self.broken());
+                Err(self.broken())
             }
-        }
-        let mut b = [0u8; 1];
-        match rustix::net::recv(sock(fd), &mut b, RecvFlags::PEEK) {
             Ok(_) => Ok(()),
             Err(e @ (Errno::AGAIN | Errno::INTR)) => Err(e),
             // Errors surface from the next pass.
