@@ -497,6 +497,11 @@ impl Conn {
         if self.sb().shut_wr.load(Acquire) {
             return self.go_plain(format_args!("already shut down for writing"));
         }
+        if self.sb().shut_rd.load(Acquire) {
+            // The server would switch its writes to a ring nobody reads;
+            // the kernel already answers them with EPIPE.
+            return self.go_plain(format_args!("already shut down for reading"));
+        }
         let me = rustix::process::geteuid().as_raw();
         let seg = match Segment::attach(&hello, me) {
             Ok(s) => s,
