@@ -904,6 +904,34 @@ pub unsafe extern "C" fn recvmsg(fd: c_int, msg: *mut libc::msghdr, flags: c_int
     r
 }
 
+/// The caller's buffers from byte `skip` on, at most `max` bytes of them.
+///
+/// # Safety
+/// `m`'s iovec array is valid.
+unsafe fn iov_window(m: &libc::msghdr, mut skip: usize, mut max: usize) -> Vec<libc::iovec> {
+    let iovs = if m.msg_iov.is_null() || m.msg_iovlen == 0 {
+        &[][..]
+    } else {
+        // SAFETY: per the caller.
+        unsafe { std::slice::from_raw_parts(m.msg_iov, m.msg_iovlen) }
+    };
+    let mut out = Vec::with_capacity(iovs.len());
+    for v in iovs {
+        let s = skip.min(v.iov_len);
+        skip -= s;
+        let l = (v.iov_len - s).min(max);
+        if l > 0 {
+            out.push(libc::iovec {
+                // SAFETY: within the caller's buffer.
+                iov_base: unsafe { v.iov_base.cast::<u8>().add(s) }.cast(),
+                iov_len: l,
+            });
+            max -= l;
+        }
+    }
+    out
+}
+
 /// After `got` plain bytes that ended at the switch point: reads on from
 /// the ring into the rest of the caller's buffers without waiting, with
 /// the caller's control buffer. Returns the total.
@@ -920,25 +948,8 @@ unsafe fn recvmsg_more(
 ) -> usize {
     // SAFETY: per the caller.
     let m = unsafe { &mut *msg };
-    let iovs = if m.msg_iov.is_null() || m.msg_iovlen == 0 {
-        &[][..]
-    } else {
-        // SAFETY: the caller's iovec array.
-        unsafe { std::slice::from_raw_parts(m.msg_iov, m.msg_iovlen) }
-    };
-    let mut skip = got;
-    let mut rest: Vec<libc::iovec> = Vec::with_capacity(iovs.len());
-    for v in iovs {
-        let s = skip.min(v.iov_len);
-        skip -= s;
-        if v.iov_len > s {
-            rest.push(libc::iovec {
-                // SAFETY: within the caller's buffer.
-                iov_base: unsafe { v.iov_base.cast::<u8>().add(s) }.cast(),
-                iov_len: v.iov_len - s,
-            });
-        }
-    }
+    // SAFETY: the caller's iovecs.
+    let mut rest = unsafe { iov_window(m, got, usize::MAX) };
     if rest.is_empty() {
         return got;
     }
@@ -984,25 +995,8 @@ unsafe fn recvmsg_capped(
 ) -> Result<usize, Errno> {
     // SAFETY: per the caller.
     let m = unsafe { &mut *msg };
-    let iovs = if m.msg_iov.is_null() || m.msg_iovlen == 0 {
-        &[][..]
-    } else {
-        // SAFETY: the caller's iovec array.
-        unsafe { std::slice::from_raw_parts(m.msg_iov, m.msg_iovlen) }
-    };
-    let mut left = max;
-    let mut capped: Vec<libc::iovec> = Vec::with_capacity(iovs.len());
-    for v in iovs {
-        if left == 0 {
-            break;
-        }
-        let l = v.iov_len.min(left);
-        capped.push(libc::iovec {
-            iov_base: v.iov_base,
-            iov_len: l,
-        });
-        left -= l;
-    }
+    // SAFETY: the caller's iovecs.
+    let mut capped = unsafe { iov_window(m, 0, max) };
     let mut m2 = *m;
     m2.msg_iov = capped.as_mut_ptr();
     m2.msg_iovlen = capped.len();
