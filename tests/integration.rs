@@ -1293,3 +1293,131 @@ unsafe extern "C" {
     #[link_name = "geteuid"]
     fn libc_geteuid() -> u32;
 }
+
+// ------------------------------------------------------------------ a third process corrupts a live segment
+
+/// Echo server: a thread per connection; a connection that fails is closed
+/// and the others carry on.
+const PY_TOLERANT_ECHO: &str = r#"
+import os, socket, sys, threading
+path = sys.argv[1]
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.bind(path); s.listen(8)
+def serve(c):
+    try:
+        while True:
+            b = c.recv(65536)
+            if not b:
+                break
+            c.sendall(b)
+    except OSError as e:
+        print("server: connection ended with", e.__class__.__name__, flush=True)
+    c.close()
+for _ in range(2):
+    c, _ = s.accept()
+    threading.Thread(target=serve, args=(c,)).start()
+"#;
+
+/// Victim: two connections, both echoed once (so both are accelerated);
+/// prints their descriptors, waits for the go file, then uses the first
+/// (expected to fail) and runs 2000 round trips on the second.
+const PY_VICTIM: &str = r#"
+import os, socket, sys, time
+path, go = sys.argv[1], sys.argv[2]
+a = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM); a.connect(path)
+b = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM); b.connect(path)
+for s in (a, b):
+    s.sendall(b"x")
+    assert s.recv(1) == b"x"
+print("FDS", a.fileno(), b.fileno(), flush=True)
+while not os.path.exists(go):
+    time.sleep(0.01)
+err = None
+try:
+    a.settimeout(5)
+    a.sendall(b"y" * 100)
+    got = a.recv(100)
+    err = "no error: got %r" % got[:8]
+except ConnectionResetError:
+    err = "ECONNRESET"
+except OSError as e:
+    err = e.__class__.__name__
+print("CORRUPTED", err, flush=True)
+for i in range(2000):
+    m = (b"%d:" % i) * 10
+    b.sendall(m)
+    got = b""
+    while len(got) < len(m):
+        got += b.recv(len(m) - len(got))
+    assert got == m, (i, got)
+print("RESULT role=victim ok=1", flush=True)
+"#;
+
+/// Overwrites the first 4 KiB (the header: indices, flags, records) of the
+/// segment argv[1] with random bytes, from a process without tsss.
+const PY_SCRIBBLER: &str = r#"
+import ctypes, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+libc.shmat.restype = ctypes.c_void_p
+libc.shmat.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_int]
+p = libc.shmat(int(sys.argv[1]), None, 0)
+if p is None or p == ctypes.c_void_p(-1).value:
+    sys.exit("shmat: errno %d" % ctypes.get_errno())
+ctypes.memmove(p, os.urandom(4096), 4096)
+print("scribbled", flush=True)
+"#;
+
+#[test]
+fn third_process_corrupts_a_live_segment() {
+    let d = TempDir::new("scribble");
+    let sock = d.sock("s");
+    let go = d.path("go").to_string_lossy().into_owned();
+    let server = write_script(&d, "server.py", PY_TOLERANT_ECHO);
+    let victim = write_script(&d, "victim.py", PY_VICTIM);
+    let scrib = write_script(&d, "scribble.py", PY_SCRIBBLER);
+    let mut s = Proc::spawn(&Spec::new("server", python(), &[&server, &sock]).preload(true));
+    wait_for_path(Path::new(&sock), &mut s);
+    let mut v = Proc::spawn(&Spec::new("victim", python(), &[&victim, &sock, &go]).preload(true));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let fds: Vec<String> = loop {
+        if let Some(l) = v.stdout().lines().find(|l| l.starts_with("FDS ")) {
+            break l.split_whitespace().skip(1).map(String::from).collect();
+        }
+        assert!(
+            !v.poll() && Instant::now() < deadline,
+            "victim never got ready\n{}",
+            reports(&[&s, &v])
+        );
+        thread::sleep(Duration::from_millis(10));
+    };
+    // The first connection's segment, from the victim's log line.
+    let log = v.stderr();
+    let line = log
+        .lines()
+        .find(|l| l.contains(&format!("fd {}: accelerated (client", fds[0])))
+        .unwrap_or_else(|| panic!("first connection not accelerated\n{}", reports(&[&s, &v])));
+    let shmid = shmids_in(line)
+        .into_iter()
+        .next()
+        .expect("shmid in the log line");
+    let mut w = Proc::spawn(&Spec::new(
+        "scribbler",
+        python(),
+        &[&scrib, &shmid.to_string()],
+    ));
+    wait_all(&mut [&mut w], T60, "scribbler");
+    assert!(w.success(), "{}", w.report());
+    std::fs::write(&go, b"go").unwrap();
+    wait_all(&mut [&mut v, &mut s], T60, "victim and server");
+    let all = [&s, &v];
+    assert_ok(&[&v]);
+    // Random flags may read as "the peer closed" (EPIPE) before any index
+    // is found out of range (ECONNRESET): either is an error, never data.
+    assert!(
+        v.stdout().contains("CORRUPTED ECONNRESET")
+            || v.stdout().contains("CORRUPTED BrokenPipeError"),
+        "the corrupted connection must fail with an error\n{}",
+        reports(&all)
+    );
+    assert_segments_gone(&all);
+}
