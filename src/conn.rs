@@ -892,6 +892,17 @@ impl Conn {
         if rx.plain_read + got as u64 != l {
             return 0;
         }
+        self.peek_ring_start(seg, &mut DstCursor::new(bufs))
+            .unwrap_or(0)
+    }
+
+    /// Peeks the ring's first bytes, up to the next message with ancillary
+    /// data (its carrier sits behind any unread plain bytes).
+    fn peek_ring_start(
+        &self,
+        seg: &Segment,
+        dst: &mut DstCursor<'_, '_>,
+    ) -> Result<usize, crate::ring::Corrupt> {
         let ring = seg.ring(self.rx_dir());
         let anc = &seg.header().anc[self.rx_dir() as usize];
         let (at, head) = (ring.tail(), ring.head());
@@ -904,8 +915,7 @@ impl Conn {
                 .load(Acquire);
             off.saturating_sub(at) as usize
         };
-        let mut dst = DstCursor::new(bufs);
-        ring.pop_from(&mut dst, at, head, max, true).unwrap_or(0)
+        ring.pop_from(dst, at, head, max, true)
     }
 
     /// One non-blocking pass: plain bytes below the limit, then the ring.
@@ -932,11 +942,10 @@ impl Conn {
                 return Ok(Step::Data);
             }
             let known = rx.limit;
-            let cur = dst.current();
-            let want = match known {
+            let cap = match known {
                 Some(l) if rx.plain_read > l => return Err(self.broken()),
-                Some(l) => cur.len().min((l - rx.plain_read) as usize),
-                None => cur.len(),
+                Some(l) => (l - rx.plain_read) as usize,
+                None => usize::MAX,
             };
             // With the limit unknown, peek first: bytes seen before the
             // limit is published are data, because the writer publishes
@@ -946,8 +955,32 @@ impl Conn {
             } else {
                 RecvFlags::DONTWAIT | RecvFlags::PEEK
             };
-            let mut n = match rustix::net::recv(sock(fd), &mut cur[..want], first) {
-                Ok((_, 0)) => {
+            let (want, got) = if peek && dst.at_start() {
+                // A peek cannot go on where it left off: one vectored call
+                // over all the buffers, as the kernel's peek fills them.
+                let mut left = cap;
+                let mut v: Vec<IoSliceMut<'_>> = Vec::new();
+                for b in dst.bufs_mut().iter_mut() {
+                    if left == 0 {
+                        break;
+                    }
+                    let k = b.len().min(left);
+                    v.push(IoSliceMut::new(&mut b[..k]));
+                    left -= k;
+                }
+                let want = v.iter().map(|b| b.len()).sum::<usize>();
+                let r = rustix::net::recvmsg(sock(fd), &mut v, &mut Default::default(), first);
+                (want, r.map(|m| m.bytes))
+            } else {
+                let cur = dst.current();
+                let want = cur.len().min(cap);
+                (
+                    want,
+                    rustix::net::recv(sock(fd), &mut cur[..want], first).map(|(_, n)| n),
+                )
+            };
+            let mut n = match got {
+                Ok(0) => {
                     self.progress_rx(fd, rx);
                     if rx.limit.is_some() && rx.limit != known {
                         continue;
@@ -959,7 +992,7 @@ impl Conn {
                     }
                     return Ok(data_or(dst, Step::Eof));
                 }
-                Ok((_, n)) => n,
+                Ok(n) => n,
                 Err(Errno::AGAIN) => {
                     self.progress_rx(fd, rx);
                     if rx.limit.is_some() && rx.limit != known {
@@ -985,6 +1018,7 @@ impl Conn {
                     n = n.min((l - rx.plain_read) as usize);
                 }
                 if !peek && n > 0 {
+                    let cur = dst.current();
                     match rustix::net::recv(sock(fd), &mut cur[..n], RecvFlags::DONTWAIT) {
                         Ok((_, k)) if k == n => {}
                         _ => return Err(self.broken()),
@@ -994,6 +1028,16 @@ impl Conn {
             dst.advance(n);
             if !peek {
                 rx.plain_read += n as u64;
+            }
+            if peek
+                && dst.remaining() > 0
+                && rx.limit.is_some_and(|l| rx.plain_read + n as u64 == l)
+            {
+                // Peeked every plain byte left: the kernel's peek would go
+                // on into what follows, which is in the ring (up to the next
+                // message with ancillary data, whose carrier sits behind the
+                // plain bytes).
+                self.peek_ring_start(seg, dst).map_err(|_| self.broken())?;
             }
             if peek || (rx.limit.is_none() && n < want) {
                 return Ok(data_or(dst, Step::Empty));
@@ -1303,7 +1347,11 @@ impl Conn {
             if let Some(e) = self.tx_error(fd, &ring) {
                 return Some(fail(e, sent));
             }
-            if nonblock && self.full_at.load(Relaxed) == ring.tail().wrapping_add(1) {
+            // The read position before the push: a marker must never name
+            // one the reader reached after it, or an emptied ring would
+            // answer EAGAIN for ever.
+            let tail_before = ring.tail();
+            if nonblock && self.full_at.load(Relaxed) == tail_before.wrapping_add(1) {
                 return Some(partial(sent, Errno::AGAIN));
             }
             let n = match ring.push_whole(&mut src, ATOMIC_WRITE.min(ring.capacity() / 2)) {
@@ -1323,7 +1371,7 @@ impl Conn {
                 return Some(Ok(sent));
             }
             if nonblock {
-                self.full_at.store(ring.tail().wrapping_add(1), Relaxed);
+                self.full_at.store(tail_before.wrapping_add(1), Relaxed);
                 return Some(partial(sent, Errno::AGAIN));
             }
             drop(tx);
@@ -1500,7 +1548,7 @@ impl Conn {
             tv_sec: 0,
             tv_nsec: left as _,
         };
-        signals::reset_seen();
+        let mark = signals::mark();
         match rustix::thread::futex::wait(
             &f.space_seq,
             rustix::thread::futex::Flags::empty(),
@@ -1511,7 +1559,7 @@ impl Conn {
             // always EINTR; else restart if the handler had SA_RESTART.
             Err(Errno::INTR)
                 if end.is_some()
-                    || !signals::handler_ran().unwrap_or_else(sys::all_handlers_restart) =>
+                    || !signals::handler_ran(mark).unwrap_or_else(sys::all_handlers_restart) =>
             {
                 Err(Errno::INTR)
             }
@@ -1627,8 +1675,18 @@ impl Conn {
         rx.ctrl().flags.rd_closed.store(1, SeqCst);
         self.wake_writers(fd, &rx);
         // Unread doorbells in our socket would make the kernel reset the
-        // peer on close: stop asking for them, then drain.
-        if self.sb().rx_ring.load(Acquire) {
+        // peer on close: stop asking for them, then drain. Before our reads
+        // reached the ring, only if every plain byte was read: what follows
+        // the switch point on the socket is control bytes (the client's
+        // "attached" doorbell, racing our close).
+        // Our read side is shut first, so that a doorbell the peer sends
+        // from now on is refused (EPIPE to it) rather than left unread.
+        let _ = rustix::net::shutdown(sock(fd), rustix::net::Shutdown::Read);
+        let plain_done = || {
+            protocol::switch_point(&rx.ctrl().flags)
+                .is_some_and(|l| self.sb().plain_read.load(Acquire) == l)
+        };
+        if self.sb().rx_ring.load(Acquire) || plain_done() {
             rx.ctrl().flags.reader_waiting.store(0, SeqCst);
             tx.ctrl().flags.writer_waiting.store(0, SeqCst);
             self.drain_bells(fd);
@@ -1953,20 +2011,26 @@ impl Conn {
             return None;
         }
         let seg = self.seg();
-        let plain = if self.sb().rx_ring.load(Acquire) {
-            0
+        // Plain bytes left before the switch point, and whether the ring's
+        // bytes follow them (the point is known: the peer may have written
+        // past it already).
+        let (plain, ring_too) = if self.sb().rx_ring.load(Acquire) {
+            (0, true)
         } else {
             let k = rustix::io::ioctl_fionread(sock(fd)).unwrap_or(0) as usize;
             if self.sb().state.load(Acquire) == PENDING {
                 return Some(0);
             }
             let rx = self.lock_rx();
-            match rx.limit {
-                Some(l) => k.min((l - rx.plain_read.min(l)) as usize),
-                None => k,
+            let limit = rx.limit.or_else(|| {
+                seg.and_then(|s| protocol::switch_point(&s.ring(self.rx_dir()).ctrl().flags))
+            });
+            match limit {
+                Some(l) => (k.min((l - rx.plain_read.min(l)) as usize), true),
+                None => (k, false),
             }
         };
-        let ring = match (self.sb().rx_ring.load(Acquire), seg) {
+        let ring = match (ring_too, seg) {
             (true, Some(seg)) => seg.ring(self.rx_dir()).readable().unwrap_or(0),
             _ => 0,
         };

@@ -47,8 +47,10 @@ thread_local! {
     static PENDING: Cell<usize> = const { Cell::new(0) };
     static QUEUED: UnsafeCell<[MaybeUninit<libc::siginfo_t>; QUEUE]> =
         const { UnsafeCell::new([MaybeUninit::uninit(); QUEUE]) };
-    /// Bit 0: a handler ran; bit 1: one of them lacked SA_RESTART.
-    static SEEN: Cell<u8> = const { Cell::new(0) };
+    /// Handlers run on this thread, and how many of them lacked
+    /// SA_RESTART: counters, not flags, so that a handler that itself
+    /// waits in tsss (a nested wait) cannot erase what the outer wait saw.
+    static RAN: Cell<(u32, u32)> = const { Cell::new((0, 0)) };
 }
 
 /// What the kernel should be told for a program's `handler`/`flags`: our
@@ -137,20 +139,21 @@ fn flush() {
     }
 }
 
-/// Clears the record of handlers run by this thread (before a wait).
-pub fn reset_seen() {
-    SEEN.with(|s| s.set(0));
+/// Where this thread's handler record stands (before a wait).
+#[derive(Clone, Copy)]
+pub struct Mark((u32, u32));
+
+pub fn mark() -> Mark {
+    Mark(RAN.with(Cell::get))
 }
 
 /// After a wait returned EINTR: `Some(true)` if every handler that ran
-/// since [`reset_seen`] had SA_RESTART (restart the wait), `Some(false)` if
-/// one did not, `None` if none of ours ran (a handler installed behind our
-/// back: the caller must guess).
-pub fn handler_ran() -> Option<bool> {
-    match SEEN.with(Cell::get) {
-        0 => None,
-        s => Some(s & 2 == 0),
-    }
+/// since `m` had SA_RESTART (restart the wait), `Some(false)` if one did
+/// not, `None` if none of ours ran (a handler installed behind our back:
+/// the caller must guess).
+pub fn handler_ran(m: Mark) -> Option<bool> {
+    let (ran, norestart) = RAN.with(Cell::get);
+    (ran != m.0.0).then_some(norestart == m.0.1)
 }
 
 fn synchronous(sig: i32, code: i32) -> bool {
@@ -175,7 +178,11 @@ pub unsafe extern "C" fn trampoline(sig: i32, info: *mut libc::siginfo_t, ctx: *
         defer(sig, info, flags);
         return;
     }
-    SEEN.with(|s| s.set(s.get() | 1 | if flags & libc::SA_RESTART == 0 { 2 } else { 0 }));
+    RAN.with(|r| {
+        let (ran, norestart) = r.get();
+        let no = u32::from(flags & libc::SA_RESTART == 0);
+        r.set((ran.wrapping_add(1), norestart.wrapping_add(no)));
+    });
     if handler == 0 {
         return;
     }
@@ -261,10 +268,11 @@ mod tests {
         // Standard signals coalesce: one delivery, outside any section.
         assert_eq!(HITS.load(SeqCst), before + 1);
         assert_eq!(DEPTH_SEEN.load(SeqCst), 0);
-        reset_seen();
+        let m = mark();
+        assert_eq!(handler_ran(m), None);
         raise(libc::SIGUSR1);
         assert_eq!(HITS.load(SeqCst), before + 2);
-        assert_eq!(handler_ran(), Some(true));
+        assert_eq!(handler_ran(m), Some(true));
         let (h, f) = user_view(
             libc::SIGUSR1,
             trampoline as *const () as usize,
@@ -303,12 +311,12 @@ mod tests {
         }
         assert_eq!(RT_HITS.load(SeqCst), 3);
         assert_eq!(RT_VALUE_SUM.load(SeqCst), 6);
-        reset_seen();
+        let m = mark();
         let val = libc::sigval {
             sival_ptr: std::ptr::null_mut(),
         };
         // SAFETY: as above.
         unsafe { libc::pthread_sigqueue(libc::pthread_self(), sig, val) };
-        assert_eq!(handler_ran(), Some(false), "no SA_RESTART: EINTR");
+        assert_eq!(handler_ran(m), Some(false), "no SA_RESTART: EINTR");
     }
 }
