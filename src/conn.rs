@@ -1347,12 +1347,16 @@ impl Conn {
             if let Some(e) = self.tx_error(fd, &ring) {
                 return Some(fail(e, sent));
             }
-            // The read position before the push: a marker must never name
-            // one the reader reached after it, or an emptied ring would
-            // answer EAGAIN for ever.
-            let tail_before = ring.tail();
-            if nonblock && self.full_at.load(Relaxed) == tail_before.wrapping_add(1) {
-                return Some(partial(sent, Errno::AGAIN));
+            // Full since the last EAGAIN? Only then is the reader's index
+            // (a cache line it writes) read here.
+            if nonblock {
+                let m = self.full_at.load(Relaxed);
+                if m != 0 {
+                    if m == ring.tail().wrapping_add(1) {
+                        return Some(partial(sent, Errno::AGAIN));
+                    }
+                    self.full_at.store(0, Relaxed);
+                }
             }
             let n = match ring.push_whole(&mut src, ATOMIC_WRITE.min(ring.capacity() / 2)) {
                 Ok(n) => n,
@@ -1371,7 +1375,12 @@ impl Conn {
                 return Some(Ok(sent));
             }
             if nonblock {
-                self.full_at.store(tail_before.wrapping_add(1), Relaxed);
+                // The read position the failed push saw (it refreshed the
+                // cache), never a later one: a marker naming a position the
+                // reader reached after the push would answer EAGAIN for
+                // ever once the ring is empty.
+                self.full_at
+                    .store(self.tx_tail_cache.load(Relaxed).wrapping_add(1), Relaxed);
                 return Some(partial(sent, Errno::AGAIN));
             }
             drop(tx);
