@@ -399,4 +399,69 @@ static inline uint64_t get_le64(const unsigned char *p)
     return v;
 }
 
+/* ---- watchdog ---------------------------------------------------------- */
+
+static const char *g_timeout_env = "";
+
+static void on_timeout_alarm(int sig)
+{
+    (void)sig;
+    ssize_t r = write(2, g_prog, strlen(g_prog));
+    r = write(2, ": timed out (", 13);
+    r = write(2, g_timeout_env, strlen(g_timeout_env));
+    r = write(2, ")\n", 2);
+    (void)r;
+    _exit(1);
+}
+
+/* Exit 1 with a message after $ENV seconds (default `def`; 0: never). */
+static inline void arm_timeout_env(const char *env, int64_t def)
+{
+    int64_t t = env_i64(env);
+    if (t < 0)
+        t = def;
+    if (t == 0)
+        return;
+    g_timeout_env = env;
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_timeout_alarm;
+    if (sigaction(SIGALRM, &sa, NULL) != 0)
+        die("sigaction(SIGALRM)");
+    alarm((unsigned)t);
+}
+
+/* ---- one-byte pipe barriers between two processes --------------------- */
+
+/* Tell the peer we reached a point. 0, or -1 with errno set. */
+static inline int barrier_signal(int fd)
+{
+    char c = 'b';
+    for (;;) {
+        ssize_t n = write(fd, &c, 1);
+        if (n == 1)
+            return 0;
+        if (n < 0 && errno == EINTR)
+            continue;
+        return -1;
+    }
+}
+
+/* Wait until the peer reached its point. 0, or -1 with errno set (errno 0:
+ * the peer is gone). */
+static inline int barrier_wait(int fd)
+{
+    char c;
+    for (;;) {
+        ssize_t n = read(fd, &c, 1);
+        if (n == 1)
+            return 0;
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n == 0)
+            errno = 0;
+        return -1;
+    }
+}
+
 #endif /* TSSS_TESTAPP_COMMON_H */

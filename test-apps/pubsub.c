@@ -105,30 +105,10 @@ static uint64_t cks_of(const void *p, size_t n)
     return cks_final(&c);
 }
 
-static void on_alarm(int sig)
-{
-    (void)sig;
-    static const char msg[] = ": timed out (PUBSUB_TIMEOUT)\n";
-    ssize_t r = write(2, g_prog, strlen(g_prog));
-    r = write(2, msg, sizeof msg - 1);
-    (void)r;
-    _exit(1);
-}
-
 static void setup_common(void)
 {
     ignore_sigpipe();
-    int64_t t = env_i64("PUBSUB_TIMEOUT");
-    if (t < 0)
-        t = 60;
-    if (t > 0) {
-        struct sigaction sa;
-        memset(&sa, 0, sizeof sa);
-        sa.sa_handler = on_alarm;
-        if (sigaction(SIGALRM, &sa, NULL) != 0)
-            die("sigaction(SIGALRM)");
-        alarm((unsigned)t);
-    }
+    arm_timeout_env("PUBSUB_TIMEOUT", 60);
     /* fds in flight count against RLIMIT_NOFILE (ETOOMANYREFS) */
     struct rlimit rl;
     if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {

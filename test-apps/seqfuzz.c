@@ -810,23 +810,14 @@ static uint32_t fnv(const unsigned char *b, size_t n)
 
 static void sig_peer(void)
 {
-    char c = 'b';
-    while (write(g_to_peer, &c, 1) != 1)
-        if (errno != EINTR)
-            fail("barrier write");
+    if (barrier_signal(g_to_peer) != 0)
+        fail("barrier write");
 }
 
 static void wait_peer(void)
 {
-    char c;
-    for (;;) {
-        ssize_t n = read(g_from_peer, &c, 1);
-        if (n == 1)
-            break;
-        if (n < 0 && errno == EINTR)
-            continue;
+    if (barrier_wait(g_from_peer) != 0)
         fail("barrier read");
-    }
 }
 
 /* ---- execution ---------------------------------------------------------------------- */

@@ -259,33 +259,15 @@ static const char *addrstr(const struct sockaddr_un *a, socklen_t len)
 /* Tell the peer we reached a point. */
 static void sig_peer(void)
 {
-    char c = 'b';
-    for (;;) {
-        ssize_t n = write(g_to_peer, &c, 1);
-        if (n == 1)
-            return;
-        if (n < 0 && errno == EINTR)
-            continue;
+    if (barrier_signal(g_to_peer) != 0)
         fail("barrier write");
-    }
 }
 
 /* Wait until the peer reached its matching point. */
 static void wait_peer(void)
 {
-    char c;
-    for (;;) {
-        ssize_t n = read(g_from_peer, &c, 1);
-        if (n == 1)
-            return;
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n == 0) {
-            errno = 0;
-            fail("barrier: peer died");
-        }
-        fail("barrier read");
-    }
+    if (barrier_wait(g_from_peer) != 0)
+        fail(errno ? "barrier read" : "barrier: peer died");
 }
 
 static void send_u64(uint64_t v)

@@ -61,31 +61,6 @@
 #define MIN_FILE 1024u
 #define MAX_FILE (4u * 1024u * 1024u)
 
-static void on_alarm(int sig)
-{
-    (void)sig;
-    static const char msg[] = ": timed out (WEBCACHE_TIMEOUT)\n";
-    ssize_t r = write(2, g_prog, strlen(g_prog));
-    r = write(2, msg, sizeof msg - 1);
-    (void)r;
-    _exit(1);
-}
-
-static void arm_timeout(void)
-{
-    int64_t t = env_i64("WEBCACHE_TIMEOUT");
-    if (t < 0)
-        t = 300;
-    if (t == 0)
-        return;
-    struct sigaction sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = on_alarm;
-    if (sigaction(SIGALRM, &sa, NULL) != 0)
-        die("sigaction(SIGALRM)");
-    alarm((unsigned)t);
-}
-
 static void pthread_check(int e, const char *what)
 {
     if (e != 0) {
@@ -684,7 +659,7 @@ int main(int argc, char **argv)
 {
     set_prog(argv[0]);
     ignore_sigpipe();
-    arm_timeout();
+    arm_timeout_env("WEBCACHE_TIMEOUT", 300);
     if (argc >= 2 && strcmp(argv[1], "mkfiles") == 0)
         return do_mkfiles(argc, argv);
     if (argc >= 2 && strcmp(argv[1], "cache") == 0)
