@@ -1313,6 +1313,10 @@ impl Conn {
                 };
                 let room = free >= src.remaining().min(ATOMIC_WRITE.min(ring.capacity() / 2));
                 if used < ANC_SLOTS as u64 && room {
+                    // The room seen here is what counts: a stale "full"
+                    // marker must not turn this call into EAGAIN after the
+                    // carrier went out (an orphan record).
+                    self.full_at.store(0, Relaxed);
                     break;
                 }
                 if nonblock {
