@@ -1434,7 +1434,7 @@ impl Conn {
             BROKEN => return Some(Err(Errno::CONNRESET)),
             _ => {}
         }
-        let _tx = self.lock_tx();
+        let mut tx = self.lock_tx();
         if !self.sb().tx_ring.load(Relaxed) {
             return None;
         }
@@ -1445,6 +1445,9 @@ impl Conn {
         };
         let ring = seg.ring(self.tx_dir()).with_cache(&self.tx_tail_cache);
         let nonblock = nonblock_call || self.nonblocking();
+        // Set when the input itself ran dry (push_with also returns 0 for
+        // a full ring, which is no end of file).
+        let mut input_eof = false;
         let mut sent = 0;
         let mut sndtimeo = None;
         while sent < count {
@@ -1456,7 +1459,9 @@ impl Conn {
             }
             let r = ring.push_with(count - sent, |p, len| {
                 // SAFETY: push_with hands us `len` writable ring bytes.
-                unsafe { sys::read_into(in_fd, p, len, off.as_deref_mut()) }
+                let r = unsafe { sys::read_into(in_fd, p, len, off.as_deref_mut()) };
+                input_eof = r == Ok(0);
+                r
             });
             let n = match r {
                 Err(_) => return Some(Err(self.broken())),
@@ -1468,16 +1473,20 @@ impl Conn {
                 self.data_bell(fd, &ring.ctrl().flags);
                 continue;
             }
-            if ring.writable().unwrap_or(0) > 0 {
-                break; // end of the input file
+            if input_eof {
+                break;
             }
             if nonblock {
                 return Some(partial(sent, Errno::AGAIN));
             }
+            // Never sleep holding the lock (see send_with).
+            drop(tx);
             if let Err(e) = self.wait_tx(fd, &ring, &mut sndtimeo) {
                 return Some(partial(sent, e));
             }
+            tx = self.lock_tx();
         }
+        drop(tx);
         Some(Ok(sent))
     }
 
