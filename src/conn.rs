@@ -1545,17 +1545,23 @@ impl Conn {
         ring: &Ring<'_>,
         deadline: &mut Option<Option<u64>>,
     ) -> Result<(), Errno> {
+        let expired = |end: Option<u64>| end.is_some_and(|e| sys::now_ns() >= e);
+        if deadline.is_some_and(expired) {
+            return Err(Errno::AGAIN);
+        }
+        // Spin first: a fast reader usually frees room within it, and then
+        // this wait costs no syscall at all.
+        if self.spin(|| self.tx_quick_ready(ring)) {
+            return Ok(());
+        }
         let end = *deadline.get_or_insert_with(|| {
             rustix::net::sockopt::socket_timeout(sock(fd), rustix::net::sockopt::Timeout::Send)
                 .ok()
                 .flatten()
                 .map(|d| sys::now_ns() + d.as_nanos() as u64)
         });
-        if end.is_some_and(|e| sys::now_ns() >= e) {
+        if expired(end) {
             return Err(Errno::AGAIN);
-        }
-        if self.spin(|| self.tx_quick_ready(ring)) {
-            return Ok(());
         }
         let f = &ring.ctrl().flags;
         let seq = f.space_seq.load(SeqCst);
