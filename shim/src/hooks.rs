@@ -561,27 +561,25 @@ fn is_open(fd: c_int) -> bool {
 /// libc contract.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn dup2(old: c_int, new: c_int) -> c_int {
-    // dup2 closes `new` first, unless it would fail.
-    if old != new && is_open(old) {
-        forget_fd(new);
-    }
     // SAFETY: passthrough.
-    let r = unsafe { real::dup2(old, new) };
-    if r >= 0 {
-        alias_fd(old, r);
-    }
-    r
+    dup_onto(old, new, || unsafe { real::dup2(old, new) })
 }
 
 /// # Safety
 /// libc contract.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn dup3(old: c_int, new: c_int, flags: c_int) -> c_int {
-    if old != new && is_open(old) {
+    // SAFETY: passthrough.
+    dup_onto(old, new, || unsafe { real::dup3(old, new, flags) })
+}
+
+/// dup2/dup3: `new` is closed first, unless the call would fail; then it
+/// names what `old` names. The fcntl probe only for a `new` we track.
+fn dup_onto(old: c_int, new: c_int, call: impl FnOnce() -> c_int) -> c_int {
+    if old != new && table::get(new).is_some() && is_open(old) {
         forget_fd(new);
     }
-    // SAFETY: passthrough.
-    let r = unsafe { real::dup3(old, new, flags) };
+    let r = call();
     if r >= 0 {
         alias_fd(old, r);
     }
