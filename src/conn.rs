@@ -1694,7 +1694,7 @@ impl Conn {
         let tx = seg.ring(self.tx_dir());
         let rx = seg.ring(self.rx_dir());
         // Closing with unread data resets the peer, as in the kernel.
-        let unread = self.sb().rx_ring.load(Acquire) && rx.readable().map_or(true, |n| n > 0);
+        let unread = rx.readable().map_or(true, |n| n > 0);
         tx.ctrl()
             .flags
             .wr_closed
@@ -1719,6 +1719,25 @@ impl Conn {
             tx.ctrl().flags.writer_waiting.store(0, SeqCst);
             self.drain_bells(fd);
         }
+    }
+
+    /// The process is in exit() with the connection open: the kernel
+    /// releases the socket once the exit handlers and the stdio flush are
+    /// done. Our reads are over, so the peer's writes fail from now on, as
+    /// they will then; our own writes (that flush) still go out, so our
+    /// direction is left to the socket's EOF. A process that still shares
+    /// the connection keeps it whole.
+    pub fn process_exiting(&self, fd: RawFd) {
+        if self.closed.swap(true, AcqRel) {
+            return;
+        }
+        let Some(seg) = self.seg() else { return };
+        if self.sb().sharers.fetch_sub(1, SeqCst) > 1 {
+            return;
+        }
+        let rx = seg.ring(self.rx_dir());
+        rx.ctrl().flags.rd_closed.store(1, SeqCst);
+        self.wake_writers(fd, &rx);
     }
 
     /// The peer closed with our data unread and we have not said so yet.

@@ -29,6 +29,8 @@ fn init() {
     // SAFETY: registering a plain function pointer, run in the parent just
     // before fork.
     unsafe { libc::pthread_atfork(Some(before_fork), None, Some(record_pid_c)) };
+    // SAFETY: as above; runs in exit(), before the stdio flush.
+    unsafe { libc::atexit(exiting) };
     tsss_core::log!(
         tsss_core::log::DEBUG,
         "loaded ({}; ring {} KiB)",
@@ -61,7 +63,7 @@ pub(crate) fn in_vfork_child() -> bool {
 }
 
 extern "C" fn before_fork() {
-    table::for_each_conn(|c| c.before_fork());
+    table::for_each_conn(|_, c| c.before_fork());
 }
 
 /// glibc's `_Fork` skips the atfork handlers: count the child as a sharer
@@ -80,4 +82,42 @@ pub unsafe extern "C" fn _Fork() -> libc::pid_t {
         record_pid();
     }
     pid
+}
+
+/// exit() (or a return from main): the peers' writes to us fail from now on
+/// (see `Conn::process_exiting`). A vfork child's exit is not ours.
+extern "C" fn exiting() {
+    if !in_vfork_child() {
+        table::for_each_conn(|fd, c| c.process_exiting(fd));
+    }
+}
+
+/// _exit: the kernel closes every descriptor now. Say so in each segment
+/// first, as close() does, so that a peer's next write fails at once
+/// rather than when it next looks at the socket.
+fn exiting_now() {
+    if !in_vfork_child() {
+        table::for_each_conn(|fd, c| c.close(fd));
+    }
+}
+
+/// # Safety
+/// libc contract.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn _exit(status: libc::c_int) -> ! {
+    exiting_now();
+    // SAFETY: passthrough.
+    unsafe { real::_exit(status) };
+    std::process::abort()
+}
+
+/// # Safety
+/// libc contract.
+#[unsafe(no_mangle)]
+#[allow(non_snake_case)]
+pub unsafe extern "C" fn _Exit(status: libc::c_int) -> ! {
+    exiting_now();
+    // SAFETY: passthrough.
+    unsafe { real::_Exit(status) };
+    std::process::abort()
 }

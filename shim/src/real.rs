@@ -65,6 +65,8 @@ real! {
     close(fd: c_int) -> c_int;
     dup(fd: c_int) -> c_int;
     _Fork() -> libc::pid_t;
+    _exit(status: c_int) -> ();
+    _Exit(status: c_int) -> ();
     execve(path: *const libc::c_char, argv: *const *const libc::c_char, envp: *const *const libc::c_char) -> c_int;
     execvpe(file: *const libc::c_char, argv: *const *const libc::c_char, envp: *const *const libc::c_char) -> c_int;
     posix_spawn(pid: *mut libc::pid_t, path: *const libc::c_char, fa: *const libc::posix_spawn_file_actions_t, attr: *const libc::posix_spawnattr_t, argv: *const *mut libc::c_char, envp: *const *mut libc::c_char) -> c_int;

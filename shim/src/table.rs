@@ -205,22 +205,27 @@ pub fn remove_conn(fd: i32, conn: &Conn) {
     }
 }
 
-/// Calls `f` on every connection (after fork, in the only thread left).
-pub fn for_each_conn(mut f: impl FnMut(&Conn)) {
-    for top in &TABLE {
+/// Calls `f` once on every connection, with one of its descriptors.
+pub fn for_each_conn(mut f: impl FnMut(i32, &Conn)) {
+    // dup()ed descriptors share one connection.
+    let mut seen: Vec<*const Conn> = Vec::new();
+    for (i, top) in TABLE.iter().enumerate() {
         let chunk = top.load(Acquire);
         if chunk.is_null() {
             continue;
         }
         // SAFETY: chunks are never freed.
-        for s in unsafe { &*chunk }.iter() {
+        for (j, s) in unsafe { &*chunk }.iter().enumerate() {
             let p = s.load(Acquire);
             if p.is_null() {
                 continue;
             }
             // SAFETY: nodes are never freed; the slot holds a reference.
-            if let Some(Entry::Conn(c)) = unsafe { &*(*p).entry.get() } {
-                f(c);
+            if let Some(Entry::Conn(c)) = unsafe { &*(*p).entry.get() }
+                && !seen.contains(&ptr::from_ref(c))
+            {
+                seen.push(c);
+                f(((i << L2_BITS) | j) as i32, c);
             }
         }
     }
