@@ -16,7 +16,9 @@
 //!   doorbells on the socket can never steal a writer's wake-up.
 
 use crate::config;
-use crate::layout::{ANC_CREDS_ONLY, ANC_SLOTS, CARRIER, CLIENT_ATTACHED, Dir, RingFlags};
+use crate::layout::{
+    ANC_CREDS_ONLY, ANC_SLOTS, CARRIER, CLIENT_ATTACHED, Dir, RD_RELEASED, RD_SHUT, RingFlags,
+};
 use crate::protocol;
 use crate::ring::{DstCursor, Ring, SrcCursor};
 use crate::segment::Segment;
@@ -569,6 +571,18 @@ impl Conn {
         self.bell(fd);
     }
 
+    /// Rx lock held: tells the peer's SIOCOUTQ how many of its plain bytes
+    /// we have read.
+    fn publish_plain_read(&self, n: u64) {
+        if let Some(seg) = self.seg() {
+            seg.ring(self.rx_dir())
+                .ctrl()
+                .flags
+                .plain_read
+                .store(n, Release);
+        }
+    }
+
     /// Rx lock held: enters the ring phase once every plain byte is read.
     fn progress_rx(&self, fd: RawFd, rx: &mut RxState) {
         if self.sb().rx_ring.load(Relaxed) {
@@ -863,6 +877,7 @@ impl Conn {
                     let at_switch = limit.is_some_and(|l| rx.plain_read + n == l);
                     if !peek {
                         rx.plain_read += n;
+                        self.publish_plain_read(rx.plain_read);
                     }
                     return Some((r, at_switch));
                 }
@@ -1028,6 +1043,7 @@ impl Conn {
             dst.advance(n);
             if !peek {
                 rx.plain_read += n as u64;
+                self.publish_plain_read(rx.plain_read);
             }
             if peek
                 && dst.remaining() > 0
@@ -1636,7 +1652,7 @@ impl Conn {
             self.sb().shut_rd.store(true, Release);
             if let Some(seg) = seg {
                 let ring = seg.ring(self.rx_dir());
-                ring.ctrl().flags.rd_closed.store(1, SeqCst);
+                ring.ctrl().flags.rd_closed.store(RD_SHUT, SeqCst);
                 self.wake_writers(fd, &ring);
             }
         }
@@ -1700,7 +1716,7 @@ impl Conn {
             .wr_closed
             .store(if unread { CLOSED_RESET } else { 1 }, SeqCst);
         self.data_bell(fd, &tx.ctrl().flags);
-        rx.ctrl().flags.rd_closed.store(1, SeqCst);
+        rx.ctrl().flags.rd_closed.store(RD_RELEASED, SeqCst);
         self.wake_writers(fd, &rx);
         // Unread doorbells in our socket would make the kernel reset the
         // peer on close: stop asking for them, then drain. Before our reads
@@ -1736,7 +1752,7 @@ impl Conn {
             return;
         }
         let rx = seg.ring(self.rx_dir());
-        rx.ctrl().flags.rd_closed.store(1, SeqCst);
+        rx.ctrl().flags.rd_closed.store(RD_RELEASED, SeqCst);
         self.wake_writers(fd, &rx);
     }
 
@@ -2023,11 +2039,15 @@ impl Conn {
             return (self.sb().plain_written.load(Relaxed) == 0).then_some(0);
         }
         let ring = self.seg()?.ring(self.tx_dir());
+        let f = &ring.ctrl().flags;
         // A peer that closed or died took its queue with it.
-        if self.sb().sock_eof.load(Acquire) {
+        if self.sb().sock_eof.load(Acquire) || f.rd_closed.load(Acquire) == RD_RELEASED {
             return Some(0);
         }
-        Some(ring.capacity() - ring.writable().unwrap_or(0))
+        // Plain bytes it has not read yet are queued before the ring's.
+        let plain = self.sb().plain_written.load(Relaxed);
+        let plain_left = plain - f.plain_read.load(Acquire).min(plain);
+        Some(ring.capacity() - ring.writable().unwrap_or(0) + plain_left as usize)
     }
 
     /// Monotonic counters for edge-triggered epoll: input progress (bytes

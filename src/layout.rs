@@ -67,10 +67,19 @@ pub struct RingFlags {
     /// Producer side will write no more (shutdown(SHUT_WR) or last close):
     /// the consumer reads EOF once the ring is empty.
     pub wr_closed: AtomicU32,
-    /// Consumer side is gone (shutdown(SHUT_RD) or last close): the producer
-    /// gets EPIPE.
+    /// Consumer side is gone: the producer gets EPIPE. [`RD_SHUT`] after
+    /// shutdown(SHUT_RD), [`RD_RELEASED`] once the consumer's socket is (or is
+    /// about to be) released, which discards what it left unread.
     pub rd_closed: AtomicU32,
+    /// Plain bytes the consumer has read, stored as it reads them (before
+    /// the switch only): what is still queued in the kernel for it.
+    pub plain_read: AtomicU64,
 }
+
+/// [`RingFlags::rd_closed`] after shutdown(SHUT_RD).
+pub const RD_SHUT: u32 = 1;
+/// [`RingFlags::rd_closed`] after the consumer's last close or exit.
+pub const RD_RELEASED: u32 = 2;
 
 /// Records of ancillary data (SCM_RIGHTS, SCM_CREDENTIALS) in one
 /// direction: the data bytes a sendmsg put in the ring starting at
@@ -148,6 +157,7 @@ impl RingFlags {
             switch_at: AtomicU64::new(0),
             wr_closed: AtomicU32::new(0),
             rd_closed: AtomicU32::new(0),
+            plain_read: AtomicU64::new(0),
         }
     }
 }
