@@ -1543,6 +1543,15 @@ impl Conn {
         false
     }
 
+    /// POLLOUT: room (half the ring), or a peer whose socket is released
+    /// (the kernel frees what it left unread). A peer that only shut its
+    /// read side keeps our bytes queued: not writable, as in the kernel.
+    fn tx_poll_ready(&self, ring: &Ring<'_>) -> bool {
+        ring.writable().map_or(true, |n| n >= ring.capacity() / 2)
+            || ring.ctrl().flags.rd_closed.load(Acquire) == RD_RELEASED
+            || self.sb().sock_eof.load(Relaxed)
+    }
+
     fn tx_quick_ready(&self, ring: &Ring<'_>) -> bool {
         ring.writable().map_or(true, |n| n >= ring.capacity() / 2)
             || ring.ctrl().flags.rd_closed.load(Acquire) != 0
@@ -1969,7 +1978,7 @@ impl Conn {
             (true, Some(seg)) => {
                 let ring = seg.ring(self.tx_dir());
                 snd_shut |= ring.ctrl().flags.rd_closed.load(Acquire) != 0;
-                r.writable = self.tx_quick_ready(&ring) || gone;
+                r.writable = self.tx_poll_ready(&ring) || gone;
             }
             _ => r.writable = k.contains(PollFlags::OUT),
         }
@@ -1992,7 +2001,7 @@ impl Conn {
             && self.rx_quick_ready(&seg.ring(self.rx_dir())))
             || (want_write
                 && self.sb().tx_ring.load(Relaxed)
-                && self.tx_quick_ready(&seg.ring(self.tx_dir())))
+                && self.tx_poll_ready(&seg.ring(self.tx_dir())))
     }
 
     /// Before a poll/epoll sleep: ask the peer for doorbells. The caller

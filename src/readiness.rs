@@ -593,6 +593,7 @@ impl<R: Deref<Target = Conn> + Clone> EpollSet<R> {
         let mut i = 0;
         while i < ws.len() && n < out.len() {
             let hit = hits.iter().find(|(fd, _)| *fd == ws[i].fd).map(|h| h.1);
+            let mut reported = false;
             if ws[i].conn.is_plain() || {
                 let ev = Self::eval(&mut ws[i], hit);
                 if let Some(ev) = ev {
@@ -601,21 +602,48 @@ impl<R: Deref<Target = Conn> + Clone> EpollSet<R> {
                         u64: ws[i].data,
                     };
                     n += 1;
+                    reported = true;
                 }
                 ws[i].conn.is_plain()
             } {
                 // Hand the fd back to the kernel with the app's own events.
-                let w = ws.swap_remove(i);
+                let mut w = ws.swap_remove(i);
                 let _ = sys::epoll_ctl(self.inner, libc::EPOLL_CTL_DEL, w.fd, 0, 0);
-                if !w.disabled {
-                    let _ = sys::epoll_ctl(self.epfd, libc::EPOLL_CTL_ADD, w.fd, w.events, w.data);
+                // This call's kernel wait is over: report the fd's readiness
+                // now, as the kernel would have (a one-shot watch that fires
+                // goes back disabled).
+                if !w.disabled && !reported && n < out.len() {
+                    let ev = Self::plain_events(w.fd, w.events);
+                    if ev != 0 {
+                        out[n] = libc::epoll_event {
+                            events: ev,
+                            u64: w.data,
+                        };
+                        n += 1;
+                        w.disabled = w.events & EPOLLONESHOT != 0;
+                    }
                 }
+                let events = if w.disabled { EPOLLONESHOT } else { w.events };
+                let _ = sys::epoll_ctl(self.epfd, libc::EPOLL_CTL_ADD, w.fd, events, w.data);
                 lk.forget(w.fd, &w.conn);
                 continue;
             }
             i += 1;
         }
         n
+    }
+
+    /// What the kernel reports now for a plain socket watched for `events`.
+    fn plain_events(fd: RawFd, events: u32) -> u32 {
+        let k = u32::from(kernel_view(fd).bits());
+        let mut ev = k & (EPOLLHUP | EPOLLERR);
+        if k & EPOLLIN != 0 {
+            ev |= events & IN_BITS;
+        }
+        if k & EPOLLOUT != 0 {
+            ev |= events & OUT_BITS;
+        }
+        ev | (k & events & EPOLLRDHUP)
     }
 
     /// Whether some watch would report now, from ring state alone
