@@ -673,7 +673,14 @@ impl Conn {
                 Ok((_, n)) => n,
                 Err(Errno::AGAIN) => return,
                 Err(Errno::INTR) => continue,
-                Err(_) => {
+                Err(e) => {
+                    // The kernel's error is read once, and this read took
+                    // it: keep it if it was about bytes of the program's.
+                    if e == Errno::CONNRESET
+                        && !(self.sb().tx_ring.load(Acquire) && self.plain_left() == Some(0))
+                    {
+                        self.sb().kernel_reset.store(true, Release);
+                    }
                     self.sb().sock_eof.store(true, Release);
                     return;
                 }
@@ -1150,7 +1157,7 @@ impl Conn {
                     continue;
                 }
                 // Like the kernel: the error comes once the queue is empty.
-                if wr_closed == CLOSED_RESET && !self.sb().reset_taken.swap(true, AcqRel) {
+                if wr_closed == CLOSED_RESET && self.take_reset(fd) {
                     return Err(Errno::CONNRESET);
                 }
                 return Ok(Step::Eof);
@@ -1165,7 +1172,7 @@ impl Conn {
                 }
                 // The peer is gone without a close of its own (killed): had
                 // it left our bytes unread, the kernel would say so once.
-                if self.reset_pending() && !self.sb().reset_taken.swap(true, AcqRel) {
+                if self.reset_pending() && self.take_reset(fd) {
                     return Err(Errno::CONNRESET);
                 }
                 return Ok(Step::Eof);
@@ -1536,11 +1543,32 @@ impl Conn {
     }
 
     fn peer_hung_up(&self, fd: RawFd) -> bool {
-        if kernel_view(fd).intersects(PollFlags::HUP | PollFlags::ERR) {
+        if self.kernel_says_gone(kernel_view(fd)) {
             self.sb().sock_eof.store(true, Release);
             return true;
         }
         false
+    }
+
+    /// Whether the kernel's view of our socket shows the peer's socket
+    /// released. ERR is its release with our bytes unread. HUP is both
+    /// shutdown bits of ours: the receive one comes from the peer's release
+    /// unless we shut our reads, or it still writes plain (its SHUT_WR is
+    /// then the kernel's); the send one from its release unless it shut its
+    /// reads (always the kernel's too).
+    fn kernel_says_gone(&self, k: PollFlags) -> bool {
+        if k.contains(PollFlags::ERR) {
+            return true;
+        }
+        if !k.contains(PollFlags::HUP) {
+            return false;
+        }
+        let Some(seg) = self.seg() else {
+            return true;
+        };
+        let peer_switched = protocol::switch_point(&seg.ring(self.rx_dir()).ctrl().flags).is_some();
+        let peer_reads = seg.ring(self.tx_dir()).ctrl().flags.rd_closed.load(Acquire) == 0;
+        (peer_switched && !self.sb().shut_rd.load(Acquire)) || peer_reads
     }
 
     /// POLLOUT: room (half the ring), or a peer whose socket is released
@@ -1673,7 +1701,9 @@ impl Conn {
             real = true;
         }
         if real {
-            let how = match (rd, wr) {
+            // Never the kernel's SHUT_WR for a direction on the ring: the
+            // peer's socket then reads EOF (and HUP) only when we are gone.
+            let how = match (rd, wr && !self.sb().tx_ring.load(Relaxed)) {
                 (true, true) => rustix::net::Shutdown::Both,
                 (true, false) => rustix::net::Shutdown::Read,
                 _ => rustix::net::Shutdown::Write,
@@ -1765,10 +1795,24 @@ impl Conn {
         self.wake_writers(fd, &rx);
     }
 
+    /// Reports the peer's reset, once: true if this call does. The kernel
+    /// may hold the same error (the peer left plain bytes or doorbells of
+    /// ours unread): it is taken too, so that it is not reported twice.
+    fn take_reset(&self, fd: RawFd) -> bool {
+        if self.sb().reset_taken.swap(true, AcqRel) {
+            return false;
+        }
+        let _ = rustix::net::sockopt::socket_error(sock(fd));
+        true
+    }
+
     /// The peer closed with our data unread and we have not said so yet.
     fn reset_pending(&self) -> bool {
         if self.sb().reset_taken.load(Relaxed) {
             return false;
+        }
+        if self.sb().kernel_reset.load(Acquire) {
+            return true;
         }
         let Some(s) = self.seg() else {
             return false;
@@ -1782,11 +1826,10 @@ impl Conn {
             || (self.sb().sock_eof.load(Relaxed)
                 && self.sb().tx_ring.load(Relaxed)
                 && s.ring(self.tx_dir()).readable().unwrap_or(0) > 0
-                // A peer that shut both directions also reads as EOF/HUP
-                // while alive; only its release resets. Not telling the two
-                // apart, we take it as alive.
-                && !(s.ring(self.rx_dir()).ctrl().flags.wr_closed.load(Acquire) != 0
-                    && s.ring(self.tx_dir()).ctrl().flags.rd_closed.load(Acquire) != 0))
+                // A peer still writing plain may have shut its writes for
+                // real: EOF then says nothing of its release. Once it
+                // writes to the ring, its shutdowns stay in the segment.
+                && protocol::switch_point(&s.ring(self.rx_dir()).ctrl().flags).is_some())
     }
 
     /// The state a new program image needs to carry on with this
@@ -1800,7 +1843,8 @@ impl Conn {
             | u32::from(b.sock_eof.load(Acquire)) << 4
             | u32::from(b.reset_taken.load(Acquire)) << 5
             | u32::from(b.shut_rd.load(Acquire)) << 6
-            | u32::from(b.shut_wr.load(Acquire)) << 7;
+            | u32::from(b.shut_wr.load(Acquire)) << 7
+            | u32::from(b.kernel_reset.load(Acquire)) << 8;
         format!(
             "{} {} {} {} {} {} {} {} {}",
             match self.role {
@@ -1860,6 +1904,7 @@ impl Conn {
         b.reset_taken.store(flags & 32 != 0, Release);
         b.shut_rd.store(flags & 64 != 0, Release);
         b.shut_wr.store(flags & 128 != 0, Release);
+        b.kernel_reset.store(flags & 256 != 0, Release);
         b.plain_read.store(plain_read, Release);
         b.limit_plus1.store(limit_plus1, Release);
         b.plain_written.store(plain_written, Release);
@@ -1950,10 +1995,8 @@ impl Conn {
             _ => {}
         }
         let mut r = Ready::default();
-        let shut_rd_now = self.sb().shut_rd.load(Relaxed);
-        let gone = self.sb().sock_eof.load(Acquire) || (rx_ring && k.contains(PollFlags::HUP));
-        // (A HUP after our own SHUT_RDWR says nothing of the peer.)
-        if gone && !(shut_rd_now && self.sb().shut_wr.load(Relaxed)) {
+        let gone = self.sb().sock_eof.load(Acquire) || (kernel.is_some() && self.kernel_says_gone(k));
+        if gone {
             self.sb().sock_eof.store(true, Release);
         }
         let reset = self.reset_pending();
@@ -1986,7 +2029,13 @@ impl Conn {
         r.hup = k.contains(PollFlags::HUP) || (rcv_shut && snd_shut);
         // Once both directions run over the ring, a kernel error can only
         // come from doorbell bytes; the application's errors are emulated.
-        r.err = reset || (k.contains(PollFlags::ERR) && !(rx_ring && tx_ring));
+        // Once our direction runs over the ring and the peer read our plain
+        // bytes, a kernel error (its release with our bytes unread) can only
+        // be about doorbells: the application's errors are emulated.
+        r.err = reset
+            || (k.contains(PollFlags::ERR)
+                && !self.sb().reset_taken.load(Acquire)
+                && !(tx_ring && self.plain_left() == Some(0)));
         Some(r)
     }
 
@@ -2033,11 +2082,17 @@ impl Conn {
 
     /// SO_ERROR: the pending error, cleared by reading it (the peer's
     /// ECONNRESET, once). `None`: ask the kernel.
-    pub fn take_error(&self) -> Option<i32> {
-        if self.reset_pending() && !self.sb().reset_taken.swap(true, AcqRel) {
+    pub fn take_error(&self, fd: RawFd) -> Option<i32> {
+        if self.reset_pending() && self.take_reset(fd) {
             return Some(libc::ECONNRESET);
         }
-        self.sb().tx_ring.load(Acquire).then_some(0)
+        // The kernel's error is ours to report only while it may be about
+        // the program's bytes (plain ones the peer left unread).
+        if self.sb().tx_ring.load(Acquire) && self.plain_left() == Some(0) {
+            let _ = rustix::net::sockopt::socket_error(sock(fd));
+            return Some(0);
+        }
+        None
     }
 
     /// SIOCOUTQ: bytes written and not yet read by the peer. `None`: our
@@ -2054,9 +2109,15 @@ impl Conn {
             return Some(0);
         }
         // Plain bytes it has not read yet are queued before the ring's.
-        let plain = self.sb().plain_written.load(Relaxed);
-        let plain_left = plain - f.plain_read.load(Acquire).min(plain);
+        let plain_left = self.plain_left().unwrap_or(0);
         Some(ring.capacity() - ring.writable().unwrap_or(0) + plain_left as usize)
+    }
+
+    /// Our plain bytes (sent before the switch) the peer has not read.
+    fn plain_left(&self) -> Option<u64> {
+        let f = &self.seg()?.ring(self.tx_dir()).ctrl().flags;
+        let plain = self.sb().plain_written.load(Relaxed);
+        Some(plain - f.plain_read.load(Acquire).min(plain))
     }
 
     /// Monotonic counters for edge-triggered epoll: input progress (bytes

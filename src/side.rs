@@ -27,6 +27,9 @@ pub struct SideBlock {
     pub sock_eof: AtomicBool,
     /// The peer's ECONNRESET was reported.
     pub reset_taken: AtomicBool,
+    /// The kernel reported the peer's ECONNRESET to one of our own reads
+    /// (doorbells), and it was about the application's bytes: owed to it.
+    pub kernel_reset: AtomicBool,
     pub shut_rd: AtomicBool,
     pub shut_wr: AtomicBool,
     /// Processes holding this side open.

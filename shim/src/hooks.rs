@@ -1405,7 +1405,7 @@ pub unsafe extern "C" fn getsockopt(
         // SAFETY: len is valid per the contract.
         && unsafe { *len } as usize >= core::mem::size_of::<c_int>()
         && let Some(c) = accel(fd)
-        && let Some(e) = c.take_error()
+        && let Some(e) = c.take_error(fd)
     {
         // SAFETY: val holds at least an int.
         unsafe {
