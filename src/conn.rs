@@ -60,6 +60,9 @@ const WRITER_NAP_NS: u64 = 100_000_000;
 const LIVENESS_NS: u64 = 20_000_000;
 /// `wr_closed` value of a side that closed with unread data (ECONNRESET).
 const CLOSED_RESET: u32 = 2;
+/// Side block count of a connection adopted after exec while other
+/// processes, counted in another block, still hold it.
+const SHARED_UNCOUNTED: u32 = 1 << 30;
 /// How often a pending client peeks for HELLO from its write path.
 const HELLO_PEEK_NS: u64 = 200_000;
 /// Writes up to this size go into the ring whole or not at all (capped at
@@ -561,6 +564,10 @@ impl Conn {
             }
         }
         let flags = &seg.ring(self.tx_dir()).ctrl().flags;
+        if self.sb().plain_eagain.load(Relaxed) && !kernel_view(fd).contains(PollFlags::OUT) {
+            let read = flags.plain_read.load(Acquire);
+            self.sb().plain_full.store(read.wrapping_add(1), Relaxed);
+        }
         // Published before any control byte goes out on the socket.
         protocol::publish_switch(flags, tx.plain_written);
         if self.role == Role::Client {
@@ -1288,6 +1295,9 @@ impl Conn {
                 if let Ok(n) = r {
                     tx.plain_written += n as u64;
                 }
+                self.sb()
+                    .plain_eagain
+                    .store(r == Err(Errno::AGAIN), Relaxed);
                 return Some(r);
             }
         }
@@ -1373,6 +1383,9 @@ impl Conn {
         loop {
             if let Some(e) = self.tx_error(fd, &ring) {
                 return Some(fail(e, sent));
+            }
+            if nonblock && self.plain_still_full(&ring) {
+                return Some(partial(sent, Errno::AGAIN));
             }
             // Full since the last EAGAIN? Only then is the reader's index
             // (a cache line it writes) read here.
@@ -1571,11 +1584,25 @@ impl Conn {
         (peer_switched && !self.sb().shut_rd.load(Acquire)) || peer_reads
     }
 
+    /// Whether the kernel's buffer was full when we switched to the ring
+    /// and the peer has not read since (see `SideBlock::plain_full`).
+    fn plain_still_full(&self, ring: &Ring<'_>) -> bool {
+        let m = self.sb().plain_full.load(Relaxed);
+        if m == 0 {
+            return false;
+        }
+        if ring.ctrl().flags.plain_read.load(Acquire).wrapping_add(1) == m {
+            return true;
+        }
+        self.sb().plain_full.store(0, Relaxed);
+        false
+    }
+
     /// POLLOUT: room (half the ring), or a peer whose socket is released
     /// (the kernel frees what it left unread). A peer that only shut its
     /// read side keeps our bytes queued: not writable, as in the kernel.
     fn tx_poll_ready(&self, ring: &Ring<'_>) -> bool {
-        ring.writable().map_or(true, |n| n >= ring.capacity() / 2)
+        (ring.writable().map_or(true, |n| n >= ring.capacity() / 2) && !self.plain_still_full(ring))
             || ring.ctrl().flags.rd_closed.load(Acquire) == RD_RELEASED
             || self.sb().sock_eof.load(Relaxed)
     }
@@ -1835,8 +1862,13 @@ impl Conn {
     /// The state a new program image needs to carry on with this
     /// connection after execve (see the shim's exec hooks): one line of
     /// space-separated numbers.
-    pub fn export(&self) -> String {
+    ///
+    /// The new image gets a side block of its own: if other processes
+    /// share the connection (`shared`, or counted here), it cannot count
+    /// them, and leaves the ending to the socket's EOF.
+    pub fn export(&self, shared: bool) -> String {
         let b = self.sb();
+        let shared = shared || b.sharers.load(Acquire) > 1;
         let flags = u32::from(b.nonblock.load(Acquire))
             | u32::from(b.rx_ring.load(Acquire)) << 1
             | u32::from(b.tx_ring.load(Acquire)) << 2
@@ -1844,7 +1876,8 @@ impl Conn {
             | u32::from(b.reset_taken.load(Acquire)) << 5
             | u32::from(b.shut_rd.load(Acquire)) << 6
             | u32::from(b.shut_wr.load(Acquire)) << 7
-            | u32::from(b.kernel_reset.load(Acquire)) << 8;
+            | u32::from(b.kernel_reset.load(Acquire)) << 8
+            | u32::from(shared) << 9;
         format!(
             "{} {} {} {} {} {} {} {} {}",
             match self.role {
@@ -1905,6 +1938,10 @@ impl Conn {
         b.shut_rd.store(flags & 64 != 0, Release);
         b.shut_wr.store(flags & 128 != 0, Release);
         b.kernel_reset.store(flags & 256 != 0, Release);
+        if flags & 512 != 0 {
+            // Other holders we cannot count: never the last one.
+            b.sharers.store(SHARED_UNCOUNTED, Release);
+        }
         b.plain_read.store(plain_read, Release);
         b.limit_plus1.store(limit_plus1, Release);
         b.plain_written.store(plain_written, Release);

@@ -30,6 +30,12 @@ pub struct SideBlock {
     /// The kernel reported the peer's ECONNRESET to one of our own reads
     /// (doorbells), and it was about the application's bytes: owed to it.
     pub kernel_reset: AtomicBool,
+    /// Our last plain send found the kernel's buffer full (EAGAIN).
+    pub plain_eagain: AtomicBool,
+    /// We switched to the ring with the kernel's buffer still full: the
+    /// peer's published plain byte count + 1 then (0: not so). Nothing more
+    /// fits until it reads on, as with the kernel.
+    pub plain_full: AtomicU64,
     pub shut_rd: AtomicBool,
     pub shut_wr: AtomicBool,
     /// Processes holding this side open.

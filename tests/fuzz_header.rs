@@ -871,7 +871,7 @@ impl Victim {
     /// An exec: export, forget this process's state, adopt.
     fn adopt(&mut self, prog: &Progress, peer: &Peer) {
         let fd = self.fd;
-        let line = self.conn.export();
+        let line = self.conn.export(false);
         let new = self.call(prog, peer, None, false, |_| Conn::adopt(fd, &line));
         if self.trace {
             eprintln!(
@@ -1284,7 +1284,7 @@ fn known_bug_2_ancillary_send_on_corrupt_ring() {
     assert_eq!(r, Some(Err(Errno::CONNRESET)), "non-blocking");
     // Blocking: the peer shuts its socket down after 300 ms; a correct
     // victim has failed long before.
-    let c = Conn::adopt(fd, &c.export()).unwrap();
+    let c = Conn::adopt(fd, &c.export(false)).unwrap();
     let t0 = Instant::now();
     let (r, took) = std::thread::scope(|s| {
         let h = s.spawn(|| {
@@ -1344,7 +1344,7 @@ fn known_bug_3_plain_send_on_broken_connection() {
 fn known_bug_4_failed_reattach_passes_a_send_through() {
     let (c, vs, _ps, seg) = accelerated_client(true);
     let fd = vs.as_raw_fd();
-    let line = c.export();
+    let line = c.export(false);
     drop(c);
     seg.header().magic.store(0, SeqCst);
     let c = Conn::adopt(fd, &line).unwrap();

@@ -186,11 +186,15 @@ unsafe fn build_env(envp: *const *const c_char, handover: &str) -> Vec<CString> 
 /// `ino=export;...`: each connection named by its socket's inode, so that
 /// the new image finds every descriptor of it, wherever spawn file actions
 /// moved them.
-fn handover_text(conns: &[(ConnRef, Vec<c_int>)]) -> String {
+///
+/// `still_ours`: a process that keeps the connection outlives the call (the
+/// spawner, a vfork child's parent): the new image must not end the
+/// connection in the segment when it closes or exits.
+fn handover_text(conns: &[(ConnRef, Vec<c_int>)], still_ours: bool) -> String {
     conns
         .iter()
         .filter(|(c, _)| c.ino() != 0)
-        .map(|(c, _)| format!("{}={}", c.ino(), c.export()))
+        .map(|(c, _)| format!("{}={}", c.ino(), c.export(still_ours)))
         .collect::<Vec<_>>()
         .join(";")
 }
@@ -240,7 +244,7 @@ pub unsafe fn exec_with(
         end_connections(&conns, "exec", t);
         return exec(envp);
     }
-    let handover = handover_text(&conns);
+    let handover = handover_text(&conns, crate::in_vfork_child());
     // SAFETY: per the caller.
     let env = unsafe { build_env(envp, &handover) };
     let mut ptrs: Vec<*const c_char> = env.iter().map(|c| c.as_ptr()).collect();
@@ -410,7 +414,7 @@ unsafe fn spawn_with(
         c.before_fork();
     }
     // SAFETY: per the caller.
-    let env = unsafe { build_env(envp, &handover_text(&conns)) };
+    let env = unsafe { build_env(envp, &handover_text(&conns, true)) };
     let mut ptrs: Vec<*const c_char> = env.iter().map(|c| c.as_ptr()).collect();
     ptrs.push(std::ptr::null());
     spawn(ptrs.as_ptr())
