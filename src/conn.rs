@@ -1775,8 +1775,21 @@ impl Conn {
         }
         let tx = seg.ring(self.tx_dir());
         let rx = seg.ring(self.rx_dir());
-        // Closing with unread data resets the peer, as in the kernel.
-        let unread = rx.readable().map_or(true, |n| n > 0);
+        // Closing with unread data resets the peer, as in the kernel: ring
+        // bytes, or plain ones (the kernel resets the peer for those too,
+        // but our end of stream in the ring must say so as well).
+        let plain_unread = !self.sb().rx_ring.load(Acquire)
+            && match protocol::switch_point(&rx.ctrl().flags) {
+                Some(l) => l > self.sb().plain_read.load(Acquire),
+                None => rustix::io::ioctl_fionread(sock(fd)).unwrap_or(0) > 0,
+            };
+        let unread = plain_unread || rx.readable().map_or(true, |n| n > 0);
+        if !self.sb().tx_ring.load(Acquire) && protocol::switch_point(&tx.ctrl().flags).is_none() {
+            // We never wrote to the ring: say where our plain bytes end, so
+            // that the peer's reads go on to the ring's end of stream (and
+            // its reset) once they are read.
+            protocol::publish_switch(&tx.ctrl().flags, self.sb().plain_written.load(Acquire));
+        }
         tx.ctrl()
             .flags
             .wr_closed
@@ -2124,8 +2137,11 @@ impl Conn {
             return Some(libc::ECONNRESET);
         }
         // The kernel's error is ours to report only while it may be about
-        // the program's bytes (plain ones the peer left unread).
-        if self.sb().tx_ring.load(Acquire) && self.plain_left() == Some(0) {
+        // the program's bytes (plain ones the peer left unread), and only
+        // once.
+        if self.sb().reset_taken.load(Acquire)
+            || (self.sb().tx_ring.load(Acquire) && self.plain_left() == Some(0))
+        {
             let _ = rustix::net::sockopt::socket_error(sock(fd));
             return Some(0);
         }
