@@ -2055,6 +2055,12 @@ impl Conn {
         // The kernel's RCV_SHUTDOWN / SEND_SHUTDOWN of our socket.
         let mut rcv_shut = shut_rd || gone || k.contains(PollFlags::RDHUP);
         let mut snd_shut = self.sb().shut_wr.load(Relaxed) || gone;
+        if let Some(seg) = seg {
+            // The peer's shutdowns, said in the segment, count at once, as
+            // the kernel's do, even before our reads reach the ring.
+            rcv_shut |= seg.ring(self.rx_dir()).ctrl().flags.wr_closed.load(Acquire) != 0;
+            snd_shut |= seg.ring(self.tx_dir()).ctrl().flags.rd_closed.load(Acquire) != 0;
+        }
         match (rx_ring, seg) {
             (true, Some(seg)) => {
                 let ring = seg.ring(self.rx_dir());
@@ -2064,7 +2070,7 @@ impl Conn {
             _ => {
                 // HELLO still unread (pending client) is not data.
                 r.readable = state != PENDING
-                    && k.intersects(PollFlags::IN | PollFlags::HUP | PollFlags::ERR);
+                    && (rcv_shut || k.intersects(PollFlags::IN | PollFlags::HUP | PollFlags::ERR));
             }
         }
         match (tx_ring, seg) {

@@ -143,7 +143,17 @@ pub fn poll<L: Lookup>(
                     None => {
                         lk.forget(p.fd, c);
                         conns[i] = None;
-                        kr & (p.events | (p::HUP | p::ERR | p::NVAL) as i16)
+                        // Plain now: the kernel's answer to the app's own
+                        // events, after whatever negotiation just consumed.
+                        let mut one = [libc::pollfd {
+                            fd: p.fd,
+                            events: p.events,
+                            revents: 0,
+                        }];
+                        match sys::poll(&mut one, 0) {
+                            Ok(_) => one[0].revents,
+                            Err(_) => kr & (p.events | (p::HUP | p::ERR | p::NVAL) as i16),
+                        }
                     }
                 },
             };
