@@ -1164,7 +1164,13 @@ impl Conn {
                     continue;
                 }
                 // Like the kernel: the error comes once the queue is empty.
-                if wr_closed == CLOSED_RESET && self.take_reset(fd) {
+                // A peer that shut its writes and was then killed with our
+                // bytes unread resets too: look at the socket (end of stream
+                // only, a cold path).
+                if wr_closed != CLOSED_RESET && !self.sb().sock_eof.load(Acquire) {
+                    self.drain_bells(fd);
+                }
+                if (wr_closed == CLOSED_RESET || self.reset_pending()) && self.take_reset(fd) {
                     return Err(Errno::CONNRESET);
                 }
                 return Ok(Step::Eof);
