@@ -2051,7 +2051,8 @@ impl Conn {
             _ => {}
         }
         let mut r = Ready::default();
-        let gone = self.sb().sock_eof.load(Acquire) || (kernel.is_some() && self.kernel_says_gone(k));
+        let gone =
+            self.sb().sock_eof.load(Acquire) || (kernel.is_some() && self.kernel_says_gone(k));
         if gone {
             self.sb().sock_eof.store(true, Release);
         }
@@ -2176,6 +2177,11 @@ impl Conn {
         // Plain bytes it has not read yet are queued before the ring's.
         let plain_left = self.plain_left().unwrap_or(0);
         Some(ring.capacity() - ring.writable().unwrap_or(0) + plain_left as usize)
+    }
+
+    /// Bytes of ours that went over the socket before the switch.
+    pub fn plain_bytes_sent(&self) -> u64 {
+        self.sb().plain_written.load(Acquire)
     }
 
     /// Our plain bytes (sent before the switch) the peer has not read.
