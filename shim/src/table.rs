@@ -25,6 +25,9 @@ struct Node {
     /// References: one for the table slot, one per live Guard. 0: free.
     refs: AtomicUsize,
     entry: UnsafeCell<Option<Entry>>,
+    /// The last `for_each_conn` pass that saw this node (dup()ed
+    /// descriptors share it).
+    visited: AtomicUsize,
 }
 
 // SAFETY: `entry` is written only while refs == 0 (exclusive: the node is
@@ -137,6 +140,7 @@ pub fn insert(fd: i32, entry: Entry) -> Option<Guard> {
         Box::leak(Box::new(Node {
             refs: AtomicUsize::new(0),
             entry: UnsafeCell::new(None),
+            visited: AtomicUsize::new(0),
         }))
     });
     // SAFETY: refs == 0 and the node is in no slot: exclusive access.
@@ -206,9 +210,10 @@ pub fn remove_conn(fd: i32, conn: &Conn) {
 }
 
 /// Calls `f` once on every connection, with one of its descriptors.
+/// Allocation-free: `_exit` runs it, and may be called in a signal handler.
 pub fn for_each_conn(mut f: impl FnMut(i32, &Conn)) {
-    // dup()ed descriptors share one connection.
-    let mut seen: Vec<*const Conn> = Vec::new();
+    static PASS: AtomicUsize = AtomicUsize::new(0);
+    let pass = PASS.fetch_add(1, Relaxed) + 1;
     for (i, top) in TABLE.iter().enumerate() {
         let chunk = top.load(Acquire);
         if chunk.is_null() {
@@ -221,10 +226,11 @@ pub fn for_each_conn(mut f: impl FnMut(i32, &Conn)) {
                 continue;
             }
             // SAFETY: nodes are never freed; the slot holds a reference.
-            if let Some(Entry::Conn(c)) = unsafe { &*(*p).entry.get() }
-                && !seen.contains(&ptr::from_ref(c))
+            let node = unsafe { &*p };
+            // SAFETY: read through the slot's reference (refs > 0).
+            if let Some(Entry::Conn(c)) = unsafe { &*node.entry.get() }
+                && node.visited.swap(pass, Relaxed) != pass
             {
-                seen.push(c);
                 f(((i << L2_BITS) | j) as i32, c);
             }
         }
