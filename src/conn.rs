@@ -643,12 +643,7 @@ impl Conn {
     fn space_bell(&self, fd: RawFd, ring: &Ring<'_>) {
         let f = &ring.ctrl().flags;
         if protocol::take_waiter(&f.writer_sleeping) {
-            f.space_seq.fetch_add(1, SeqCst);
-            let _ = rustix::thread::futex::wake(
-                &f.space_seq,
-                rustix::thread::futex::Flags::empty(),
-                i32::MAX as u32,
-            );
+            protocol::wake_space_sleepers(f);
         }
         if f.writer_waiting.load(Relaxed) != 0
             && ring.writable().is_ok_and(|n| n >= ring.capacity() / 2)
@@ -1750,12 +1745,7 @@ impl Conn {
 
     fn wake_writers(&self, fd: RawFd, ring: &Ring<'_>) {
         let f = &ring.ctrl().flags;
-        f.space_seq.fetch_add(1, SeqCst);
-        let _ = rustix::thread::futex::wake(
-            &f.space_seq,
-            rustix::thread::futex::Flags::empty(),
-            i32::MAX as u32,
-        );
+        protocol::wake_space_sleepers(f);
         if f.writer_waiting.swap(0, SeqCst) != 0 {
             self.bell(fd);
         }

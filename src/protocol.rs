@@ -41,3 +41,16 @@ pub fn switch_point(f: &RingFlags) -> Option<u64> {
     let v = f.switch_at.load(SeqCst);
     (v & SWITCHED != 0).then_some(v & !SWITCHED)
 }
+
+/// Consumer side, after freeing space (or going away): wakes every writer
+/// sleeping on the `space_seq` futex. The bump comes first, so that a
+/// writer about to sleep on the old value returns at once.
+#[cfg(not(loom))]
+pub fn wake_space_sleepers(f: &RingFlags) {
+    f.space_seq.fetch_add(1, SeqCst);
+    let _ = rustix::thread::futex::wake(
+        &f.space_seq,
+        rustix::thread::futex::Flags::empty(),
+        i32::MAX as u32,
+    );
+}

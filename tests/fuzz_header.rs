@@ -52,7 +52,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tsss_core::conn::{Conn, Ready, RecvOpts, SendOpts, kernel_view};
 use tsss_core::layout::{ANC_SLOTS, CARRIER, CLIENT_ATTACHED, Dir, SegHeader};
-use tsss_core::protocol::{publish_switch, take_waiter};
+use tsss_core::protocol::{publish_switch, take_waiter, wake_space_sleepers};
 use tsss_core::ring::{DstCursor, SrcCursor};
 use tsss_core::segment::Segment;
 use tsss_core::wire::{HELLO_LEN, Hello};
@@ -277,12 +277,7 @@ impl Peer {
         }
         let f = &ring.ctrl().flags;
         if take_waiter(&f.writer_sleeping) {
-            f.space_seq.fetch_add(1, SeqCst);
-            let _ = rustix::thread::futex::wake(
-                &f.space_seq,
-                rustix::thread::futex::Flags::empty(),
-                i32::MAX as u32,
-            );
+            wake_space_sleepers(f);
         }
         if f.writer_waiting.swap(0, SeqCst) != 0 {
             self.send_raw(&[0]);
