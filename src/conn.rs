@@ -1566,10 +1566,11 @@ impl Conn {
 
     /// Whether the kernel's view of our socket shows the peer's socket
     /// released. ERR is its release with our bytes unread. HUP is both
-    /// shutdown bits of ours: the receive one comes from the peer's release
-    /// unless we shut our reads, or it still writes plain (its SHUT_WR is
-    /// then the kernel's); the send one from its release unless it shut its
-    /// reads (always the kernel's too).
+    /// shutdown bits of ours, and either is the release's unless something
+    /// else may have set it: the receive one our own SHUT_RD or the peer's
+    /// SHUT_WR while it wrote plain; the send one our own SHUT_WR while we
+    /// wrote plain or the peer's SHUT_RD (both kernel calls only while that
+    /// direction is plain; counted whenever made, to stay on the safe side).
     fn kernel_says_gone(&self, k: PollFlags) -> bool {
         if k.contains(PollFlags::ERR) {
             return true;
@@ -1580,9 +1581,12 @@ impl Conn {
         let Some(seg) = self.seg() else {
             return true;
         };
-        let peer_switched = protocol::switch_point(&seg.ring(self.rx_dir()).ctrl().flags).is_some();
-        let peer_reads = seg.ring(self.tx_dir()).ctrl().flags.rd_closed.load(Acquire) == 0;
-        (peer_switched && !self.sb().shut_rd.load(Acquire)) || peer_reads
+        let b = self.sb();
+        let rcv_other = b.shut_rd.load(Acquire)
+            || protocol::switch_point(&seg.ring(self.rx_dir()).ctrl().flags).is_none();
+        let snd_other = (b.shut_wr.load(Acquire) && !b.tx_ring.load(Acquire))
+            || seg.ring(self.tx_dir()).ctrl().flags.rd_closed.load(Acquire) != 0;
+        !rcv_other || !snd_other
     }
 
     /// Whether the kernel's buffer was full when we switched to the ring
@@ -1713,6 +1717,12 @@ impl Conn {
             }
             self.sb().shut_wr.store(true, Release);
         }
+        // The kernel's SHUT_RD only while our reads are plain: the peer may
+        // still write plain (it must get EPIPE) and our reads must end at
+        // EOF once the queue is empty. Over the ring the flag does both, and
+        // the socket must keep taking the peer's doorbells: they also wake
+        // our pollers waiting for room to write.
+        let real_rd = rd && !self.sb().rx_ring.load(Acquire);
         if rd {
             self.sb().shut_rd.store(true, Release);
             if let Some(seg) = seg {
@@ -1721,17 +1731,10 @@ impl Conn {
                 self.wake_writers(fd, &ring);
             }
         }
-        if rd {
-            // The kernel's own SHUT_RD too: before the switch the peer may
-            // still write plain (it must get EPIPE) and our reads must end
-            // at EOF once the queue is empty. Its doorbells fail after it,
-            // harmlessly: we read nothing more.
-            real = true;
-        }
-        if real {
+        if real || real_rd {
             // Never the kernel's SHUT_WR for a direction on the ring: the
             // peer's socket then reads EOF (and HUP) only when we are gone.
-            let how = match (rd, wr && !self.sb().tx_ring.load(Relaxed)) {
+            let how = match (real_rd, wr && !self.sb().tx_ring.load(Relaxed)) {
                 (true, true) => rustix::net::Shutdown::Both,
                 (true, false) => rustix::net::Shutdown::Read,
                 _ => rustix::net::Shutdown::Write,
@@ -2127,10 +2130,17 @@ impl Conn {
         fence(SeqCst);
     }
 
+    /// Whether the program shut our read side.
+    pub fn reads_shut(&self) -> bool {
+        self.sb().shut_rd.load(Relaxed)
+    }
+
     /// Whether the peer can ring our doorbell for both directions (else a
     /// poll/epoll sleep must be bounded).
     pub fn bells_work(&self) -> bool {
-        self.sb().rx_ring.load(Relaxed)
+        // After the kernel's SHUT_RD (made while our reads were plain) the
+        // peer's doorbells fail.
+        self.sb().rx_ring.load(Relaxed) && !self.sb().shut_rd.load(Relaxed)
     }
 
     /// SO_ERROR: the pending error, cleared by reading it (the peer's

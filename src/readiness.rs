@@ -94,6 +94,16 @@ fn wants(events: i32) -> (bool, bool) {
 /// when they can arrive, hang-ups always, and the app's POLLOUT while our
 /// direction is still a plain socket.
 fn sleep_events(c: &Conn, want_in: bool, want_out: bool) -> i16 {
+    // After our own SHUT_RD the socket stays readable and RDHUP: waking on
+    // them would spin. (An app that wants input is already answered, and
+    // HUP/ERR, the peer's end, come whatever is asked.)
+    if c.reads_shut() {
+        return if want_out && c.needs_kernel() {
+            p::OUT as i16
+        } else {
+            0
+        };
+    }
     let mut ev = p::RDHUP;
     if want_in || c.bells_work() {
         ev |= p::IN;

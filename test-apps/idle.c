@@ -10,7 +10,10 @@
  *   epoll     the server blocks in epoll_wait(EPOLLIN, -1);
  *   fullring  the server's non-blocking writes fill the socket buffer (or
  *             ring) until EAGAIN while the client does not read; then the
- *             server blocks in epoll_wait(EPOLLOUT, -1).
+ *             server blocks in epoll_wait(EPOLLOUT, -1);
+ *   shutrd    as fullring, but the server then shuts its read side
+ *             (shutdown(SHUT_RD)) and blocks in poll(POLLOUT, -1): its own
+ *             end of input must not keep waking the wait.
  *
  * First both sides exchange a few small messages in both directions, so a
  * transparent accelerator has finished switching the connection before the
@@ -35,7 +38,8 @@
 #include <sys/epoll.h>
 #include <sys/resource.h>
 
-enum mode { M_READ, M_POLL, M_EPOLL, M_FULLRING };
+enum mode { M_READ, M_POLL, M_EPOLL, M_FULLRING, M_SHUTRD };
+static const char *const g_mode_name[] = {"read", "poll", "epoll", "fullring", "shutrd"};
 
 static enum mode parse_mode(const char *s)
 {
@@ -45,9 +49,11 @@ static enum mode parse_mode(const char *s)
         return M_POLL;
     if (strcmp(s, "epoll") == 0)
         return M_EPOLL;
+    if (strcmp(s, "shutrd") == 0)
+        return M_SHUTRD;
     if (strcmp(s, "fullring") == 0)
         return M_FULLRING;
-    dief("invalid MODE '%s' (read|poll|epoll|fullring)", s);
+    dief("invalid MODE '%s' (read|poll|epoll|fullring|shutrd)", s);
 }
 
 static uint64_t cpu_ns(void)
@@ -155,26 +161,40 @@ static int do_server(const char *path, enum mode mode)
             if (bytes > (8ull << 30))
                 dief("the writer never saw EAGAIN");
         }
-        int ep = epoll_create1(0);
-        if (ep < 0)
-            die("epoll_create1");
-        struct epoll_event ev = {.events = EPOLLOUT, .data.fd = fd};
-        if (epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev) != 0)
-            die("epoll_ctl");
-        c0 = cpu_ns();
-        t0 = now_ns();
-        for (;;) {
-            int k = epoll_wait(ep, &ev, 1, -1);
-            if (k < 0 && errno == EINTR)
-                continue;
-            if (k < 0)
-                die("epoll_wait");
-            if (k == 0)
-                dief("infinite wait returned 0");
-            break;
+        if (mode == M_SHUTRD) {
+            if (shutdown(fd, SHUT_RD) != 0)
+                die("shutdown");
+            struct pollfd p = {.fd = fd, .events = POLLOUT};
+            c0 = cpu_ns();
+            t0 = now_ns();
+            int k;
+            while ((k = poll(&p, 1, -1)) < 0 && errno == EINTR)
+                ;
+            if (k <= 0)
+                die("poll");
+            ok = (p.revents & POLLOUT) != 0;
+        } else {
+            int ep = epoll_create1(0);
+            if (ep < 0)
+                die("epoll_create1");
+            struct epoll_event ev = {.events = EPOLLOUT, .data.fd = fd};
+            if (epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev) != 0)
+                die("epoll_ctl");
+            c0 = cpu_ns();
+            t0 = now_ns();
+            for (;;) {
+                int k = epoll_wait(ep, &ev, 1, -1);
+                if (k < 0 && errno == EINTR)
+                    continue;
+                if (k < 0)
+                    die("epoll_wait");
+                if (k == 0)
+                    dief("infinite wait returned 0");
+                break;
+            }
+            ok = (ev.events & EPOLLOUT) != 0;
+            xclose(ep);
         }
-        ok = (ev.events & EPOLLOUT) != 0;
-        xclose(ep);
     }
     uint64_t c1 = cpu_ns(), t1 = now_ns();
     uint64_t wall_ms = (t1 - t0) / 1000000;
@@ -185,8 +205,7 @@ static int do_server(const char *path, enum mode mode)
     }
     xclose(fd);
     printf("RESULT role=server mode=%s cpu_ms=%.1f wall_ms=%" PRIu64 " bytes=%" PRIu64 " ok=%d\n",
-           mode == M_READ ? "read" : mode == M_POLL ? "poll" : mode == M_EPOLL ? "epoll" : "fullring",
-           (double)(c1 - c0) / 1e6, wall_ms, bytes, ok);
+           g_mode_name[mode], (double)(c1 - c0) / 1e6, wall_ms, bytes, ok);
     return ok ? 0 : 1;
 }
 
@@ -207,7 +226,7 @@ static int do_client(const char *path, enum mode mode, uint64_t secs)
         ;
     uint64_t bytes = 0;
     int ok = 1;
-    if (mode == M_FULLRING) {
+    if (mode == M_FULLRING || mode == M_SHUTRD) {
         unsigned char buf[65536];
         for (;;) {
             ssize_t n = read(fd, buf, sizeof buf);
@@ -233,8 +252,7 @@ static int do_client(const char *path, enum mode mode, uint64_t secs)
     }
     xclose(fd);
     printf("RESULT role=client mode=%s bytes=%" PRIu64 " ok=%d\n",
-           mode == M_READ ? "read" : mode == M_POLL ? "poll" : mode == M_EPOLL ? "epoll" : "fullring",
-           bytes, ok);
+           g_mode_name[mode], bytes, ok);
     return ok ? 0 : 1;
 }
 
@@ -248,7 +266,7 @@ int main(int argc, char **argv)
         return do_client(argv[2], parse_mode(argv[3]), parse_size(argv[4], "SECONDS"));
     fprintf(stderr, "usage: %s server PATH MODE\n"
                     "       %s client PATH MODE SECONDS\n"
-                    "MODE: read | poll | epoll | fullring\n",
+                    "MODE: read | poll | epoll | fullring | shutrd\n",
             g_prog, g_prog);
     return 1;
 }

@@ -297,7 +297,7 @@ fn differential_semantics() {
 #[test]
 fn idle_cpu() {
     let d = Arc::new(TempDir::new("idle"));
-    let modes = ["read", "epoll", "poll", "fullring"];
+    let modes = ["read", "epoll", "poll", "fullring", "shutrd"];
     // The modes are independent and mostly asleep: run them side by side.
     let hs: Vec<_> = modes
         .iter()
