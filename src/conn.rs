@@ -1703,6 +1703,9 @@ impl Conn {
             _ => {}
         }
         let seg = self.seg();
+        if let Some(seg) = seg {
+            seg.header().shut_seq.fetch_add(1, Release);
+        }
         let mut real = false;
         if wr {
             let mut tx = self.lock_tx();
@@ -2201,13 +2204,16 @@ impl Conn {
         let rx = seg.ring(self.rx_dir());
         let tx = seg.ring(self.tx_dir());
         let eof = u64::from(self.sb().sock_eof.load(Relaxed)) << 61;
+        let shut = u64::from(seg.header().shut_seq.load(Relaxed)) << 32;
         let seq_in = rx
             .head()
             .wrapping_add(u64::from(rx.ctrl().flags.wr_closed.load(Relaxed) != 0) << 60)
+            .wrapping_add(shut)
             | eof;
         let seq_out = tx
             .tail()
             .wrapping_add(u64::from(tx.ctrl().flags.rd_closed.load(Relaxed) != 0) << 60)
+            .wrapping_add(shut)
             | eof;
         (seq_in, seq_out)
     }

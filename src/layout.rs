@@ -142,6 +142,10 @@ pub struct SegHeader {
     pub rings: [RingCtrl; 2],
     /// Ancillary records, per direction like `rings`.
     pub anc: [AncQueue; 2],
+    /// Bumped by every shutdown(2) call of either side: the kernel wakes
+    /// both sockets on each, an edge for edge-triggered epoll even when
+    /// nothing else changed.
+    pub shut_seq: AtomicU32,
 }
 
 #[cfg(not(loom))]
