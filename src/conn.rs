@@ -2149,6 +2149,10 @@ impl Conn {
     /// SO_ERROR: the pending error, cleared by reading it (the peer's
     /// ECONNRESET, once). `None`: ask the kernel.
     pub fn take_error(&self, fd: RawFd) -> Option<i32> {
+        // A killed peer says so only on the socket: this call is rare, look.
+        if !self.sb().sock_eof.load(Acquire) {
+            self.peer_hung_up(fd);
+        }
         if self.reset_pending() && self.take_reset(fd) {
             return Some(libc::ECONNRESET);
         }
@@ -2166,15 +2170,19 @@ impl Conn {
 
     /// SIOCOUTQ: bytes written and not yet read by the peer. `None`: our
     /// direction is still a plain socket; ask the kernel.
-    pub fn bytes_unread_by_peer(&self) -> Option<usize> {
+    pub fn bytes_unread_by_peer(&self, fd: RawFd) -> Option<usize> {
         if !self.sb().tx_ring.load(Acquire) {
             // Only our own bytes (HELLO) queued: none of the program's.
             return (self.sb().plain_written.load(Relaxed) == 0).then_some(0);
         }
         let ring = self.seg()?.ring(self.tx_dir());
         let f = &ring.ctrl().flags;
-        // A peer that closed or died took its queue with it.
-        if self.sb().sock_eof.load(Acquire) || f.rd_closed.load(Acquire) == RD_RELEASED {
+        // A peer that closed or died took its queue with it. (A killed one
+        // says so only on the socket: this call is rare, so look.)
+        if self.sb().sock_eof.load(Acquire)
+            || f.rd_closed.load(Acquire) == RD_RELEASED
+            || self.peer_hung_up(fd)
+        {
             return Some(0);
         }
         // Plain bytes it has not read yet are queued before the ring's.

@@ -816,7 +816,7 @@ impl Victim {
                     ready,
                     quick,
                     c.bytes_readable(fd),
-                    c.bytes_unread_by_peer(),
+                    c.bytes_unread_by_peer(fd),
                     c.progress_counters(),
                     c.take_error(fd),
                 )

@@ -1363,7 +1363,7 @@ pub unsafe extern "C" fn ioctl(fd: c_int, req: c_ulong, arg: *mut c_void) -> c_i
                 }
             }
             libc::TIOCOUTQ => {
-                if let Some(n) = c.bytes_unread_by_peer() {
+                if let Some(n) = c.bytes_unread_by_peer(fd) {
                     if arg.is_null() {
                         return fail(Errno::FAULT);
                     }
