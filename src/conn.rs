@@ -665,11 +665,9 @@ impl Conn {
                 RecvFlags::DONTWAIT | RecvFlags::PEEK,
             ) {
                 Ok((_, 0)) => {
-                    // After our own SHUT_RD the socket reads EOF: no news
-                    // of the peer.
-                    if !self.sb().shut_rd.load(Acquire) {
-                        self.sb().sock_eof.store(true, Release);
-                    }
+                    // End of input: the peer's release, or only a shutdown
+                    // (ours, or its SHUT_WR while it wrote plain)?
+                    self.peer_hung_up(fd);
                     return;
                 }
                 Ok((_, n)) => n,
@@ -1009,11 +1007,8 @@ impl Conn {
                     if rx.limit.is_some() && rx.limit != known {
                         continue;
                     }
-                    // Before the switch an EOF may be a real SHUT_WR of a
-                    // live peer; after it, only a close (or SHUT_RDWR).
-                    if known.is_some() && !self.sb().shut_rd.load(Acquire) {
-                        self.sb().sock_eof.store(true, Release);
-                    }
+                    // The peer's release, or only a shutdown?
+                    self.peer_hung_up(fd);
                     return Ok(data_or(dst, Step::Eof));
                 }
                 Ok(n) => n,
@@ -1867,11 +1862,7 @@ impl Conn {
             // socket whose peer went away with data in its queue.
             || (self.sb().sock_eof.load(Relaxed)
                 && self.sb().tx_ring.load(Relaxed)
-                && s.ring(self.tx_dir()).readable().unwrap_or(0) > 0
-                // A peer still writing plain may have shut its writes for
-                // real: EOF then says nothing of its release. Once it
-                // writes to the ring, its shutdowns stay in the segment.
-                && protocol::switch_point(&s.ring(self.rx_dir()).ctrl().flags).is_some())
+                && s.ring(self.tx_dir()).readable().unwrap_or(0) > 0)
     }
 
     /// The state a new program image needs to carry on with this
