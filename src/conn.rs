@@ -1321,6 +1321,15 @@ impl Conn {
                 || self.peer_hung_up(fd);
             return Some(if gone { fail(Errno::PIPE, 0) } else { Ok(0) });
         }
+        // Full since the last EAGAIN, with nothing read since? Then nothing
+        // fits, as in the kernel. Checked before a carrier can go out (it
+        // must never go without its message).
+        if nonblock && self.still_full(&ring) {
+            return Some(match self.tx_error(fd, &ring) {
+                Some(e) => fail(e, 0),
+                None => Err(Errno::AGAIN),
+            });
+        }
         // The carrier byte itself wakes a reader sleeping on the socket: the
         // message it travels with needs no doorbell of its own.
         let mut carrier_rang = false;
@@ -1342,10 +1351,6 @@ impl Conn {
                 };
                 let room = free >= src.remaining().min(ATOMIC_WRITE.min(ring.capacity() / 2));
                 if used < ANC_SLOTS as u64 && room {
-                    // The room seen here is what counts: a stale "full"
-                    // marker must not turn this call into EAGAIN after the
-                    // carrier went out (an orphan record).
-                    self.full_at.store(0, Relaxed);
                     break;
                 }
                 if nonblock {
@@ -1379,20 +1384,6 @@ impl Conn {
         loop {
             if let Some(e) = self.tx_error(fd, &ring) {
                 return Some(fail(e, sent));
-            }
-            if nonblock && self.plain_still_full(&ring) {
-                return Some(partial(sent, Errno::AGAIN));
-            }
-            // Full since the last EAGAIN? Only then is the reader's index
-            // (a cache line it writes) read here.
-            if nonblock {
-                let m = self.full_at.load(Relaxed);
-                if m != 0 {
-                    if m == ring.tail().wrapping_add(1) {
-                        return Some(partial(sent, Errno::AGAIN));
-                    }
-                    self.full_at.store(0, Relaxed);
-                }
             }
             let n = match ring.push_whole(&mut src, ATOMIC_WRITE.min(ring.capacity() / 2)) {
                 Ok(n) => n,
@@ -1482,6 +1473,9 @@ impl Conn {
         let mut input_eof = false;
         let mut sent = 0;
         let mut sndtimeo = None;
+        if nonblock && self.still_full(&ring) && self.tx_error(fd, &ring).is_none() {
+            return Some(Err(Errno::AGAIN));
+        }
         while sent < count {
             if let Some(e) = self.tx_error(fd, &ring) {
                 if e == Errno::PIPE && sent == 0 {
@@ -1509,6 +1503,8 @@ impl Conn {
                 break;
             }
             if nonblock {
+                self.full_at
+                    .store(self.tx_tail_cache.load(Relaxed).wrapping_add(1), Relaxed);
                 return Some(partial(sent, Errno::AGAIN));
             }
             // Never sleep holding the lock (see send_with).
@@ -1587,15 +1583,17 @@ impl Conn {
     /// Whether the kernel's buffer was full when we switched to the ring
     /// and the peer has not read since (see `SideBlock::plain_full`).
     fn plain_still_full(&self, ring: &Ring<'_>) -> bool {
-        let m = self.sb().plain_full.load(Relaxed);
-        if m == 0 {
-            return false;
-        }
-        if ring.ctrl().flags.plain_read.load(Acquire).wrapping_add(1) == m {
-            return true;
-        }
-        self.sb().plain_full.store(0, Relaxed);
-        false
+        marker_holds(&self.sb().plain_full, || {
+            ring.ctrl().flags.plain_read.load(Acquire)
+        })
+    }
+
+    /// Whether a non-blocking send must answer EAGAIN without trying: our
+    /// last one found the ring (or, before the switch, the kernel's buffer)
+    /// full and the reader has not read since. Only then is the reader's
+    /// index (a cache line it writes) read here.
+    fn still_full(&self, ring: &Ring<'_>) -> bool {
+        self.plain_still_full(ring) || marker_holds(&self.full_at, || ring.tail())
     }
 
     /// POLLOUT: room (half the ring), or a peer whose socket is released
@@ -2249,6 +2247,21 @@ impl Conn {
         };
         Some(plain + ring)
     }
+}
+
+/// A "full at" marker: 0, or the reader's position when a send found no
+/// room, plus one. It holds while that position is unchanged; once the
+/// reader has moved it is cleared.
+fn marker_holds(m: &AtomicU64, pos: impl FnOnce() -> u64) -> bool {
+    let v = m.load(Relaxed);
+    if v == 0 {
+        return false;
+    }
+    if v == pos().wrapping_add(1) {
+        return true;
+    }
+    m.store(0, Relaxed);
+    false
 }
 
 /// The socket for one call. Every entry point takes the descriptor the
