@@ -665,9 +665,7 @@ impl Conn {
                 RecvFlags::DONTWAIT | RecvFlags::PEEK,
             ) {
                 Ok((_, 0)) => {
-                    // End of input: the peer's release, or only a shutdown
-                    // (ours, or its SHUT_WR while it wrote plain)?
-                    self.peer_hung_up(fd);
+                    self.socket_eof(fd);
                     return;
                 }
                 Ok((_, n)) => n,
@@ -1007,8 +1005,7 @@ impl Conn {
                     if rx.limit.is_some() && rx.limit != known {
                         continue;
                     }
-                    // The peer's release, or only a shutdown?
-                    self.peer_hung_up(fd);
+                    self.socket_eof(fd);
                     return Ok(data_or(dst, Step::Eof));
                 }
                 Ok(n) => n,
@@ -1545,6 +1542,22 @@ impl Conn {
             }
         }
         None
+    }
+
+    /// Our socket reads end of input: the peer's release, or only a
+    /// shutdown (ours, or its SHUT_WR while it wrote plain)? A peer that
+    /// writes to the ring never shuts the socket's writes: from it, end of
+    /// input is its release (or a broken peer: its doorbells cannot reach
+    /// us any more, so our reads must end too).
+    fn socket_eof(&self, fd: RawFd) {
+        let on_ring = self
+            .seg()
+            .is_some_and(|s| protocol::switch_point(&s.ring(self.rx_dir()).ctrl().flags).is_some());
+        if on_ring && !self.sb().shut_rd.load(Acquire) {
+            self.sb().sock_eof.store(true, Release);
+        } else {
+            self.peer_hung_up(fd);
+        }
     }
 
     fn peer_hung_up(&self, fd: RawFd) -> bool {
