@@ -1100,13 +1100,15 @@ impl Conn {
                         rustix::net::sockopt::socket_passcred(sock(fd)).unwrap_or(false)
                     })
                 {
-                    qi += 1;
+                    qi = qi.wrapping_add(1);
                     continue;
                 }
                 rec = Some((off, len));
                 break;
             }
-            let max = rec.map_or(usize::MAX, |(off, len)| (off + len - at) as usize);
+            // (Both terms were checked against the capacity: no overflow,
+            // whatever the peer wrote.)
+            let max = rec.map_or(usize::MAX, |(off, len)| (off - at + len) as usize);
             // From the head loaded above, never a newer one (see there).
             let n = ring
                 .pop_from(dst, at, head, max, peek)
@@ -1120,19 +1122,20 @@ impl Conn {
                         && anc.recs[(t % ANC_SLOTS as u64) as usize]
                             .offset
                             .load(Relaxed)
-                            < at + n as u64
+                            .wrapping_sub(at)
+                            < n as u64
                     {
                         self.take_carrier(fd, false, &mut |p| discard_carrier(fd, p))?;
-                        t += 1;
+                        t = t.wrapping_add(1);
                     }
                     anc.tail.store(t, Release);
                 }
                 if let Some((off, _)) = rec
-                    && at + n as u64 > off
+                    && off - at < n as u64
                 {
                     self.take_carrier(fd, peek, carrier)?;
                     if !peek {
-                        anc.tail.store(qi + 1, Release);
+                        anc.tail.store(qi.wrapping_add(1), Release);
                         self.space_bell(fd, &ring);
                     }
                     return Ok(Step::Stop);
@@ -1376,7 +1379,7 @@ impl Conn {
                 .store(len | if o.creds_only { ANC_CREDS_ONLY } else { 0 }, Relaxed);
             // Published before the data: a reader that sees the bytes sees
             // the record.
-            anc.head.store(h + 1, Release);
+            anc.head.store(h.wrapping_add(1), Release);
         }
         loop {
             if let Some(e) = self.tx_error(fd, &ring) {

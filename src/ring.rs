@@ -124,13 +124,15 @@ impl<'a> Ring<'a> {
         }
         let mut done = 0;
         while done < want {
-            let pos = ((head + done as u64) & (self.cap - 1)) as usize;
+            let pos = (head.wrapping_add(done as u64) & (self.cap - 1)) as usize;
             let contiguous = (self.cap as usize - pos).min(want - done);
             // SAFETY: pos + contiguous <= cap, inside the data area.
             let dst = unsafe { self.data.as_ptr().add(pos) };
             done += src.take_into(dst, contiguous);
         }
-        self.ctrl.head.store(head + want as u64, Release);
+        self.ctrl
+            .head
+            .store(head.wrapping_add(want as u64), Release);
         Ok(want)
     }
 
@@ -153,7 +155,7 @@ impl<'a> Ring<'a> {
         let want = free.min(max);
         let mut done = 0;
         while done < want {
-            let pos = ((head + done as u64) & (self.cap - 1)) as usize;
+            let pos = (head.wrapping_add(done as u64) & (self.cap - 1)) as usize;
             let contiguous = (self.cap as usize - pos).min(want - done);
             // SAFETY: pos + contiguous <= cap, inside the data area.
             let dst = unsafe { self.data.as_ptr().add(pos) };
@@ -170,7 +172,9 @@ impl<'a> Ring<'a> {
             }
         }
         if done > 0 {
-            self.ctrl.head.store(head + done as u64, Release);
+            self.ctrl
+                .head
+                .store(head.wrapping_add(done as u64), Release);
         }
         Ok(Ok(done))
     }
@@ -226,14 +230,16 @@ impl<'a> Ring<'a> {
         }
         let mut done = 0;
         while done < want {
-            let pos = ((tail + done as u64) & (self.cap - 1)) as usize;
+            let pos = (tail.wrapping_add(done as u64) & (self.cap - 1)) as usize;
             let contiguous = (self.cap as usize - pos).min(want - done);
             // SAFETY: pos + contiguous <= cap, inside the data area.
             let src = unsafe { self.data.as_ptr().add(pos) };
             done += dst.put_from(src, contiguous);
         }
         if !peek {
-            self.ctrl.tail.store(tail + want as u64, Release);
+            self.ctrl
+                .tail
+                .store(tail.wrapping_add(want as u64), Release);
         }
         Ok(want)
     }
@@ -461,6 +467,22 @@ mod tests {
         assert_eq!(r.writable(), Ok(0));
         assert_eq!(push(&r, &[2; 1]), 0);
         assert_eq!(pop(&r, 100, false), vec![1; 16]);
+        assert_eq!(r.readable(), Ok(0));
+    }
+
+    /// Indices are counters a peer may set anywhere: at the top of u64 they
+    /// wrap, never overflow (which would abort a debug build, miri's).
+    #[test]
+    fn indices_wrap_at_the_top_of_u64() {
+        let mut h = Heap::new(16);
+        h.ctrl.head.store(u64::MAX - 2, Relaxed);
+        h.ctrl.tail.store(u64::MAX - 2, Relaxed);
+        let r = h.ring();
+        assert_eq!(push(&r, &[1, 2, 3, 4, 5, 6, 7, 8]), 8);
+        assert_eq!(r.readable(), Ok(8));
+        assert_eq!(pop(&r, 3, true), vec![1, 2, 3]);
+        assert_eq!(pop(&r, 100, false), vec![1, 2, 3, 4, 5, 6, 7, 8]);
+        assert_eq!(r.head(), 5);
         assert_eq!(r.readable(), Ok(0));
     }
 
