@@ -301,14 +301,17 @@ impl Conn {
     /// sleep anyway halves this connection's budget, one that caught the
     /// event doubles it (up to TSSS_SPIN_US). Round trips keep spinning;
     /// idle or oversubscribed connections stop burning CPU others need.
+    /// The budget never falls below a sixteenth: at zero no spin could
+    /// ever catch an event again, and a connection that idled once would
+    /// pay a sleep and a wake-up on every later round trip.
     fn spin(&self, ready: impl FnMut() -> bool) -> bool {
         let max = config::spin_ns();
         let cur = self.spin_budget.load(Relaxed).min(max);
         let caught = spin_until(cur, ready);
         let next = if caught {
-            (cur * 2).max(1000).min(max)
+            cur.saturating_mul(2).max(1000).min(max)
         } else {
-            cur / 2
+            (cur / 2).max(max / 16)
         };
         self.spin_budget.store(next, Relaxed);
         caught
