@@ -581,16 +581,28 @@ impl Conn {
         self.bell(fd);
     }
 
-    /// Rx lock held: tells the peer's SIOCOUTQ how many of its plain bytes
-    /// we have read.
-    fn publish_plain_read(&self, n: u64) {
+    /// Rx lock held: counts `n` plain bytes read, and tells the peer's
+    /// SIOCOUTQ.
+    fn read_plain(&self, rx: &mut RxState, n: u64) {
+        rx.plain_read += n;
         if let Some(seg) = self.seg() {
             seg.ring(self.rx_dir())
                 .ctrl()
                 .flags
                 .plain_read
-                .store(n, Release);
+                .store(rx.plain_read, Release);
         }
+    }
+
+    /// Tx lock held: counts a plain send's bytes, and whether the kernel's
+    /// buffer was full (see `SideBlock::plain_full`).
+    fn sent_plain(&self, tx: &mut TxState, r: &Result<usize, Errno>) {
+        if let Ok(n) = r {
+            tx.plain_written += *n as u64;
+        }
+        self.sb()
+            .plain_eagain
+            .store(*r == Err(Errno::AGAIN), Relaxed);
     }
 
     /// Rx lock held: enters the ring phase once every plain byte is read.
@@ -677,9 +689,7 @@ impl Conn {
                 Err(e) => {
                     // The kernel's error is read once, and this read took
                     // it: keep it if it was about bytes of the program's.
-                    if e == Errno::CONNRESET
-                        && !(self.sb().tx_ring.load(Acquire) && self.plain_left() == Some(0))
-                    {
+                    if e == Errno::CONNRESET && !self.kernel_err_not_ours() {
                         self.sb().kernel_reset.store(true, Release);
                     }
                     self.sb().sock_eof.store(true, Release);
@@ -884,8 +894,7 @@ impl Conn {
                     let n = *r.as_ref().unwrap_or(&0) as u64;
                     let at_switch = limit.is_some_and(|l| rx.plain_read + n == l);
                     if !peek {
-                        rx.plain_read += n;
-                        self.publish_plain_read(rx.plain_read);
+                        self.read_plain(&mut rx, n);
                     }
                     return Some((r, at_switch));
                 }
@@ -1046,8 +1055,7 @@ impl Conn {
             }
             dst.advance(n);
             if !peek {
-                rx.plain_read += n as u64;
-                self.publish_plain_read(rx.plain_read);
+                self.read_plain(rx, n as u64);
             }
             if peek
                 && dst.remaining() > 0
@@ -1163,7 +1171,7 @@ impl Conn {
                 if wr_closed != CLOSED_RESET && !self.sb().sock_eof.load(Acquire) {
                     self.drain_bells(fd);
                 }
-                if (wr_closed == CLOSED_RESET || self.reset_pending()) && self.take_reset(fd) {
+                if self.take_pending_reset(fd) {
                     return Err(Errno::CONNRESET);
                 }
                 return Ok(Step::Eof);
@@ -1178,7 +1186,7 @@ impl Conn {
                 }
                 // The peer is gone without a close of its own (killed): had
                 // it left our bytes unread, the kernel would say so once.
-                if self.reset_pending() && self.take_reset(fd) {
+                if self.take_pending_reset(fd) {
                     return Err(Errno::CONNRESET);
                 }
                 return Ok(Step::Eof);
@@ -1291,12 +1299,7 @@ impl Conn {
             if !self.sb().tx_ring.load(Relaxed) {
                 let flags = SendFlags::from_bits_retain(o.raw);
                 let r = rustix::net::sendmsg(sock(fd), bufs, &mut Default::default(), flags);
-                if let Ok(n) = r {
-                    tx.plain_written += n as u64;
-                }
-                self.sb()
-                    .plain_eagain
-                    .store(r == Err(Errno::AGAIN), Relaxed);
+                self.sent_plain(&mut tx, &r);
                 return Some(r);
             }
         }
@@ -1436,9 +1439,7 @@ impl Conn {
             return None;
         }
         let r = f();
-        if let Ok(n) = r {
-            tx.plain_written += n as u64;
-        }
+        self.sent_plain(&mut tx, &r);
         Some(r)
     }
 
@@ -1860,6 +1861,19 @@ impl Conn {
         true
     }
 
+    /// Reports a pending reset of the peer's, once: true if this call does.
+    fn take_pending_reset(&self, fd: RawFd) -> bool {
+        self.reset_pending() && self.take_reset(fd)
+    }
+
+    /// Whether a reset the kernel holds for our socket is not the
+    /// program's to see: ours was reported already, or the peer had read
+    /// every plain byte of ours, so the kernel's is about doorbells.
+    fn kernel_err_not_ours(&self) -> bool {
+        self.sb().reset_taken.load(Acquire)
+            || (self.sb().tx_ring.load(Acquire) && self.plain_left() == Some(0))
+    }
+
     /// The peer closed with our data unread and we have not said so yet.
     fn reset_pending(&self) -> bool {
         if self.sb().reset_taken.load(Relaxed) {
@@ -2055,9 +2069,9 @@ impl Conn {
             _ => {}
         }
         let mut r = Ready::default();
-        let gone =
-            self.sb().sock_eof.load(Acquire) || (kernel.is_some() && self.kernel_says_gone(k));
-        if gone {
+        let known_gone = self.sb().sock_eof.load(Acquire);
+        let gone = known_gone || (kernel.is_some() && self.kernel_says_gone(k));
+        if gone && !known_gone {
             self.sb().sock_eof.store(true, Release);
         }
         let reset = self.reset_pending();
@@ -2075,7 +2089,6 @@ impl Conn {
         match (rx_ring, seg) {
             (true, Some(seg)) => {
                 let ring = seg.ring(self.rx_dir());
-                rcv_shut |= ring.ctrl().flags.wr_closed.load(Acquire) != 0;
                 r.readable = self.rx_quick_ready(&ring) || gone || reset;
             }
             _ => {
@@ -2087,7 +2100,6 @@ impl Conn {
         match (tx_ring, seg) {
             (true, Some(seg)) => {
                 let ring = seg.ring(self.tx_dir());
-                snd_shut |= ring.ctrl().flags.rd_closed.load(Acquire) != 0;
                 r.writable = self.tx_poll_ready(&ring) || gone;
             }
             _ => r.writable = k.contains(PollFlags::OUT),
@@ -2099,10 +2111,7 @@ impl Conn {
         // Once our direction runs over the ring and the peer read our plain
         // bytes, a kernel error (its release with our bytes unread) can only
         // be about doorbells: the application's errors are emulated.
-        r.err = reset
-            || (k.contains(PollFlags::ERR)
-                && !self.sb().reset_taken.load(Acquire)
-                && !(tx_ring && self.plain_left() == Some(0)));
+        r.err = reset || (k.contains(PollFlags::ERR) && !self.kernel_err_not_ours());
         Some(r)
     }
 
@@ -2161,15 +2170,13 @@ impl Conn {
         if !self.sb().sock_eof.load(Acquire) {
             self.peer_hung_up(fd);
         }
-        if self.reset_pending() && self.take_reset(fd) {
+        if self.take_pending_reset(fd) {
             return Some(libc::ECONNRESET);
         }
         // The kernel's error is ours to report only while it may be about
         // the program's bytes (plain ones the peer left unread), and only
         // once.
-        if self.sb().reset_taken.load(Acquire)
-            || (self.sb().tx_ring.load(Acquire) && self.plain_left() == Some(0))
-        {
+        if self.kernel_err_not_ours() {
             let _ = rustix::net::sockopt::socket_error(sock(fd));
             return Some(0);
         }
