@@ -1377,15 +1377,9 @@ impl Conn {
             if let Err(e) = carrier() {
                 return Some(fail(e, 0));
             }
-            let h = anc.head.load(Relaxed);
-            let r = &anc.recs[(h % ANC_SLOTS as u64) as usize];
-            r.offset.store(ring.head(), Relaxed);
             let len = ring.writable().unwrap_or(0).min(src.remaining()) as u64;
-            r.len
-                .store(len | if o.creds_only { ANC_CREDS_ONLY } else { 0 }, Relaxed);
-            // Published before the data: a reader that sees the bytes sees
-            // the record.
-            anc.head.store(h.wrapping_add(1), Release);
+            let creds = if o.creds_only { ANC_CREDS_ONLY } else { 0 };
+            protocol::publish_record(anc, ring.head(), len | creds);
         }
         loop {
             if let Some(e) = self.tx_error(fd, &ring) {

@@ -6,12 +6,16 @@
 //! on both sides at least one of them sees the other, so a waiter never
 //! sleeps through data (or space) that was published before it slept.
 //!
+//! Ancillary record: the writer publishes it before the message's bytes,
+//! so a reader that loads the ring head first and the record queue second
+//! never reads a message's first byte without its record.
+//!
 //! Switch: a writer publishes how many plain bytes it sent before its first
 //! control byte; a reader that peeked socket bytes *before* reading an
 //! unpublished offset knows they are all data.
 
-use crate::layout::{RingFlags, SWITCHED};
-use crate::sync::Ordering::{Relaxed, SeqCst};
+use crate::layout::{ANC_SLOTS, AncQueue, RingFlags, SWITCHED};
+use crate::sync::Ordering::{Relaxed, Release, SeqCst};
 use crate::sync::{AtomicU32, fence};
 
 /// Waiter side: "wake me". The caller re-checks the ring afterwards and
@@ -53,4 +57,14 @@ pub fn wake_space_sleepers(f: &RingFlags) {
         rustix::thread::futex::Flags::empty(),
         i32::MAX as u32,
     );
+}
+
+/// Writer: publishes the record of a message whose first byte goes to ring
+/// index `offset` (the caller checked that a slot is free). Before the data.
+pub fn publish_record(q: &AncQueue, offset: u64, len: u64) {
+    let h = q.head.load(Relaxed);
+    let r = &q.recs[(h % ANC_SLOTS as u64) as usize];
+    r.offset.store(offset, Relaxed);
+    r.len.store(len, Relaxed);
+    q.head.store(h.wrapping_add(1), Release);
 }

@@ -52,7 +52,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tsss_core::conn::{Conn, Ready, RecvOpts, SendOpts, kernel_view};
 use tsss_core::layout::{ANC_SLOTS, CARRIER, CLIENT_ATTACHED, Dir, SegHeader};
-use tsss_core::protocol::{publish_switch, take_waiter, wake_space_sleepers};
+use tsss_core::protocol::{publish_record, publish_switch, take_waiter, wake_space_sleepers};
 use tsss_core::ring::{DstCursor, SrcCursor};
 use tsss_core::segment::Segment;
 use tsss_core::wire::{HELLO_LEN, Hello};
@@ -248,15 +248,9 @@ impl Peer {
         let record = anc && qh.wrapping_sub(q.tail.load(Relaxed)) < ANC_SLOTS as u64;
         if record {
             self.send_raw(&[CARRIER]);
-            let h = self.hdr();
             let ring = self.seg.ring(self.rx);
-            let r = &h.anc[self.rx as usize].recs[(qh % ANC_SLOTS as u64) as usize];
-            r.offset.store(ring.head(), Relaxed);
-            r.len
-                .store(ring.writable().unwrap_or(0).min(n) as u64, Relaxed);
-            h.anc[self.rx as usize]
-                .head
-                .store(qh.wrapping_add(1), SeqCst);
+            let len = ring.writable().unwrap_or(0).min(n) as u64;
+            publish_record(&self.hdr().anc[self.rx as usize], ring.head(), len);
         }
         let ring = self.seg.ring(self.rx);
         let _ = ring.push(&mut SrcCursor::new(&[IoSlice::new(&data)]));
@@ -1239,9 +1233,7 @@ fn known_bug_1_wrapping_record_stalls_reads() {
         Ok(10)
     );
     let q = &seg.header().anc[Dir::ServerToClient as usize];
-    q.recs[0].offset.store(u64::MAX, SeqCst);
-    q.recs[0].len.store(1, SeqCst);
-    q.head.store(1, SeqCst);
+    publish_record(q, u64::MAX, 1);
     let ready = c.readiness(fd, Some(kernel_view(fd))).unwrap();
     assert!(ready.readable, "{ready:?}");
     let r = c.recv(fd, &mut [IoSliceMut::new(&mut [0u8; 10])], NB);
@@ -1368,9 +1360,7 @@ fn known_bug_5_record_without_data_spins_reader() {
     .unwrap();
     rustix::net::send(&ps, &[CARRIER], SendFlags::empty()).unwrap();
     let q = &seg.header().anc[Dir::ServerToClient as usize];
-    q.recs[0].offset.store(0, SeqCst);
-    q.recs[0].len.store(5, SeqCst);
-    q.head.store(1, SeqCst);
+    publish_record(q, 0, 5);
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let r = c.recv(
@@ -1406,9 +1396,7 @@ fn record_offsets_near_u64_max() {
         Ok(10)
     );
     let q = &seg.header().anc[Dir::ServerToClient as usize];
-    q.recs[0].offset.store(u64::MAX - 2, SeqCst);
-    q.recs[0].len.store(5, SeqCst);
-    q.head.store(1, SeqCst);
+    publish_record(q, u64::MAX - 2, 5);
     let r = c.recv(fd, &mut [IoSliceMut::new(&mut [0u8; 10])], NB);
     assert!(
         matches!(r, Some(Ok(1..)) | Some(Err(Errno::CONNRESET))),

@@ -11,7 +11,9 @@ use loom::thread;
 use std::io::{IoSlice, IoSliceMut};
 use std::ptr::NonNull;
 use tsss_core::layout::RingCtrl;
-use tsss_core::protocol::{announce_waiting, publish_switch, switch_point, take_waiter};
+use tsss_core::protocol::{
+    announce_waiting, publish_record, publish_switch, switch_point, take_waiter,
+};
 use tsss_core::ring::{DstCursor, Ring, SrcCursor};
 
 const CAP: usize = 4;
@@ -168,22 +170,18 @@ fn ancillary_record_is_seen_with_its_data() {
             q: AncQueue::new(),
         });
         let b2 = b.clone();
-        let writer = thread::spawn(move || {
-            let r = &b2.q.recs[0];
-            r.offset.store(0, SeqCst);
-            r.len.store(1, SeqCst);
-            b2.q.head.store(1, loom::sync::atomic::Ordering::Release);
-            assert_eq!(push(&b2.s.ring(), b"m"), 1);
+        let reader = thread::spawn(move || {
+            let head = b2.s.ring().head();
+            let records = b2.q.head.load(loom::sync::atomic::Ordering::Acquire);
+            if head > 0 {
+                assert_eq!(
+                    records, 1,
+                    "read a message's byte without its ancillary record"
+                );
+            }
         });
-        let r = b.s.ring();
-        let head = r.head();
-        let records = b.q.head.load(loom::sync::atomic::Ordering::Acquire);
-        if head > 0 {
-            assert_eq!(
-                records, 1,
-                "read a message's byte without its ancillary record"
-            );
-        }
-        writer.join().unwrap();
+        publish_record(&b.q, 0, 1);
+        assert_eq!(push(&b.s.ring(), b"m"), 1);
+        reader.join().unwrap();
     });
 }
