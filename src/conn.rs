@@ -1236,11 +1236,21 @@ impl Conn {
             Ok((_, 1)) if b[0] == CARRIER && ring_phase => {
                 let Some(seg) = seg else { return Ok(()) };
                 let ring = seg.ring(self.rx_dir());
-                for _ in 0..100 {
+                // The writer is usually a few instructions from publishing:
+                // a short spin, then yields, before naps that give a broken
+                // peer 100 ms.
+                if spin_until(20_000, || self.rx_quick_ready(&ring)) {
+                    return Ok(());
+                }
+                for i in 0..200 {
                     if self.rx_quick_ready(&ring) {
                         return Ok(());
                     }
-                    std::thread::sleep(std::time::Duration::from_millis(1));
+                    if i < 100 {
+                        std::thread::yield_now();
+                    } else {
+                        std::thread::sleep(std::time::Duration::from_millis(1));
+                    }
                 }
                 Err(self.broken())
             }
