@@ -63,9 +63,16 @@ pub fn install(sig: i32, handler: usize, flags: i32) -> Option<(usize, i32)> {
         a.handler.store(0, Relaxed);
         return None;
     }
+    let ours = trampoline as *const () as usize;
+    if handler == ours {
+        // `defer` setting a one-shot handler again: in the shim, libc's
+        // sigaction is our override. Recording the trampoline as the
+        // program's handler would make it call itself.
+        return Some((ours, flags | libc::SA_SIGINFO));
+    }
     a.flags.store(flags, Relaxed);
     a.handler.store(handler, Relaxed);
-    Some((trampoline as *const () as usize, flags | libc::SA_SIGINFO))
+    Some((ours, flags | libc::SA_SIGINFO))
 }
 
 /// The program's view of what the kernel reports: our trampoline is
@@ -217,7 +224,8 @@ fn defer(sig: i32, info: *mut libc::siginfo_t, flags: i32) {
         act.sa_sigaction = trampoline as *const () as usize;
         act.sa_flags = flags | libc::SA_SIGINFO;
         // SAFETY: installs our own handler for this signal (libc's
-        // sigaction supplies the restorer).
+        // sigaction supplies the restorer; in the shim it is our override,
+        // and `install` passes the trampoline through).
         unsafe { libc::sigaction(sig, &act, std::ptr::null_mut()) };
     }
 }

@@ -9,6 +9,9 @@
  *             intr     sigaction without SA_RESTART: blocked writes may
  *                      fail with EINTR, and are then retried
  *             signal   handler set with signal() (BSD semantics)
+ *             oneshot  one-shot handler (SA_RESETHAND and sysv_signal in
+ *                      turn) on a one-shot timer, set again once it ran:
+ *                      it must run exactly once, and leave SIG_DFL
  *
  * The client connects A and B, then a 100 us interval timer fires SIGALRM;
  * its handler writes one 16-byte 'S' record, alternately to A and B, while
@@ -64,13 +67,55 @@ static void on_alarm(int sig)
     errno = saved;
 }
 
+/* oneshot mode: a one-shot handler, alternately sigaction(SA_RESETHAND)
+ * and sysv_signal, and a one-shot 100 us timer. */
+static void arm_oneshot(unsigned k)
+{
+    if (k & 1) {
+        if (sysv_signal(SIGALRM, on_alarm) == SIG_ERR)
+            die("sysv_signal");
+    } else {
+        struct sigaction sa;
+        memset(&sa, 0, sizeof sa);
+        sa.sa_handler = on_alarm;
+        sa.sa_flags = SA_RESETHAND;
+        if (sigaction(SIGALRM, &sa, NULL) != 0)
+            die("sigaction");
+    }
+    struct itimerval it = {{0, 0}, {0, 100}};
+    if (setitimer(ITIMER_REAL, &it, NULL) != 0)
+        die("setitimer");
+}
+
+/* oneshot mode, after a write: if the handler ran, it ran once and the
+ * default action is back (a handler deferred inside tsss once recursed
+ * into itself here); then arm again. */
+static void rearm_oneshot(uint32_t *armed)
+{
+    uint32_t seen = g_sseq;
+    if (seen == *armed)
+        return;
+    if (seen != *armed + 1)
+        dief("MISMATCH: one-shot handler ran %u times", seen - *armed);
+    struct sigaction cur;
+    if (sigaction(SIGALRM, NULL, &cur) != 0)
+        die("sigaction");
+    if (cur.sa_handler != SIG_DFL)
+        dief("MISMATCH: one-shot handler still installed after it ran");
+    *armed = seen;
+    arm_oneshot(seen);
+}
+
 static int client(const char *path, double seconds, const char *mode)
 {
+    int oneshot = strcmp(mode, "oneshot") == 0;
     g_fd[0] = connect_unix(path);
     g_fd[1] = connect_unix(path);
     if (strcmp(mode, "signal") == 0) {
         if (signal(SIGALRM, on_alarm) == SIG_ERR)
             die("signal");
+    } else if (oneshot) {
+        arm_oneshot(0);
     } else {
         struct sigaction sa;
         memset(&sa, 0, sizeof sa);
@@ -89,8 +134,9 @@ static int client(const char *path, double seconds, const char *mode)
     }
     static struct rec batch[2048];
     struct itimerval it = {{0, 100}, {0, 100}};
-    if (setitimer(ITIMER_REAL, &it, NULL) != 0)
+    if (!oneshot && setitimer(ITIMER_REAL, &it, NULL) != 0)
         die("setitimer");
+    uint32_t armed = 0;
     uint64_t end = now_ns() + (uint64_t)(seconds * 1e9);
     uint32_t mseq = 0;
     long eintr = 0;
@@ -115,6 +161,8 @@ static int client(const char *path, double seconds, const char *mode)
             dief("MISMATCH: write of %zu bytes returned %zd", k * sizeof(struct rec), n);
         }
         mseq += (uint32_t)k;
+        if (oneshot)
+            rearm_oneshot(&armed);
     }
     struct itimerval off = {{0, 0}, {0, 0}};
     if (setitimer(ITIMER_REAL, &off, NULL) != 0)
@@ -199,6 +247,7 @@ int main(int argc, char **argv)
         return server(argv[2]);
     if (argc == 5 && strcmp(argv[1], "client") == 0)
         return client(argv[2], atof(argv[3]), argv[4]);
-    fprintf(stderr, "usage: sigwrite server PATH | client PATH SECONDS restart|intr|signal\n");
+    fprintf(stderr,
+            "usage: sigwrite server PATH | client PATH SECONDS restart|intr|signal|oneshot\n");
     return 2;
 }

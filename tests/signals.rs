@@ -62,3 +62,11 @@ fn handler_writes_during_write_without_sa_restart() {
 fn handler_installed_with_signal() {
     sigwrite("signal");
 }
+
+/// A one-shot handler deferred inside a write is set again for its one
+/// delivery; that once recorded our own trampoline as the program's
+/// handler, which then called itself until the stack overflowed.
+#[test]
+fn one_shot_handler_runs_once() {
+    sigwrite("oneshot");
+}
