@@ -21,8 +21,9 @@
 //! syscall bypass all this; see [`handler_ran`].
 
 use std::cell::{Cell, UnsafeCell};
-use std::mem::MaybeUninit;
-use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{
+    AtomicI32, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst, compiler_fence,
+};
 
 const NSIG: usize = 65;
 /// Deferred signals one thread can hold; a standard signal already queued
@@ -42,11 +43,17 @@ const NONE: UserAction = UserAction {
 };
 static ACTIONS: [UserAction; NSIG] = [NONE; NSIG];
 
+// SAFETY: all-zero is a valid siginfo_t (plain integers).
+const EMPTY: [libc::siginfo_t; QUEUE] = unsafe { std::mem::zeroed() };
+
 thread_local! {
     static DEPTH: Cell<u32> = const { Cell::new(0) };
-    static PENDING: Cell<usize> = const { Cell::new(0) };
-    static QUEUED: UnsafeCell<[MaybeUninit<libc::siginfo_t>; QUEUE]> =
-        const { UnsafeCell::new([MaybeUninit::uninit(); QUEUE]) };
+    /// Slots of QUEUED in use. An atomic: a signal arriving between a
+    /// load and a store would get the same slot.
+    static PENDING: AtomicUsize = const { AtomicUsize::new(0) };
+    /// Zeroed, not uninit: a nested `defer` may read a slot reserved but
+    /// not yet written (signal number 0 there, see `take`).
+    static QUEUED: UnsafeCell<[libc::siginfo_t; QUEUE]> = const { UnsafeCell::new(EMPTY) };
     /// Handlers run on this thread, and how many of them lacked
     /// SA_RESTART: counters, not flags, so that a handler that itself
     /// waits in tsss (a nested wait) cannot erase what the outer wait saw.
@@ -110,12 +117,14 @@ impl Drop for Critical {
             d.set(v);
             v
         });
-        if left == 0 && PENDING.with(Cell::get) != 0 {
+        if left == 0 && PENDING.with(|p| p.load(Relaxed)) != 0 {
             flush();
         }
     }
 }
 
+/// Re-raises the deferred signals in the order they arrived, as the
+/// kernel delivers queued realtime signals.
 #[cold]
 fn flush() {
     let (pid, tid) = (
@@ -123,27 +132,58 @@ fn flush() {
         rustix::thread::gettid().as_raw_nonzero().get(),
     );
     loop {
-        // Take one entry first: its handler may itself enter and leave a
-        // section, which must not see it again.
-        let Some(n) = PENDING.with(|p| p.get().checked_sub(1)) else {
+        let mut taken = EMPTY;
+        let n = take(&mut taken);
+        if n == 0 {
             return;
-        };
-        PENDING.with(|p| p.set(n));
-        // SAFETY: entries below the old PENDING were written by the
-        // trampoline on this thread; this thread is not inside it now.
-        let info = QUEUED.with(|q| unsafe { (*q.get())[n].assume_init() });
-        // SAFETY: re-queues a signal to ourselves with the siginfo the
-        // kernel gave us (allowed for one's own thread group).
-        unsafe {
-            libc::syscall(
-                libc::SYS_rt_tgsigqueueinfo,
-                pid,
-                tid,
-                info.si_signo,
-                &info as *const libc::siginfo_t,
-            )
-        };
+        }
+        for info in &taken[..n] {
+            // SAFETY: re-queues a signal to ourselves with the siginfo the
+            // kernel gave us (allowed for one's own thread group).
+            unsafe {
+                libc::syscall(
+                    libc::SYS_rt_tgsigqueueinfo,
+                    pid,
+                    tid,
+                    info.si_signo,
+                    info as *const libc::siginfo_t,
+                )
+            };
+        }
     }
+}
+
+/// Moves the queue into `out` and empties it; returns the count. Taken
+/// before any is raised: a handler run by the first may enter and leave a
+/// section, whose own flush must not see the others. Signals arriving
+/// meanwhile are deferred (DEPTH 1) and taken too.
+fn take(out: &mut [libc::siginfo_t; QUEUE]) -> usize {
+    DEPTH.with(|d| d.set(1));
+    compiler_fence(SeqCst);
+    let queue = QUEUED.with(|q| q.get());
+    let mut got = 0;
+    PENDING.with(|p| {
+        loop {
+            let n = p.load(Relaxed);
+            while got < n.min(QUEUE) {
+                // SAFETY: this thread's own queue; a nested `defer` has
+                // written its slot completely before we resume. The number
+                // is cleared so that a later `defer` cannot coalesce with
+                // an entry already taken.
+                unsafe {
+                    out[got] = (*queue)[got];
+                    (*queue)[got].si_signo = 0;
+                }
+                got += 1;
+            }
+            if p.compare_exchange(n, 0, Relaxed, Relaxed).is_ok() {
+                break;
+            }
+        }
+    });
+    compiler_fence(SeqCst);
+    DEPTH.with(|d| d.set(0));
+    got
 }
 
 /// Where this thread's handler record stands (before a wait).
@@ -206,16 +246,24 @@ pub unsafe extern "C" fn trampoline(sig: i32, info: *mut libc::siginfo_t, ctx: *
 }
 
 fn defer(sig: i32, info: *mut libc::siginfo_t, flags: i32) {
-    let n = PENDING.with(Cell::get);
     let queue = QUEUED.with(|q| q.get());
-    // SAFETY: this thread's own queue; entries below n are initialised.
-    let dup = (0..n).any(|i| unsafe { (*queue)[i].assume_init_ref().si_signo } == sig);
-    if sig < libc::SIGRTMIN() && dup || n == QUEUE {
+    let n = PENDING.with(|p| p.load(Relaxed)).min(QUEUE);
+    // SAFETY: this thread's own queue of plain data; a slot reserved by a
+    // `defer` this one interrupted reads as signal 0 or its new entry.
+    let dup = (0..n).any(|i| unsafe { (*queue)[i].si_signo } == sig);
+    if sig < libc::SIGRTMIN() && dup {
         return;
     }
+    // The slot is ours before we write it: a signal arriving meanwhile
+    // defers into the next one.
+    let slot = PENDING.with(|p| p.fetch_add(1, Relaxed));
+    if slot >= QUEUE {
+        PENDING.with(|p| p.fetch_sub(1, Relaxed));
+        return;
+    }
+    compiler_fence(SeqCst);
     // SAFETY: as above; `info` is valid per the trampoline's contract.
-    unsafe { (*queue)[n] = MaybeUninit::new(*info) };
-    PENDING.with(|p| p.set(n + 1));
+    unsafe { (*queue)[slot] = *info };
     if flags & libc::SA_RESETHAND != 0 {
         // The kernel already reset the action to SIG_DFL; the re-raised
         // signal must still reach the program's handler once.
@@ -291,17 +339,18 @@ mod tests {
     }
 
     static RT_HITS: AtomicU32 = AtomicU32::new(0);
-    static RT_VALUE_SUM: AtomicU32 = AtomicU32::new(0);
+    /// The values in delivery order, as decimal digits.
+    static RT_ORDER: AtomicU32 = AtomicU32::new(0);
 
     extern "C" fn on_rt(_: i32, info: *mut libc::siginfo_t, _: *mut libc::c_void) {
         RT_HITS.fetch_add(1, SeqCst);
         // SAFETY: sent with sigqueue: si_value is set.
         let v = unsafe { (*info).si_value().sival_ptr } as usize as u32;
-        RT_VALUE_SUM.fetch_add(v, SeqCst);
+        RT_ORDER.store(RT_ORDER.load(SeqCst) * 10 + v, SeqCst);
     }
 
     #[test]
-    fn realtime_signals_queue_with_their_values() {
+    fn realtime_signals_queue_with_their_values_in_order() {
         let sig = libc::SIGRTMIN() + 3;
         set(sig, on_rt as *const () as usize, libc::SA_SIGINFO);
         {
@@ -318,7 +367,7 @@ mod tests {
             assert_eq!(RT_HITS.load(SeqCst), 0);
         }
         assert_eq!(RT_HITS.load(SeqCst), 3);
-        assert_eq!(RT_VALUE_SUM.load(SeqCst), 6);
+        assert_eq!(RT_ORDER.load(SeqCst), 123, "delivered in the order sent");
         let m = mark();
         let val = libc::sigval {
             sival_ptr: std::ptr::null_mut(),
