@@ -110,7 +110,15 @@ fn unreachable_abort() -> ! {
 /// Looks `fd` up (lock-free, allocation-free).
 #[inline]
 pub fn get(fd: i32) -> Option<Guard> {
-    let s = slot(fd, false)?;
+    acquire(slot(fd, false)?, drop)
+}
+
+/// A counted reference to the entry in `s`: the count is taken only if
+/// not zero (a node being freed stays free), and kept only if `s` still
+/// holds the node after (it may have been recycled for another fd); a
+/// reference taken in vain goes to `release`.
+#[inline]
+fn acquire(s: &AtomicPtr<Node>, release: fn(Guard)) -> Option<Guard> {
     let p = s.load(Acquire);
     if p.is_null() {
         return None;
@@ -128,8 +136,27 @@ pub fn get(fd: i32) -> Option<Guard> {
         }
     }
     let g = Guard(node);
-    // The node may have been recycled for another fd meanwhile.
-    (s.load(Acquire) == p).then_some(g)
+    if s.load(Acquire) == p {
+        Some(g)
+    } else {
+        release(g);
+        None
+    }
+}
+
+/// Drops `g` unless it is the last reference, which is leaked instead:
+/// freeing takes the FREE mutex and runs the entry's destructor, and
+/// `for_each_conn` may run in a signal handler.
+fn release_unless_last(g: Guard) {
+    let refs = &g.0.refs;
+    let mut r = refs.load(Relaxed);
+    while r > 1 {
+        match refs.compare_exchange_weak(r, r - 1, Release, Relaxed) {
+            Ok(_) => break,
+            Err(now) => r = now,
+        }
+    }
+    std::mem::forget(g);
 }
 
 /// Installs `entry` for `fd`, replacing (and releasing) any stale one.
@@ -211,6 +238,7 @@ pub fn remove_conn(fd: i32, conn: &Conn) {
 
 /// Calls `f` once on every connection, with one of its descriptors.
 /// Allocation-free: `_exit` runs it, and may be called in a signal handler.
+/// Each entry is held while `f` runs: another thread may close its fd.
 pub fn for_each_conn(mut f: impl FnMut(i32, &Conn)) {
     static PASS: AtomicUsize = AtomicUsize::new(0);
     let pass = PASS.fetch_add(1, Relaxed) + 1;
@@ -221,18 +249,15 @@ pub fn for_each_conn(mut f: impl FnMut(i32, &Conn)) {
         }
         // SAFETY: chunks are never freed.
         for (j, s) in unsafe { &*chunk }.iter().enumerate() {
-            let p = s.load(Acquire);
-            if p.is_null() {
+            let Some(g) = acquire(s, release_unless_last) else {
                 continue;
-            }
-            // SAFETY: nodes are never freed; the slot holds a reference.
-            let node = unsafe { &*p };
-            // SAFETY: read through the slot's reference (refs > 0).
-            if let Some(Entry::Conn(c)) = unsafe { &*node.entry.get() }
-                && node.visited.swap(pass, Relaxed) != pass
+            };
+            if let Entry::Conn(c) = &*g
+                && g.0.visited.swap(pass, Relaxed) != pass
             {
                 f(((i << L2_BITS) | j) as i32, c);
             }
+            release_unless_last(g);
         }
     }
 }
