@@ -15,6 +15,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicPtr, AtomicUsize, Ordering::*};
 use tsss_core::conn::Conn;
 use tsss_core::readiness::EpollSet;
+use tsss_core::signals::Critical;
 
 pub enum Entry {
     Conn(Conn),
@@ -45,6 +46,15 @@ type Chunk = [AtomicPtr<Node>; L2];
 
 static TABLE: [AtomicPtr<Chunk>; L1] = [const { AtomicPtr::new(ptr::null_mut()) }; L1];
 static FREE: Mutex<Vec<&'static Node>> = Mutex::new(Vec::new());
+
+/// Runs `f` on the free list, inside a signal section: a handler that
+/// closes a descriptor would otherwise wait for the lock its own thread
+/// holds.
+fn with_free<T>(f: impl FnOnce(&mut Vec<&'static Node>) -> T) -> T {
+    let _section = Critical::enter();
+    let mut free = FREE.lock().unwrap_or_else(|p| p.into_inner());
+    f(&mut free)
+}
 
 fn slot(fd: i32, create: bool) -> Option<&'static AtomicPtr<Node>> {
     let fd = usize::try_from(fd).ok().filter(|&f| f < MAX_FD)?;
@@ -98,7 +108,7 @@ impl Drop for Guard {
             // the entry (no slot holds it, lookups fail on zero).
             let old = unsafe { (*self.0.entry.get()).take() };
             drop(old);
-            FREE.lock().unwrap_or_else(|p| p.into_inner()).push(self.0);
+            with_free(|f| f.push(self.0));
         }
     }
 }
@@ -162,7 +172,7 @@ fn release_unless_last(g: Guard) {
 /// Installs `entry` for `fd`, replacing (and releasing) any stale one.
 pub fn insert(fd: i32, entry: Entry) -> Option<Guard> {
     let s = slot(fd, true)?;
-    let recycled = FREE.lock().unwrap_or_else(|p| p.into_inner()).pop();
+    let recycled = with_free(Vec::pop);
     let node: &'static Node = recycled.unwrap_or_else(|| {
         Box::leak(Box::new(Node {
             refs: AtomicUsize::new(0),
