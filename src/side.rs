@@ -62,11 +62,6 @@ pub struct Side {
 impl Side {
     /// A fresh, zeroed block, shared with future fork children.
     pub fn new() -> Result<Side, Errno> {
-        static ATFORK: std::sync::Once = std::sync::Once::new();
-        ATFORK.call_once(|| {
-            // SAFETY: registers a plain function, run in fork children.
-            unsafe { libc::pthread_atfork(None, None, Some(forget_pid)) };
-        });
         let fd = rustix::fs::memfd_create("tsss-side", rustix::fs::MemfdFlags::CLOEXEC)?;
         rustix::fs::ftruncate(&fd, 4096)?;
         // SAFETY: a fresh memfd nobody else can see; MmapMut maps it
@@ -162,26 +157,11 @@ impl Drop for ShmGuard<'_> {
     }
 }
 
-/// This process's id, cached: getpid() is a real syscall, and the lock
-/// records its holder on every acquisition. Reset in fork children by a
-/// pthread_atfork handler (a raw clone() child keeps a stale value, which
-/// only weakens the dead-holder check).
-static PID: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-
+/// The lock's holder: the cached pid, as every acquisition records it (a
+/// raw clone() child records its parent, which only weakens the
+/// dead-holder check).
 fn pid() -> u32 {
-    match PID.load(Relaxed) {
-        0 => {
-            let p = rustix::process::getpid().as_raw_nonzero().get() as u32;
-            PID.store(p, Relaxed);
-            p
-        }
-        p => p,
-    }
-}
-
-/// After fork, in the child: the cached pid is the parent's.
-extern "C" fn forget_pid() {
-    PID.store(0, Relaxed);
+    crate::sys::cached_pid() as u32
 }
 
 fn process_alive(p: u32) -> bool {

@@ -3,6 +3,7 @@
 //! never overrides, so calling them from inside an override cannot recurse.
 
 use rustix::io::Errno;
+use std::sync::atomic::{AtomicI32, Ordering::Relaxed};
 
 /// Maps a -1 return to the errno, like mio's `syscall!`.
 macro_rules! syscall {
@@ -90,6 +91,27 @@ pub fn shm_grant(id: i32, uid: u32) -> Result<(), Errno> {
 pub fn shm_remove(id: i32) -> Result<(), Errno> {
     syscall!(libc::shmctl(id, libc::IPC_RMID, std::ptr::null_mut()))?;
     Ok(())
+}
+
+/// This process's id (0: not recorded). Set, never filled lazily: a vfork
+/// child shares our memory and would write its own pid into ours.
+static PID: AtomicI32 = AtomicI32::new(0);
+
+/// Records getpid() as this process's id. The shim calls it at load and
+/// in every fork child (its atfork handler, and `_Fork`, which skips the
+/// handlers).
+pub fn set_cached_pid() {
+    PID.store(rustix::process::getpid().as_raw_nonzero().get(), Relaxed);
+}
+
+/// This process's id as recorded (getpid() is a real syscall), or
+/// getpid() if none was (tsss-core without the shim). In a vfork child
+/// or a raw clone() child: its parent's.
+pub fn cached_pid() -> i32 {
+    match PID.load(Relaxed) {
+        0 => rustix::process::getpid().as_raw_nonzero().get(),
+        p => p,
+    }
 }
 
 /// Whether process `pid` exists (EPERM: it does, under another user).

@@ -24,11 +24,11 @@ fn init() {
         tsss_core::log::emit(format_args!("{w}"));
     }
     real::init();
-    record_pid();
+    tsss_core::sys::set_cached_pid();
     exec::adopt_inherited();
     // SAFETY: registering a plain function pointer, run in the parent just
     // before fork.
-    unsafe { libc::pthread_atfork(Some(before_fork), None, Some(record_pid_c)) };
+    unsafe { libc::pthread_atfork(Some(before_fork), None, Some(in_fork_child)) };
     // SAFETY: as above; runs in exit(), before the stdio flush.
     unsafe { libc::atexit(exiting) };
     tsss_core::log!(
@@ -39,27 +39,18 @@ fn init() {
     );
 }
 
-/// This process's id, recorded at load and in fork children: a vfork child
-/// (which shares our memory and skips the fork handlers) sees a different
-/// getpid() and must not touch the fd table, which is its parent's.
-static MY_PID: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
-
-fn record_pid() {
-    MY_PID.store(
-        rustix::process::getpid().as_raw_nonzero().get(),
-        std::sync::atomic::Ordering::Relaxed,
-    );
+/// The pid cache (`sys::cached_pid`, also the ShmLock holder's id) is the
+/// child's own from here on.
+extern "C" fn in_fork_child() {
+    tsss_core::sys::set_cached_pid();
 }
 
-extern "C" fn record_pid_c() {
-    record_pid();
-}
-
-/// Whether we run in a vfork child, in our parent's memory (one syscall:
-/// call only when an accelerated fd is involved).
+/// Whether we run in a vfork child, in our parent's memory: it skips the
+/// fork handlers, so the cached pid is its parent's, and it must not touch
+/// the fd table, which is its parent's too. One syscall: call only when an
+/// accelerated fd is involved.
 pub(crate) fn in_vfork_child() -> bool {
-    rustix::process::getpid().as_raw_nonzero().get()
-        != MY_PID.load(std::sync::atomic::Ordering::Relaxed)
+    rustix::process::getpid().as_raw_nonzero().get() != tsss_core::sys::cached_pid()
 }
 
 extern "C" fn before_fork() {
@@ -79,7 +70,7 @@ pub unsafe extern "C" fn _Fork() -> libc::pid_t {
     // SAFETY: passthrough.
     let pid = unsafe { real::_Fork() };
     if pid == 0 {
-        record_pid();
+        in_fork_child();
     }
     pid
 }
