@@ -2018,6 +2018,12 @@ impl Conn {
         self.sb().sharers.fetch_add(1, SeqCst);
     }
 
+    /// Takes back a [`before_fork`](Self::before_fork) made for a new
+    /// image that never ran (exec or spawn failed).
+    pub fn undo_fork(&self) {
+        self.sb().sharers.fetch_sub(1, SeqCst);
+    }
+
     // ---------------------------------------------------------------- readiness
 
     /// Whether computing readiness needs the kernel's view of the socket

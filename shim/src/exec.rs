@@ -257,7 +257,12 @@ pub unsafe fn exec_with(
     for (c, _) in &conns {
         c.before_fork();
     }
-    exec(ptrs.as_ptr())
+    let r = exec(ptrs.as_ptr());
+    // Still the old image: no new one counts.
+    for (c, _) in &conns {
+        c.undo_fork();
+    }
+    r
 }
 
 /// In the constructor of a new image: adopts the connections the previous
@@ -417,7 +422,14 @@ unsafe fn spawn_with(
     let env = unsafe { build_env(envp, &handover_text(&conns, true)) };
     let mut ptrs: Vec<*const c_char> = env.iter().map(|c| c.as_ptr()).collect();
     ptrs.push(std::ptr::null());
-    spawn(ptrs.as_ptr())
+    let r = spawn(ptrs.as_ptr());
+    if r != 0 {
+        // No image was started.
+        for (c, _) in &conns {
+            c.undo_fork();
+        }
+    }
+    r
 }
 
 /// # Safety
