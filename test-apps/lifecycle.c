@@ -36,6 +36,9 @@
  *         spawn        posix_spawn "lifecycle child", file actions move
  *                      the descriptor to 50 and close the original
  *         spawn-static the same with the statically linked lifecycle_static
+ *         spawn-cloexec  spawn with FD_CLOEXEC set on the descriptor: only
+ *                      the file actions' dup2 makes the child inherit it
+ *                      (Rust's Command with Stdio::from(UnixStream))
  *       Before handing over it prints "lifecycle: handover HOW at BEFORE" on
  *       stderr.  Output:
  *         RESULT role=client how=HOW before=R child=R after=R ok=1
@@ -419,6 +422,8 @@ static int client(const char *path, const char *how, uint64_t before, uint64_t d
         } else if (strncmp(how, "spawn", 5) == 0) {
             snprintf(sfd, sizeof sfd, "%d", 50);
             char *argv[] = {"lifecycle", "child", sfd, soff, slen, NULL};
+            if (strstr(how, "-cloexec") != NULL && fcntl(fd, F_SETFD, FD_CLOEXEC) != 0)
+                die("fcntl");
             pid = do_spawn(prog, fd, 50, argv);
             rc = child_result(pid);
         } else {

@@ -396,6 +396,21 @@ fn posix_spawn_dynamic_child_continues_connection() {
     );
 }
 
+/// The same with FD_CLOEXEC on the descriptor, as Rust's Command sets up
+/// Stdio::from(UnixStream): the file actions' dup2 is what the child
+/// inherits, and it must be handed over all the same.
+#[test]
+fn posix_spawn_of_cloexec_descriptor_moved_by_file_actions() {
+    let (s, c) = handover("spawn-cloexec", "spawn-cloexec", &[]);
+    assert_exact_handover(&s, &c, "spawn-cloexec");
+    assert_child_adopted(&c, &s);
+    assert_logs(
+        &c,
+        "fd 50: accelerated connection carried over exec",
+        &[&s, &c],
+    );
+}
+
 // ------------------------------------------------------------------ self-check
 
 /// The checks can fail: one flipped byte in the part the exec'd child

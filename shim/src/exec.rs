@@ -24,11 +24,35 @@ unsafe extern "C" {
     static environ: *const *const c_char;
 }
 
+/// Every open socket descriptor, as (inode, fd), sorted.
+fn open_sockets() -> Vec<(u64, c_int)> {
+    let mut socks = Vec::new();
+    if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {
+        for e in dir.flatten() {
+            if let Some(fd) = e.file_name().to_str().and_then(|n| n.parse::<c_int>().ok())
+                && let Some(ino) = inode(fd)
+            {
+                socks.push((ino, fd));
+            }
+        }
+    }
+    socks.sort_unstable();
+    socks
+}
+
+fn cloexec(fd: c_int) -> bool {
+    // SAFETY: borrowed for one call.
+    rustix::io::fcntl_getfd(unsafe { rustix::fd::BorrowedFd::borrow_raw(fd) })
+        .map_or(true, |f| f.contains(rustix::io::FdFlags::CLOEXEC))
+}
+
 /// Connections whose descriptors survive exec, with those descriptors.
 /// Found by the sockets' inodes in the fd table as it is now: in a vfork
 /// child the descriptors were moved (dup2 onto 0 and 1) without our table
-/// hearing of it, as it belongs to the parent.
-fn inherited() -> Vec<(ConnRef, Vec<c_int>)> {
+/// hearing of it, as it belongs to the parent. `skip_cloexec`: leave out
+/// FD_CLOEXEC descriptors; not for posix_spawn, whose file actions (out of
+/// our sight) may dup2 one, and the copy survives.
+fn inherited(skip_cloexec: bool) -> Vec<(ConnRef, Vec<c_int>)> {
     let mut conns: Vec<ConnRef> = Vec::new();
     for fd in table::fds_in(0, u32::MAX) {
         let Some(c) = table::get(fd).and_then(ConnRef::new) else {
@@ -42,20 +66,10 @@ fn inherited() -> Vec<(ConnRef, Vec<c_int>)> {
         return Vec::new();
     }
     let mut out: Vec<(ConnRef, Vec<c_int>)> = Vec::new();
-    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
-        return out;
-    };
-    for e in dir.flatten() {
-        let Some(fd) = e.file_name().to_str().and_then(|n| n.parse::<c_int>().ok()) else {
-            continue;
-        };
-        // SAFETY: borrowed for one call.
-        let cloexec = rustix::io::fcntl_getfd(unsafe { rustix::fd::BorrowedFd::borrow_raw(fd) })
-            .map_or(true, |f| f.contains(rustix::io::FdFlags::CLOEXEC));
-        if cloexec {
+    for (ino, fd) in open_sockets() {
+        if skip_cloexec && cloexec(fd) {
             continue;
         }
-        let Some(ino) = inode(fd) else { continue };
         let Some(c) = conns.iter().find(|c| c.ino() == ino) else {
             continue;
         };
@@ -234,7 +248,7 @@ pub unsafe fn exec_with(
     if config::disabled() {
         return exec(envp);
     }
-    let conns = inherited();
+    let conns = inherited(true);
     if conns.is_empty() {
         return exec(envp);
     }
@@ -273,18 +287,7 @@ pub fn adopt_inherited() {
     };
     // SAFETY: the constructor runs before main, on the only thread.
     unsafe { std::env::remove_var(VAR) };
-    // Every open socket descriptor, by inode.
-    let mut socks: Vec<(u64, c_int)> = Vec::new();
-    if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {
-        for e in dir.flatten() {
-            if let Some(fd) = e.file_name().to_str().and_then(|n| n.parse::<c_int>().ok())
-                && let Some(ino) = inode(fd)
-            {
-                socks.push((ino, fd));
-            }
-        }
-    }
-    socks.sort_unstable();
+    let socks = open_sockets();
     for entry in v.as_bytes().split(|&b| b == b';') {
         let Some(eq) = entry.iter().position(|&b| b == b'=') else {
             continue;
@@ -400,17 +403,19 @@ unsafe fn spawn_with(
     if config::disabled() {
         return spawn(envp);
     }
-    let conns = inherited();
+    let conns = inherited(false);
     if conns.is_empty() {
         return spawn(envp);
     }
     if let Some(t) = target
         && !can_preload(t)
     {
-        // As at exec: the static image would see the bare socket. (Its file
-        // actions may close the descriptors; we cannot read them, so the
-        // connection ends either way.)
-        end_connections(&conns, "spawn", t);
+        // As at exec: the static image would see the bare socket. Only
+        // connections with a descriptor that survives exec end: a
+        // FD_CLOEXEC one reaches the child only through a dup2 file action,
+        // which we cannot see, and ending it for nothing would break it
+        // for this process too.
+        end_connections(&inherited(true), "spawn", t);
         return spawn(envp);
     }
     // The spawned image gets a side block of its own: keep ours from
