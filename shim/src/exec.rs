@@ -390,8 +390,8 @@ pub unsafe extern "C" fn fexecve(
 }
 
 /// posix_spawn runs its own execve inside the child, out of our reach: the
-/// environment is prepared here. The child does not share the parent's
-/// side block (it gets its own after exec), so no sharer is counted.
+/// environment is prepared here. The child gets a side block of its own
+/// after exec, but is counted in ours (see below).
 ///
 /// # Safety
 /// As posix_spawn.
