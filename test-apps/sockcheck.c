@@ -1420,8 +1420,10 @@ static void sc14(int fd)
             mm[i].msg_hdr.msg_iov = &iov[i];
             mm[i].msg_hdr.msg_iovlen = 1;
         }
+        errno = 0; /* a count returned leaves errno alone */
         DO(recvmmsg(fd, mm, 3, MSG_WAITFORONE, NULL));
-        L("recvmmsg(WAITFORONE) = %s first=%s", RV, esc(b[0], mm[0].msg_len));
+        L("recvmmsg(WAITFORONE) = %s first=%s errno=%s", RV, esc(b[0], mm[0].msg_len),
+          r_ > 0 && e_ == 0 ? "unchanged" : errname(e_));
         int err = -1;
         socklen_t el = sizeof err;
         DO(getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &el));

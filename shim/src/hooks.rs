@@ -1431,7 +1431,9 @@ pub unsafe extern "C" fn sendmmsg(
         // SAFETY: passthrough.
         return unsafe { real::sendmmsg(fd, v, n, flags) };
     }
-    // One message at a time through sendmsg, as the kernel does.
+    // One message at a time through sendmsg, as the kernel does. A failure
+    // after the first message is not reported: errno as it was.
+    let saved = errno();
     let n = n.min(1024);
     let mut done = 0;
     while done < n {
@@ -1440,11 +1442,15 @@ pub unsafe extern "C" fn sendmmsg(
         // SAFETY: a message of the caller's array.
         let r = unsafe { sendmsg(fd, &m.msg_hdr, flags) };
         if r < 0 {
-            return if done == 0 { -1 } else { done as c_int };
+            if done == 0 {
+                return -1;
+            }
+            break;
         }
         m.msg_len = r as libc::c_uint;
         done += 1;
     }
+    set_errno(saved);
     done as c_int
 }
 
@@ -1471,6 +1477,8 @@ pub unsafe extern "C" fn recvmmsg(
         let ts = unsafe { &*t };
         Some(tsss_core::sys::now_ns() + ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64)
     };
+    // A failure after the first message is not reported: errno as it was.
+    let saved = errno();
     let n = n.min(1024);
     let mut done = 0;
     let mut fl = flags & !libc::MSG_WAITFORONE;
@@ -1480,12 +1488,8 @@ pub unsafe extern "C" fn recvmmsg(
         // SAFETY: a message of the caller's array.
         let r = unsafe { recvmsg(fd, &mut m.msg_hdr, fl) };
         if r < 0 {
-            let e = errno();
             if done == 0 {
                 return -1;
-            }
-            if e != libc::EAGAIN {
-                set_errno(e);
             }
             break;
         }
@@ -1498,6 +1502,7 @@ pub unsafe extern "C" fn recvmmsg(
             fl |= libc::MSG_DONTWAIT;
         }
     }
+    set_errno(saved);
     done as c_int
 }
 
