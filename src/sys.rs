@@ -1,21 +1,36 @@
 //! The few OS calls rustix does not cover (SysV shared memory, tgkill,
 //! sigaction queries). All of them are raw syscalls or libc functions tsss
 //! never overrides, so calling them from inside an override cannot recurse.
+//! None of them changes errno: overrides call them on the program's
+//! behalf and drop many of their errors, and the kernel never changes
+//! errno on success.
 
 use rustix::io::Errno;
 use std::sync::atomic::{AtomicI32, Ordering::Relaxed};
 
-/// Maps a -1 return to the errno, like mio's `syscall!`.
+/// Runs `f`, a libc call, and returns its result with the errno it left;
+/// errno itself is as before.
+fn errno_kept<T>(f: impl FnOnce() -> T) -> (T, i32) {
+    // SAFETY: this thread's errno slot, valid for the thread's life.
+    let slot = unsafe { libc::__errno_location() };
+    // SAFETY: as above.
+    let saved = unsafe { *slot };
+    let r = f();
+    // SAFETY: as above.
+    let e = unsafe { std::mem::replace(&mut *slot, saved) };
+    (r, e)
+}
+
+/// Maps a -1 return to the errno, like mio's `syscall!`, leaving errno as
+/// it was.
 macro_rules! syscall {
     ($e:expr) => {{
-        // SAFETY: stated at each call site.
-        let r = unsafe { $e };
+        let (r, e) = errno_kept(|| {
+            // SAFETY: stated at each call site.
+            unsafe { $e }
+        });
         if r == -1 {
-            Err(Errno::from_raw_os_error(
-                std::io::Error::last_os_error()
-                    .raw_os_error()
-                    .unwrap_or(libc::EIO),
-            ))
+            Err(Errno::from_raw_os_error(e))
         } else {
             Ok(r)
         }
@@ -43,14 +58,12 @@ pub fn shm_create(size: usize) -> Result<i32, Errno> {
 
 /// Attaches a whole segment read-write.
 pub fn shm_attach(id: i32) -> Result<*mut u8, Errno> {
-    // SAFETY: a NULL address lets the kernel choose where to map.
-    let p = unsafe { libc::shmat(id, std::ptr::null(), 0) };
+    let (p, e) = errno_kept(|| {
+        // SAFETY: a NULL address lets the kernel choose where to map.
+        unsafe { libc::shmat(id, std::ptr::null(), 0) }
+    });
     if p as isize == -1 {
-        Err(Errno::from_raw_os_error(
-            std::io::Error::last_os_error()
-                .raw_os_error()
-                .unwrap_or(libc::EIO),
-        ))
+        Err(Errno::from_raw_os_error(e))
     } else {
         Ok(p.cast())
     }
@@ -59,8 +72,10 @@ pub fn shm_attach(id: i32) -> Result<*mut u8, Errno> {
 /// # Safety
 /// `p` came from [`shm_attach`] and nothing uses the mapping afterwards.
 pub unsafe fn shm_detach(p: *mut u8) {
-    // SAFETY: per the caller.
-    unsafe { libc::shmdt(p.cast()) };
+    errno_kept(|| {
+        // SAFETY: per the caller.
+        unsafe { libc::shmdt(p.cast()) }
+    });
 }
 
 pub fn shm_stat(id: i32) -> Result<ShmStat, Errno> {
@@ -114,11 +129,13 @@ pub fn cached_pid() -> i32 {
     }
 }
 
-/// Whether process `pid` exists (EPERM: it does, under another user).
+/// Whether process `pid` exists (EPERM: it does, under another user; a
+/// pid <= 0 names no one process: assumed to).
 pub fn process_exists(pid: i32) -> bool {
-    // SAFETY: signal 0 only checks existence and permission.
-    let r = unsafe { libc::syscall(libc::SYS_kill, pid, 0) };
-    r == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
+    match rustix::process::Pid::from_raw(pid).filter(|_| pid > 0) {
+        Some(p) => rustix::process::test_kill_process(p) != Err(Errno::SRCH),
+        None => true,
+    }
 }
 
 /// A small file read with raw syscalls (never through our overrides).
@@ -141,8 +158,10 @@ pub fn read_small_file(path: &core::ffi::CStr) -> Result<Vec<u8>, Errno> {
 pub fn raise_sigpipe() {
     let pid = rustix::process::getpid().as_raw_nonzero().get();
     let tid = rustix::thread::gettid().as_raw_nonzero().get();
-    // SAFETY: tgkill takes integers only.
-    unsafe { libc::syscall(libc::SYS_tgkill, pid, tid, libc::SIGPIPE) };
+    errno_kept(|| {
+        // SAFETY: tgkill takes integers only.
+        unsafe { libc::syscall(libc::SYS_tgkill, pid, tid, libc::SIGPIPE) }
+    });
 }
 
 /// Whether an interrupted wait should restart: true unless some installed
@@ -155,16 +174,18 @@ pub fn all_handlers_restart() -> bool {
         }
         // SAFETY: sigaction is plain old data; a NULL new action only queries.
         let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
-        // SAFETY: valid pointers; query only.
-        let r = unsafe {
-            libc::syscall(
-                libc::SYS_rt_sigaction,
-                sig,
-                std::ptr::null::<libc::sigaction>(),
-                &mut old,
-                8usize,
-            )
-        };
+        let (r, _) = errno_kept(|| {
+            // SAFETY: valid pointers; query only.
+            unsafe {
+                libc::syscall(
+                    libc::SYS_rt_sigaction,
+                    sig,
+                    std::ptr::null::<libc::sigaction>(),
+                    &mut old,
+                    8usize,
+                )
+            }
+        });
         if r != 0 {
             continue;
         }
@@ -182,22 +203,19 @@ pub fn now_ns() -> u64 {
     t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
 }
 
-fn ret(r: libc::c_long) -> Result<usize, Errno> {
-    if r < 0 {
-        Err(Errno::from_raw_os_error(
-            std::io::Error::last_os_error()
-                .raw_os_error()
-                .unwrap_or(libc::EIO),
-        ))
-    } else {
-        Ok(r as usize)
+/// Runs `f`, a libc::syscall, mapping a negative return to its errno and
+/// leaving errno as it was.
+fn ret(f: impl FnOnce() -> libc::c_long) -> Result<usize, Errno> {
+    match errno_kept(f) {
+        (r, e) if r < 0 => Err(Errno::from_raw_os_error(e)),
+        (r, _) => Ok(r as usize),
     }
 }
 
 /// poll(2) as a raw syscall (never our own override).
 pub fn poll(fds: &mut [libc::pollfd], timeout_ms: i32) -> Result<usize, Errno> {
     // SAFETY: fds is a valid, exclusively borrowed array of fds.len() entries.
-    ret(unsafe {
+    ret(|| unsafe {
         libc::syscall(
             libc::SYS_poll,
             fds.as_mut_ptr(),
@@ -209,13 +227,14 @@ pub fn poll(fds: &mut [libc::pollfd], timeout_ms: i32) -> Result<usize, Errno> {
 
 pub fn epoll_create() -> Result<i32, Errno> {
     // SAFETY: integer arguments only.
-    ret(unsafe { libc::syscall(libc::SYS_epoll_create1, libc::EPOLL_CLOEXEC) }).map(|fd| fd as i32)
+    ret(|| unsafe { libc::syscall(libc::SYS_epoll_create1, libc::EPOLL_CLOEXEC) })
+        .map(|fd| fd as i32)
 }
 
 pub fn epoll_ctl(epfd: i32, op: i32, fd: i32, events: u32, data: u64) -> Result<(), Errno> {
     let mut ev = libc::epoll_event { events, u64: data };
     // SAFETY: ev is a valid epoll_event for the call's duration.
-    ret(unsafe {
+    ret(|| unsafe {
         libc::syscall(
             libc::SYS_epoll_ctl,
             epfd,
@@ -236,7 +255,7 @@ pub fn epoll_wait(
         return Ok(0);
     }
     // SAFETY: evs is a valid, exclusively borrowed array of evs.len() entries.
-    ret(unsafe {
+    ret(|| unsafe {
         libc::syscall(
             libc::SYS_epoll_wait,
             epfd,
@@ -249,8 +268,10 @@ pub fn epoll_wait(
 
 /// close(2) as a raw syscall.
 pub fn close(fd: i32) {
-    // SAFETY: integer argument; the caller owns fd.
-    unsafe { libc::syscall(libc::SYS_close, fd) };
+    errno_kept(|| {
+        // SAFETY: integer argument; the caller owns fd.
+        unsafe { libc::syscall(libc::SYS_close, fd) }
+    });
 }
 
 /// ppoll(2) as a raw syscall with a millisecond timeout (-1: none) and an
@@ -274,7 +295,7 @@ pub fn ppoll(
     };
     // SAFETY: valid array, timespec and sigset for the call's duration; the
     // kernel's sigset size on Linux is 8 bytes.
-    ret(unsafe {
+    ret(|| unsafe {
         libc::syscall(
             libc::SYS_ppoll,
             fds.as_mut_ptr(),
@@ -300,13 +321,13 @@ pub unsafe fn read_into(
     match off {
         Some(o) => {
             // SAFETY: per the caller.
-            let r = ret(unsafe { libc::syscall(libc::SYS_pread64, fd, p, len, *o) });
+            let r = ret(|| unsafe { libc::syscall(libc::SYS_pread64, fd, p, len, *o) });
             if let Ok(n) = r {
                 *o += n as i64;
             }
             r
         }
         // SAFETY: per the caller.
-        None => ret(unsafe { libc::syscall(libc::SYS_read, fd, p, len) }),
+        None => ret(|| unsafe { libc::syscall(libc::SYS_read, fd, p, len) }),
     }
 }
