@@ -289,16 +289,17 @@ pub unsafe extern "C" fn socket(domain: c_int, ty: c_int, proto: c_int) -> c_int
     fd
 }
 
-/// Binds an unbound stream socket to the marker address. True if the socket
-/// now carries a marker.
-fn prepare_marker(fd: c_int) -> bool {
-    // SAFETY: fd is only borrowed for these calls.
+/// Whether `fd` can carry the marker, by cheap checks made before any
+/// state is built: a stream socket, unbound (`Some(false)`) or bound to a
+/// marker by an earlier connect that failed (`Some(true)`).
+fn markable(fd: c_int) -> Option<bool> {
+    // SAFETY: fd is only borrowed for this call.
     let bfd = unsafe { rustix::fd::BorrowedFd::borrow_raw(fd) };
     if !matches!(
         rustix::net::sockopt::socket_type(bfd),
         Ok(rustix::net::SocketType::STREAM)
     ) {
-        return false;
+        return None;
     }
     // SAFETY: plain old data.
     let mut ss: libc::sockaddr_storage = unsafe { core::mem::zeroed() };
@@ -312,18 +313,26 @@ fn prepare_marker(fd: c_int) -> bool {
         )
     } != 0
     {
-        return false;
+        return None;
     }
     if is_marker(&ss, len).is_some() {
-        return true; // a retried connect
+        return Some(true);
     }
     if len as usize > SUN_OFF {
         log!(
             INFO,
             "fd {fd}: plain: the application bound this socket itself"
         );
-        return false;
+        return None;
     }
+    Some(false)
+}
+
+/// Binds a [`markable`] unbound socket to a fresh marker address. True if
+/// it now carries the marker.
+fn bind_marker(fd: c_int) -> bool {
+    // SAFETY: fd is only borrowed for this call.
+    let bfd = unsafe { rustix::fd::BorrowedFd::borrow_raw(fd) };
     let mut r = [0u8; 8];
     let _ = rustix::rand::getrandom(&mut r, rustix::rand::GetRandomFlags::empty());
     let pid = rustix::process::getpid().as_raw_nonzero().get() as u32;
@@ -353,16 +362,22 @@ pub unsafe extern "C" fn connect(fd: c_int, addr: *const sockaddr, len: socklen_
         return unsafe { real::connect(fd, addr, len) };
     }
     let saved = errno();
-    // Our state first: once the marker is bound the server will offer, and
-    // a client that cannot track the connection would hand HELLO to the
-    // program (out of descriptors, for one).
-    // SAFETY: borrowed for one call.
-    let bfd = unsafe { rustix::fd::BorrowedFd::borrow_raw(fd) };
-    let nb = rustix::fs::fcntl_getfl(bfd).is_ok_and(|f| f.contains(rustix::fs::OFlags::NONBLOCK));
-    let conn = Conn::client(fd, nb)
-        .map_err(|why| log!(INFO, "fd {fd}: plain: {why}"))
-        .ok();
-    let marked = conn.is_some() && prepare_marker(fd);
+    // The cheap checks first: every AF_UNIX connect comes here, datagram
+    // ones (syslog) too. Then our state: once the marker is bound the
+    // server will offer, and a client that cannot track the connection
+    // would hand HELLO to the program (out of descriptors, for one).
+    let mut conn = None;
+    let mut marked = false;
+    if let Some(retry) = markable(fd) {
+        // SAFETY: borrowed for one call.
+        let bfd = unsafe { rustix::fd::BorrowedFd::borrow_raw(fd) };
+        let nb =
+            rustix::fs::fcntl_getfl(bfd).is_ok_and(|f| f.contains(rustix::fs::OFlags::NONBLOCK));
+        conn = Conn::client(fd, nb)
+            .map_err(|why| log!(INFO, "fd {fd}: plain: {why}"))
+            .ok();
+        marked = conn.is_some() && (retry || bind_marker(fd));
+    }
     // SAFETY: passthrough.
     let r = unsafe { real::connect(fd, addr, len) };
     let e = errno();
