@@ -1776,6 +1776,17 @@ fn epoll_set(epfd: RawFd) -> Option<table::Guard> {
 
 static EPOLL_CREATE: Mutex<()> = Mutex::new(());
 
+/// `epfd`'s emulated set, created if it has none. ENOMEM if it cannot be
+/// recorded: the caller must not hand an accelerated fd to the kernel's
+/// epoll instead.
+fn epoll_set_or_create(epfd: RawFd) -> Result<table::Guard, Errno> {
+    let _l = EPOLL_CREATE.lock().unwrap_or_else(|p| p.into_inner());
+    match epoll_set(epfd) {
+        Some(g) => Ok(g),
+        None => table::insert(epfd, Entry::Epoll(EpollSet::new(epfd)?)).ok_or(Errno::NOMEM),
+    }
+}
+
 /// # Safety
 /// libc contract.
 #[unsafe(no_mangle)]
@@ -1852,13 +1863,9 @@ unsafe fn epoll_ctl_inner(
                     .then(|| migrate(epfd, fd, conn, events, data))
                     .or(None);
             }
-            let _l = EPOLL_CREATE.lock().unwrap_or_else(|p| p.into_inner());
-            match epoll_set(epfd) {
-                Some(g) => g,
-                None => match EpollSet::new(epfd) {
-                    Ok(s) => table::insert(epfd, Entry::Epoll(s))?,
-                    Err(e) => return Some(Err(e)),
-                },
+            match epoll_set_or_create(epfd) {
+                Ok(g) => g,
+                Err(e) => return Some(Err(e)),
             }
         }
     };
@@ -1920,11 +1927,7 @@ fn adopt_epoll_registration(fd: c_int) {
 /// connect).
 fn migrate(epfd: c_int, fd: c_int, conn: ConnRef, events: u32, data: u64) -> Result<(), Errno> {
     tsss_core::sys::epoll_ctl(epfd, libc::EPOLL_CTL_DEL, fd, 0, 0)?;
-    let _l = EPOLL_CREATE.lock().unwrap_or_else(|p| p.into_inner());
-    let g = match epoll_set(epfd) {
-        Some(g) => g,
-        None => table::insert(epfd, Entry::Epoll(EpollSet::new(epfd)?)).ok_or(Errno::NOMEM)?,
-    };
+    let g = epoll_set_or_create(epfd)?;
     let Entry::Epoll(s) = &*g else {
         return Err(Errno::INVAL);
     };
