@@ -1778,8 +1778,10 @@ static EPOLL_CREATE: Mutex<()> = Mutex::new(());
 
 /// `epfd`'s emulated set, created if it has none. ENOMEM if it cannot be
 /// recorded: the caller must not hand an accelerated fd to the kernel's
-/// epoll instead.
+/// epoll instead. The lock is held in a signal section, as the table's
+/// free list is: a handler's epoll_ctl would wait for its own thread.
 fn epoll_set_or_create(epfd: RawFd) -> Result<table::Guard, Errno> {
+    let _section = tsss_core::signals::Critical::enter();
     let _l = EPOLL_CREATE.lock().unwrap_or_else(|p| p.into_inner());
     match epoll_set(epfd) {
         Some(g) => Ok(g),
