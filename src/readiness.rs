@@ -333,6 +333,26 @@ impl<R> Drop for EpollSet<R> {
     }
 }
 
+/// The locked watch list of an [`EpollSet`], then its signal section
+/// (fields drop in order: unlock first).
+struct WatchesGuard<'a, R>(
+    std::sync::MutexGuard<'a, Vec<Watch<R>>>,
+    #[allow(dead_code)] crate::signals::Critical,
+);
+
+impl<R> Deref for WatchesGuard<'_, R> {
+    type Target = Vec<Watch<R>>;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl<R> std::ops::DerefMut for WatchesGuard<'_, R> {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
 const EPOLLIN: u32 = libc::EPOLLIN as u32;
 const EPOLLOUT: u32 = libc::EPOLLOUT as u32;
 /// The input and output bits a watch may ask for (poll's *NORM twins
@@ -364,8 +384,16 @@ impl<R: Deref<Target = Conn> + Clone> EpollSet<R> {
         })
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Watch<R>>> {
-        self.watches.lock().unwrap_or_else(|p| p.into_inner())
+    /// The watch list, inside a signal section: a handler that calls
+    /// epoll_ctl or close would otherwise wait for the lock its own thread
+    /// holds. (The guard unlocks before the section ends, which runs any
+    /// deferred handler.)
+    fn lock(&self) -> WatchesGuard<'_, R> {
+        let section = crate::signals::Critical::enter();
+        WatchesGuard(
+            self.watches.lock().unwrap_or_else(|p| p.into_inner()),
+            section,
+        )
     }
 
     fn kernel_events(conn: &Conn, events: u32) -> u32 {
