@@ -1600,7 +1600,7 @@ impl Conn {
         let rcv_other = b.shut_rd.load(Acquire)
             || protocol::switch_point(&seg.ring(self.rx_dir()).ctrl().flags).is_none();
         let snd_other = (b.shut_wr.load(Acquire) && !b.tx_ring.load(Acquire))
-            || seg.ring(self.tx_dir()).ctrl().flags.rd_closed.load(Acquire) != 0;
+            || seg.ring(self.tx_dir()).ctrl().flags.rd_closed.load(Acquire) == RD_SHUT;
         !rcv_other || !snd_other
     }
 
@@ -2099,7 +2099,7 @@ impl Conn {
         match (rx_ring, seg) {
             (true, Some(seg)) => {
                 let ring = seg.ring(self.rx_dir());
-                r.readable = self.rx_quick_ready(&ring) || gone || reset;
+                r.readable = self.rx_quick_ready(&ring) || gone || reset || rcv_shut;
             }
             _ => {
                 // HELLO still unread (pending client) is not data.
