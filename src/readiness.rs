@@ -635,8 +635,13 @@ impl<R: Deref<Target = Conn> + Clone> EpollSet<R> {
     ) -> usize {
         let mut ws = self.lock();
         // Watches whose fd was closed or now names something else are gone,
-        // as the kernel drops a closed file from an epoll set.
-        ws.retain(|w| lk.conn(w.fd).is_some_and(|c| std::ptr::eq(&*c, &*w.conn)));
+        // as the kernel drops a closed file from an epoll set. One whose
+        // connection went plain in another call (which dropped it from the
+        // table) is still the same socket: it is handed back below.
+        ws.retain(|w| {
+            lk.conn(w.fd).is_some_and(|c| std::ptr::eq(&*c, &*w.conn))
+                || (w.conn.is_plain() && same_socket(w.fd, w.conn.ino()))
+        });
         let mut n = 0;
         let mut i = 0;
         while i < ws.len() && n < out.len() {
@@ -749,6 +754,13 @@ pub fn epoll_registration(fdinfo: &str, fd: i32) -> Option<(u32, u64)> {
         return Some((events?, data?));
     }
     None
+}
+
+/// Whether `fd` still names the socket with inode `ino`.
+fn same_socket(fd: RawFd, ino: u64) -> bool {
+    // SAFETY: borrowed for one fstat; a closed fd fails with EBADF.
+    let fd = unsafe { rustix::fd::BorrowedFd::borrow_raw(fd) };
+    ino != 0 && rustix::fs::fstat(fd).is_ok_and(|st| st.st_ino == ino)
 }
 
 #[cfg(test)]
