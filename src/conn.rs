@@ -597,12 +597,16 @@ impl Conn {
     /// Tx lock held: counts a plain send's bytes, and whether the kernel's
     /// buffer was full (see `SideBlock::plain_full`).
     fn sent_plain(&self, tx: &mut TxState, r: &Result<usize, Errno>) {
-        if let Ok(n) = r {
-            tx.plain_written += *n as u64;
-        }
-        self.sb()
-            .plain_eagain
-            .store(*r == Err(Errno::AGAIN), Relaxed);
+        let full = match r {
+            // An empty send says nothing of the buffer.
+            Ok(0) => return,
+            Ok(n) => {
+                tx.plain_written += *n as u64;
+                false
+            }
+            Err(e) => *e == Errno::AGAIN,
+        };
+        self.sb().plain_eagain.store(full, Relaxed);
     }
 
     /// Rx lock held: enters the ring phase once every plain byte is read.
