@@ -19,10 +19,9 @@
 //! test-apps/bin/seqfuzz script ops.txt             # run an edited (shortened) script
 //! ```
 //!
-//! Not every sequence matches yet: about 4% still differ, nearly all after
-//! a SIGKILL (the classes are listed in README, "Guarantees and limits": a
-//! write to a killed peer succeeds until tsss notices, and its reset is
-//! reported as late). The test
+//! Not every sequence matches: about 3% still differ, all after a SIGKILL
+//! (README, "Guarantees and limits": a write to a killed peer succeeds
+//! until tsss notices, and a reset after it is reported as late). The test
 //! therefore fails on any wrong or lost byte and any hang, always, and on
 //! more diverging sequences than the measured budget `KNOWN_DIVERGING`,
 //! printing them by first differing operation; the budget goes down as
