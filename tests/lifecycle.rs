@@ -10,7 +10,6 @@
 //!
 //! Run: `cargo test --release --test lifecycle` (after `make`).
 
-use std::path::Path;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -169,6 +168,21 @@ fn assert_child_adopted(c: &Proc, s: &Proc) {
     );
 }
 
+/// A hand-over through exec: exact and whole, the exec'd child adopted the
+/// connection and, with `moved_to`, did so under that descriptor number.
+fn exec_handover(test: &str, how: &str, moved_to: Option<u32>) {
+    let (s, c) = handover(test, how, &[]);
+    assert_exact_handover(&s, &c, how);
+    assert_child_adopted(&c, &s);
+    if let Some(n) = moved_to {
+        assert_logs(
+            &c,
+            &format!("fd {n}: accelerated connection carried over exec"),
+            &[&s, &c],
+        );
+    }
+}
+
 // ------------------------------------------------------------------ fork per connection
 
 /// inetd/postgres pattern: accept, fork a child per connection that serves
@@ -281,9 +295,7 @@ fn fork_per_connection_server() {
 /// the parent carries on after it.
 #[test]
 fn vfork_exec_child_continues_connection() {
-    let (s, c) = handover("vfork", "vfork", &[]);
-    assert_exact_handover(&s, &c, "vfork");
-    assert_child_adopted(&c, &s);
+    exec_handover("vfork", "vfork", None);
 }
 
 /// The same with LD_PRELOAD removed from the environment given to execve:
@@ -291,23 +303,14 @@ fn vfork_exec_child_continues_connection() {
 /// child still adopts the connection.
 #[test]
 fn vfork_exec_child_without_ld_preload() {
-    let (s, c) = handover("vforknoenv", "vfork-noenv", &[]);
-    assert_exact_handover(&s, &c, "vfork-noenv");
-    assert_child_adopted(&c, &s);
+    exec_handover("vforknoenv", "vfork-noenv", None);
 }
 
 /// fork (not vfork), the child moves the descriptor (dup2 to 40, close the
 /// original) and execs: found by inode, adopted under its new number.
 #[test]
 fn fork_exec_child_moves_descriptor() {
-    let (s, c) = handover("forkmove", "fork-move", &[]);
-    assert_exact_handover(&s, &c, "fork-move");
-    assert_child_adopted(&c, &s);
-    assert_logs(
-        &c,
-        "fd 40: accelerated connection carried over exec",
-        &[&s, &c],
-    );
+    exec_handover("forkmove", "fork-move", Some(40));
 }
 
 /// execve of a statically linked program (after fork and after vfork), as
@@ -386,14 +389,7 @@ fn underscore_fork_child_writes_parent_reads() {
 /// the descriptor to 50 and closing the original: adopted, byte-exact.
 #[test]
 fn posix_spawn_dynamic_child_continues_connection() {
-    let (s, c) = handover("spawn", "spawn", &[]);
-    assert_exact_handover(&s, &c, "spawn");
-    assert_child_adopted(&c, &s);
-    assert_logs(
-        &c,
-        "fd 50: accelerated connection carried over exec",
-        &[&s, &c],
-    );
+    exec_handover("spawn", "spawn", Some(50));
 }
 
 /// The same with FD_CLOEXEC on the descriptor, as Rust's Command sets up
@@ -401,14 +397,7 @@ fn posix_spawn_dynamic_child_continues_connection() {
 /// inherits, and it must be handed over all the same.
 #[test]
 fn posix_spawn_of_cloexec_descriptor_moved_by_file_actions() {
-    let (s, c) = handover("spawn-cloexec", "spawn-cloexec", &[]);
-    assert_exact_handover(&s, &c, "spawn-cloexec");
-    assert_child_adopted(&c, &s);
-    assert_logs(
-        &c,
-        "fd 50: accelerated connection carried over exec",
-        &[&s, &c],
-    );
+    exec_handover("spawn-cloexec", "spawn-cloexec", Some(50));
 }
 
 // ------------------------------------------------------------------ self-check
@@ -432,23 +421,20 @@ fn corrupted_bytes_are_detected() {
 
     let d = TempDir::new("corruptfork");
     let sock = d.sock("f");
-    let mut srv = Proc::spawn(
+    // The children see their connections end and the server exits too.
+    let (srv, cl) = pair(
         &Spec::app(
             "lifecycle forkserver",
             "lifecycle",
             &["forkserver", &sock, "4"],
         )
         .preload(true),
-    );
-    wait_for_path(Path::new(&sock), &mut srv);
-    let mut cl = Proc::spawn(
+        &sock,
         &Spec::app("echo_client", "echo_client", &[&sock, "4", "100", "4096"])
             .preload(true)
             .env("CORRUPT_AT", "100000"),
+        T30,
     );
-    // The children see their connections end and the server exits too.
-    wait_all(&mut [&mut cl, &mut srv], T30, "corrupting echo_client");
-    settle(&[&srv, &cl]);
     let all = [&srv, &cl];
     assert!(
         !cl.success() && cl.stderr().contains("MISMATCH"),
@@ -465,14 +451,7 @@ fn corrupted_bytes_are_detected() {
 /// must adopt the connection under its new number, as after fork.
 #[test]
 fn vfork_exec_child_moves_descriptor() {
-    let (s, c) = handover("vforkmove", "vfork-move", &[]);
-    assert_exact_handover(&s, &c, "vfork-move");
-    assert_child_adopted(&c, &s);
-    assert_logs(
-        &c,
-        "fd 40: accelerated connection carried over exec",
-        &[&s, &c],
-    );
+    exec_handover("vforkmove", "vfork-move", Some(40));
 }
 
 /// posix_spawn of a statically linked program that inherits the
