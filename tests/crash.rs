@@ -263,16 +263,9 @@ fn signal(p: &Proc, sig: Signal) -> u64 {
     t
 }
 
-/// `key=value` from a line.
+/// The number `key=N` of a line.
 fn field(line: &str, key: &str) -> Option<u64> {
-    line.split_whitespace()
-        .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
-        .and_then(|v| v.parse().ok())
-}
-
-fn word<'a>(line: &'a str, key: &str) -> Option<&'a str> {
-    line.split_whitespace()
-        .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
+    kv(line, key)?.parse().ok()
 }
 
 /// Waits for a stdout line of `p` that satisfies `pred`.
@@ -645,7 +638,7 @@ fn drive(c: &Case, ps: &mut [Proc; 2], t_spawn: Instant) -> Result<RunResult, St
         (Some(13), _) if c.sigpipe_default => ("SIGPIPE".to_string(), Some(exit), 0),
         (None, Some(l)) if st.success() && l.contains(" ok=1") => {
             let t = field(l, "t").ok_or("RESULT without t=")?;
-            let o = word(l, "outcome").unwrap_or("?").to_string();
+            let o = kv(l, "outcome").unwrap_or("?").to_string();
             let detect = (o != "NOCONN").then(|| Duration::from_nanos(t.saturating_sub(start_ns)));
             (o, detect, field(l, "got").unwrap_or(0))
         }

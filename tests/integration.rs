@@ -333,9 +333,7 @@ fn idle_cpu() {
             .find(|l| l.starts_with("RESULT "))
             .unwrap()
             .to_string();
-        let cpu: f64 = line
-            .split_whitespace()
-            .find_map(|w| w.strip_prefix("cpu_ms="))
+        let cpu: f64 = kv(&line, "cpu_ms")
             .and_then(|v| v.parse().ok())
             .unwrap_or(f64::MAX);
         eprintln!("idle_cpu: {line}");

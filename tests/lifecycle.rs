@@ -28,9 +28,7 @@ const AFTER: u64 = 300_000;
 fn field(p: &Proc, prefix: &str, key: &str) -> Option<String> {
     let out = p.stdout();
     let line = out.lines().find(|l| l.starts_with(prefix))?;
-    line.split_whitespace()
-        .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
-        .map(str::to_string)
+    kv(line, key).map(str::to_string)
 }
 
 /// The pids of the `tsss[PID]:` lines of `text` that contain `needle`.
@@ -239,13 +237,7 @@ fn fork_per_connection_server() {
     let children: Vec<(u32, u64)> = out
         .lines()
         .filter(|l| l.starts_with("CHILD role=forkchild") && l.ends_with(" ok=1"))
-        .filter_map(|l| {
-            let get = |k: &str| {
-                l.split_whitespace()
-                    .find_map(|w| w.strip_prefix(k)?.strip_prefix('='))
-            };
-            Some((get("pid")?.parse().ok()?, get("bytes")?.parse().ok()?))
-        })
+        .filter_map(|l| Some((kv(l, "pid")?.parse().ok()?, kv(l, "bytes")?.parse().ok()?)))
         .collect();
     assert_eq!(
         children.len() as u64,

@@ -108,9 +108,7 @@ fn waited_stdout(p: &mut Proc, needle: &str, timeout: Duration) -> bool {
 /// `key=value` of the first line of `text` starting with `prefix`.
 fn field(text: &str, prefix: &str, key: &str) -> Option<String> {
     let line = text.lines().find(|l| l.starts_with(prefix))?;
-    line.split_whitespace()
-        .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
-        .map(str::to_string)
+    kv(line, key).map(str::to_string)
 }
 
 fn lines_with(text: &str, needle: &str) -> Vec<String> {

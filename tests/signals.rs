@@ -30,13 +30,8 @@ fn sigwrite(mode: &str) {
             .find(|l| l.starts_with("RESULT"))
             .unwrap_or_default()
             .to_string();
-        let field = |k: &str| {
-            line.split_whitespace()
-                .find_map(|w| w.strip_prefix(k))
-                .unwrap_or_default()
-                .to_string()
-        };
-        (field("m="), field("s="))
+        let field = |k: &str| kv(&line, k).unwrap_or_default().to_string();
+        (field("m"), field("s"))
     };
     let (cm, cs) = nums(&c);
     assert_eq!(nums(&s), (cm.clone(), cs.clone()), "{}", reports(&[&s, &c]));

@@ -375,6 +375,13 @@ pub fn assert_ok(ps: &[&Proc]) {
     }
 }
 
+/// The value of the whitespace-separated word `key=value` of `line` (the
+/// first such word).
+pub fn kv<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
+}
+
 pub fn count(hay: &str, needle: &str) -> usize {
     hay.lines().filter(|l| l.contains(needle)).count()
 }
