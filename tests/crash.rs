@@ -268,36 +268,6 @@ fn field(line: &str, key: &str) -> Option<u64> {
     kv(line, key)?.parse().ok()
 }
 
-/// Waits for a stdout line of `p` that satisfies `pred`.
-fn wait_line(
-    p: &mut Proc,
-    what: &str,
-    timeout: Duration,
-    pred: impl Fn(&str) -> bool,
-) -> Result<String, String> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(l) = p.stdout().lines().find(|l| pred(l)) {
-            return Ok(l.to_string());
-        }
-        if p.poll() {
-            // Let the collector threads catch up once.
-            thread::sleep(Duration::from_millis(20));
-            if let Some(l) = p.stdout().lines().find(|l| pred(l)) {
-                return Ok(l.to_string());
-            }
-            return Err(format!("{} exited before {what}", p.spec.name));
-        }
-        if Instant::now() >= deadline {
-            return Err(format!(
-                "{} did not reach {what} within {timeout:?}",
-                p.spec.name
-            ));
-        }
-        thread::sleep(Duration::from_millis(1));
-    }
-}
-
 /// The highest `sent=` a writer reported: a lower bound of what it had
 /// completely written before it was killed.
 fn max_sent(p: &Proc) -> u64 {
@@ -465,7 +435,7 @@ fn run_case(c: &Case, pids: &Mutex<BTreeSet<u32>>) -> Result<RunResult, String> 
     let sock = d.sock("s");
     let mut s = Proc::spawn(&victim_spec(c, "server", c.server_role, &sock));
     pids.lock().unwrap().insert(s.child.id());
-    wait_line(&mut s, "listening", PHASE_LIMIT, |l| {
+    wait_for_line(&mut s, "listening", PHASE_LIMIT, |l| {
         l.starts_with("PHASE listening")
     })
     .map_err(|e| format!("{e}\n{}", s.report()))?;
@@ -532,7 +502,7 @@ fn drive(c: &Case, ps: &mut [Proc; 2], t_spawn: Instant) -> Result<RunResult, St
             } else {
                 1
             };
-            wait_line(&mut ps[w], "running", PHASE_LIMIT, |l| {
+            wait_for_line(&mut ps[w], "running", PHASE_LIMIT, |l| {
                 l.starts_with("PHASE running")
             })?;
             accelerated(ps)?;
@@ -544,18 +514,18 @@ fn drive(c: &Case, ps: &mut [Proc; 2], t_spawn: Instant) -> Result<RunResult, St
             // Stall only once the connection runs over the ring: a reader
             // that stops early can leave a big writer blocked in a plain
             // kernel write() that never switches.
-            wait_line(&mut ps[reader], "running", PHASE_LIMIT, |l| {
+            wait_for_line(&mut ps[reader], "running", PHASE_LIMIT, |l| {
                 l.starts_with("PHASE running")
             })?;
             accelerated(ps)?;
             thread::sleep(us(c.stop_us));
             signal(&ps[reader], Signal::USR2);
-            let stalled = wait_line(&mut ps[reader], "stalled", PHASE_LIMIT, |l| {
+            let stalled = wait_for_line(&mut ps[reader], "stalled", PHASE_LIMIT, |l| {
                 l.starts_with("PHASE stalled")
             })?;
             let t_stall = field(&stalled, "t").unwrap_or(0);
             // Inside one write() for 50 ms while the reader was stalled.
-            wait_line(&mut ps[writer], "blocked", PHASE_LIMIT, |l| {
+            wait_for_line(&mut ps[writer], "blocked", PHASE_LIMIT, |l| {
                 l.starts_with("PHASE blocked")
                     && field(l, "now").is_some_and(|n| n >= t_stall + 50_000_000)
             })?;
@@ -572,7 +542,7 @@ fn drive(c: &Case, ps: &mut [Proc; 2], t_spawn: Instant) -> Result<RunResult, St
             }
         }
         Phase::Stopped => {
-            wait_line(&mut ps[reader], "running", PHASE_LIMIT, |l| {
+            wait_for_line(&mut ps[reader], "running", PHASE_LIMIT, |l| {
                 l.starts_with("PHASE running")
             })?;
             accelerated(ps)?;
@@ -933,7 +903,7 @@ fn victim_detects_corruption() {
         )
         .preload(true),
     );
-    wait_line(&mut s, "listening", PHASE_LIMIT, |l| {
+    wait_for_line(&mut s, "listening", PHASE_LIMIT, |l| {
         l.starts_with("PHASE listening")
     })
     .unwrap();

@@ -1376,18 +1376,14 @@ fn third_process_corrupts_a_live_segment() {
     let mut s = Proc::spawn(&Spec::new("server", python(), &[&server, &sock]).preload(true));
     wait_for_path(Path::new(&sock), &mut s);
     let mut v = Proc::spawn(&Spec::new("victim", python(), &[&victim, &sock, &go]).preload(true));
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let fds: Vec<String> = loop {
-        if let Some(l) = v.stdout().lines().find(|l| l.starts_with("FDS ")) {
-            break l.split_whitespace().skip(1).map(String::from).collect();
-        }
-        assert!(
-            !v.poll() && Instant::now() < deadline,
-            "victim never got ready\n{}",
-            reports(&[&s, &v])
-        );
-        thread::sleep(Duration::from_millis(10));
-    };
+    let fds: Vec<String> = wait_for_line(&mut v, "FDS", Duration::from_secs(20), |l| {
+        l.starts_with("FDS ")
+    })
+    .unwrap_or_else(|e| panic!("victim never got ready ({e})\n{}", reports(&[&s, &v])))
+    .split_whitespace()
+    .skip(1)
+    .map(String::from)
+    .collect();
     // The first connection's segment, from the victim's log line.
     let log = v.stderr();
     let line = log

@@ -92,19 +92,6 @@ fn in_new_ipc_ns(spec: &Spec, name: &str, value: &str) -> Spec {
     wrap(spec, &["unshare", "--ipc", "--", "sh", "-c", &script, "sh"])
 }
 
-fn waited_stdout(p: &mut Proc, needle: &str, timeout: Duration) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if p.stdout().contains(needle) {
-            return true;
-        }
-        if p.poll() || Instant::now() >= deadline {
-            return p.stdout().contains(needle);
-        }
-        thread::sleep(Duration::from_millis(5));
-    }
-}
-
 /// `key=value` of the first line of `text` starting with `prefix`.
 fn field(text: &str, prefix: &str, key: &str) -> Option<String> {
     let line = text.lines().find(|l| l.starts_with(prefix))?;
@@ -280,11 +267,10 @@ fn hog(free: usize) -> (Proc, usize) {
         "unshare",
         &["--ipc", "--", &bin_s("shmhog"), &free.to_string()],
     ));
-    assert!(
-        waited_stdout(&mut h, "RESULT", Duration::from_secs(20)),
-        "shmhog did not report\n{}",
-        h.report()
-    );
+    let reported = wait_for_line(&mut h, "RESULT", Duration::from_secs(20), |l| {
+        l.contains("RESULT")
+    });
+    assert!(reported.is_ok(), "shmhog did not report\n{}", h.report());
     let out = h.stdout();
     let num = |k| -> usize {
         field(&out, "RESULT", k)

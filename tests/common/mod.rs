@@ -563,6 +563,38 @@ pub fn wait_for_log(p: &mut Proc, needle: &str, timeout: Duration) -> bool {
     }
 }
 
+/// Waits for a stdout line of `p` that satisfies `pred` and returns it; the
+/// error says that `p` exited first or did not get there in time (`what`
+/// names the line).
+pub fn wait_for_line(
+    p: &mut Proc,
+    what: &str,
+    timeout: Duration,
+    pred: impl Fn(&str) -> bool,
+) -> Result<String, String> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(l) = p.stdout().lines().find(|l| pred(l)) {
+            return Ok(l.to_string());
+        }
+        if p.poll() {
+            // Let the collector threads catch up once.
+            thread::sleep(Duration::from_millis(20));
+            if let Some(l) = p.stdout().lines().find(|l| pred(l)) {
+                return Ok(l.to_string());
+            }
+            return Err(format!("{} exited before {what}", p.spec.name));
+        }
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "{} did not reach {what} within {timeout:?}",
+                p.spec.name
+            ));
+        }
+        thread::sleep(Duration::from_millis(1));
+    }
+}
+
 pub fn have_cmd(cmd: &str) -> bool {
     Command::new("sh")
         .args(["-c", "command -v \"$1\"", "sh", cmd])
