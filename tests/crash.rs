@@ -279,19 +279,9 @@ fn max_sent(p: &Proc) -> u64 {
         .unwrap_or(0)
 }
 
-/// shmid -> (creator pid, nattch), from /proc/sysvipc/shm.
-fn shm_table() -> BTreeMap<i64, (u32, u64)> {
-    let t = std::fs::read_to_string("/proc/sysvipc/shm").expect("read /proc/sysvipc/shm");
-    t.lines()
-        .skip(1)
-        .filter_map(|l| {
-            let w: Vec<&str> = l.split_whitespace().collect();
-            Some((
-                w.get(1)?.parse().ok()?,
-                (w.get(4)?.parse().ok()?, w.get(6)?.parse().ok()?),
-            ))
-        })
-        .collect()
+/// The segments of /proc/sysvipc/shm by shmid.
+fn shm_by_id() -> BTreeMap<i64, ShmRow> {
+    shm_table().into_iter().map(|r| (r.shmid, r)).collect()
 }
 
 /// Segments logged by `ps` or created by them that still exist (after a
@@ -303,13 +293,13 @@ fn leaked(ps: &[&Proc]) -> Vec<(Option<i64>, String)> {
     let deadline = Instant::now() + Duration::from_secs(1);
     loop {
         let live = live_shmids();
-        let table = shm_table();
+        let table = shm_by_id();
         let mut left: Vec<(Option<i64>, String)> = logged
             .intersection(&live)
-            .filter(|id| !table.get(id).is_some_and(|(cpid, _)| pids.contains(cpid)))
+            .filter(|id| !table.get(id).is_some_and(|r| pids.contains(&r.cpid)))
             .map(|id| (None, format!("shmid {id} (logged)")))
             .collect();
-        for (&id, &(cpid, nattch)) in &table {
+        for (&id, &ShmRow { cpid, nattch, .. }) in &table {
             if pids.contains(&cpid) {
                 left.push((
                     (nattch == 0).then_some(id),
@@ -853,10 +843,10 @@ fn crash_matrix() {
     let deadline = Instant::now() + Duration::from_secs(3);
     let (mine, other) = loop {
         let new: BTreeSet<i64> = live_shmids().difference(&before).copied().collect();
-        let table = shm_table();
+        let table = shm_by_id();
         let (mine, other): (Vec<i64>, Vec<i64>) = new
             .iter()
-            .partition(|id| table.get(id).is_some_and(|(cpid, _)| pids.contains(cpid)));
+            .partition(|id| table.get(id).is_some_and(|r| pids.contains(&r.cpid)));
         if new.is_empty() || Instant::now() >= deadline {
             break (mine, other);
         }

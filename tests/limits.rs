@@ -117,31 +117,6 @@ const SEG_DEFAULT: u64 = 4096 + 2 * (256 << 10);
 
 // ------------------------------------------------------------ segment table
 
-/// One row of /proc/sysvipc/shm (what `ipcs -m` reads).
-#[derive(Debug, Clone, Copy)]
-struct SegRow {
-    size: u64,
-    cpid: u32,
-    rss: u64,
-}
-
-fn seg_rows(text: &str) -> Vec<SegRow> {
-    text.lines()
-        .skip(1)
-        .filter_map(|l| {
-            let w: Vec<&str> = l.split_whitespace().collect();
-            if w.len() < 15 {
-                return None;
-            }
-            Some(SegRow {
-                size: w[3].parse().ok()?,
-                cpid: w[4].parse().ok()?,
-                rss: w[14].parse().ok()?,
-            })
-        })
-        .collect()
-}
-
 #[derive(Debug, Default, Clone, Copy)]
 struct Peak {
     count: usize,
@@ -156,8 +131,8 @@ fn sample_segments(pid: u32, stop: Arc<AtomicBool>) -> thread::JoinHandle<Peak> 
         let mut peak = Peak::default();
         while !stop.load(Ordering::Relaxed) {
             if let Ok(t) = std::fs::read_to_string("/proc/sysvipc/shm") {
-                let mine: Vec<SegRow> =
-                    seg_rows(&t).into_iter().filter(|r| r.cpid == pid).collect();
+                let mine: Vec<ShmRow> =
+                    shm_rows(&t).into_iter().filter(|r| r.cpid == pid).collect();
                 let bytes: u64 = mine.iter().map(|r| r.size).sum();
                 let rss: u64 = mine.iter().map(|r| r.rss).sum();
                 if mine.len() > peak.count {
@@ -290,7 +265,7 @@ fn says_enospc(line: &str) -> bool {
 }
 
 /// The segment table of `pid`'s IPC namespace.
-fn ns_segments(pid: u32) -> Vec<SegRow> {
+fn ns_segments(pid: u32) -> Vec<ShmRow> {
     let p = run_one(
         &Spec::new(
             "cat /proc/sysvipc/shm",
@@ -305,7 +280,7 @@ fn ns_segments(pid: u32) -> Vec<SegRow> {
         Duration::from_secs(10),
     );
     assert!(p.success(), "{}", p.report());
-    seg_rows(&p.stdout())
+    shm_rows(&p.stdout())
 }
 
 /// Echo traffic in the hog's namespace: `conns` connections.

@@ -442,6 +442,45 @@ pub fn live_shmids() -> BTreeSet<i64> {
         .collect()
 }
 
+/// One row of /proc/sysvipc/shm (what `ipcs -m` reads).
+#[derive(Debug, Clone, Copy)]
+pub struct ShmRow {
+    pub shmid: i64,
+    pub size: u64,
+    /// Creator pid.
+    pub cpid: u32,
+    pub nattch: u64,
+    /// Resident bytes.
+    pub rss: u64,
+}
+
+/// The rows of a /proc/sysvipc/shm text: this namespace's ([`shm_table`])
+/// or another's (read through nsenter).
+pub fn shm_rows(text: &str) -> Vec<ShmRow> {
+    text.lines()
+        .skip(1)
+        .filter_map(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            if w.len() < 15 {
+                return None;
+            }
+            Some(ShmRow {
+                shmid: w[1].parse().ok()?,
+                size: w[3].parse().ok()?,
+                cpid: w[4].parse().ok()?,
+                nattch: w[6].parse().ok()?,
+                rss: w[14].parse().ok()?,
+            })
+        })
+        .collect()
+}
+
+/// This IPC namespace's segments, from /proc/sysvipc/shm.
+pub fn shm_table() -> Vec<ShmRow> {
+    let t = std::fs::read_to_string("/proc/sysvipc/shm").expect("read /proc/sysvipc/shm");
+    shm_rows(&t)
+}
+
 /// Asserts that none of the segments logged by `ps` (all exited) is left.
 pub fn assert_segments_gone(ps: &[&Proc]) -> BTreeSet<i64> {
     for p in ps {
