@@ -26,16 +26,9 @@ fn serial() -> MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-unsafe extern "C" {
-    #[link_name = "geteuid"]
-    fn libc_geteuid() -> u32;
-}
-
 fn need_root() {
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc_geteuid() } == 0;
     assert!(
-        root,
+        is_root(),
         "tests/limits.rs needs root (other uids, IPC namespaces)"
     );
     for c in ["setpriv", "unshare", "nsenter", "prlimit"] {

@@ -634,6 +634,11 @@ pub fn wait_for_line(
     }
 }
 
+/// Whether the tests run as root (effective uid 0).
+pub fn is_root() -> bool {
+    rustix::process::geteuid().is_root()
+}
+
 pub fn have_cmd(cmd: &str) -> bool {
     Command::new("sh")
         .args(["-c", "command -v \"$1\"", "sh", cmd])
