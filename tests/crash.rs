@@ -268,6 +268,12 @@ fn field(line: &str, key: &str) -> Option<u64> {
     kv(line, key)?.parse().ok()
 }
 
+/// Waits for `p`'s `PHASE <name>` line and returns it.
+fn wait_phase(p: &mut Proc, name: &str) -> Result<String, String> {
+    let prefix = format!("PHASE {name}");
+    wait_for_line(p, name, PHASE_LIMIT, |l| l.starts_with(&prefix))
+}
+
 /// The highest `sent=` a writer reported: a lower bound of what it had
 /// completely written before it was killed.
 fn max_sent(p: &Proc) -> u64 {
@@ -425,10 +431,7 @@ fn run_case(c: &Case, pids: &Mutex<BTreeSet<u32>>) -> Result<RunResult, String> 
     let sock = d.sock("s");
     let mut s = Proc::spawn(&victim_spec(c, "server", c.server_role, &sock));
     pids.lock().unwrap().insert(s.child.id());
-    wait_for_line(&mut s, "listening", PHASE_LIMIT, |l| {
-        l.starts_with("PHASE listening")
-    })
-    .map_err(|e| format!("{e}\n{}", s.report()))?;
+    wait_phase(&mut s, "listening").map_err(|e| format!("{e}\n{}", s.report()))?;
     assert!(Path::new(&sock).exists());
     let cl = Proc::spawn(&victim_spec(c, "client", c.client_role, &sock));
     let t_spawn = Instant::now();
@@ -492,9 +495,7 @@ fn drive(c: &Case, ps: &mut [Proc; 2], t_spawn: Instant) -> Result<RunResult, St
             } else {
                 1
             };
-            wait_for_line(&mut ps[w], "running", PHASE_LIMIT, |l| {
-                l.starts_with("PHASE running")
-            })?;
+            wait_phase(&mut ps[w], "running")?;
             accelerated(ps)?;
             thread::sleep(us(c.delay_us));
             let t = signal(&ps[v], Signal::KILL);
@@ -504,15 +505,11 @@ fn drive(c: &Case, ps: &mut [Proc; 2], t_spawn: Instant) -> Result<RunResult, St
             // Stall only once the connection runs over the ring: a reader
             // that stops early can leave a big writer blocked in a plain
             // kernel write() that never switches.
-            wait_for_line(&mut ps[reader], "running", PHASE_LIMIT, |l| {
-                l.starts_with("PHASE running")
-            })?;
+            wait_phase(&mut ps[reader], "running")?;
             accelerated(ps)?;
             thread::sleep(us(c.stop_us));
             signal(&ps[reader], Signal::USR2);
-            let stalled = wait_for_line(&mut ps[reader], "stalled", PHASE_LIMIT, |l| {
-                l.starts_with("PHASE stalled")
-            })?;
+            let stalled = wait_phase(&mut ps[reader], "stalled")?;
             let t_stall = field(&stalled, "t").unwrap_or(0);
             // Inside one write() for 50 ms while the reader was stalled.
             wait_for_line(&mut ps[writer], "blocked", PHASE_LIMIT, |l| {
@@ -532,9 +529,7 @@ fn drive(c: &Case, ps: &mut [Proc; 2], t_spawn: Instant) -> Result<RunResult, St
             }
         }
         Phase::Stopped => {
-            wait_for_line(&mut ps[reader], "running", PHASE_LIMIT, |l| {
-                l.starts_with("PHASE running")
-            })?;
+            wait_phase(&mut ps[reader], "running")?;
             accelerated(ps)?;
             thread::sleep(us(c.stop_us));
             signal(&ps[reader], Signal::STOP);
@@ -893,10 +888,7 @@ fn victim_detects_corruption() {
         )
         .preload(true),
     );
-    wait_for_line(&mut s, "listening", PHASE_LIMIT, |l| {
-        l.starts_with("PHASE listening")
-    })
-    .unwrap();
+    wait_phase(&mut s, "listening").unwrap();
     let mut c = Proc::spawn(
         &Spec::app(
             "victim client write",
