@@ -431,6 +431,64 @@ static inline void arm_timeout_env(const char *env, int64_t def)
     alarm((unsigned)t);
 }
 
+/* ---- transcripts (sockcheck, seqfuzz) ---------------------------------- */
+
+/*
+ * The name of errno value e: "EPIPE" etc., "0" for 0, "E#<n>" for the
+ * others (in rotating static buffers: four may be in use at once).
+ */
+static inline const char *errname(int e)
+{
+    switch (e) {
+#define E(x) case x: return #x
+    E(EAGAIN); E(EPIPE); E(ECONNRESET); E(EINVAL); E(EBADF); E(ENOTCONN);
+    E(EINTR); E(EFAULT); E(EMSGSIZE); E(EOPNOTSUPP); E(ENOTSOCK); E(EISCONN);
+    E(ECONNREFUSED); E(ENOENT); E(EADDRINUSE); E(ENOTTY); E(ENOBUFS);
+    E(ENOMEM); E(EPROTOTYPE); E(ESHUTDOWN); E(ETIMEDOUT); E(EALREADY);
+    E(EINPROGRESS); E(EDESTADDRREQ); E(EACCES); E(EPERM); E(ENOSYS);
+    E(EEXIST);
+#undef E
+    case 0: return "0";
+    default: {
+        static char b[4][16];
+        static int i;
+        i = (i + 1) & 3;
+        snprintf(b[i], sizeof b[i], "E#%d", e);
+        return b[i];
+    }
+    }
+}
+
+/* A call's result r with errno e: "N", or "-1 ENAME" (rotating static
+ * buffers: eight may be in use at once). */
+static inline const char *rv(long r, int e)
+{
+    static char b[8][48];
+    static int i;
+    i = (i + 1) & 7;
+    if (r < 0)
+        snprintf(b[i], sizeof b[i], "%ld %s", r, errname(e));
+    else
+        snprintf(b[i], sizeof b[i], "%ld", r);
+    return b[i];
+}
+
+/* Writes p[0..n) to stdout (fd 1) with write(2): async-signal-safe, no
+ * stdio (fflush(stdout) first if printf output must come before it).
+ * Gives up silently on an error. */
+static inline void out_all(const char *p, size_t n)
+{
+    while (n > 0) {
+        ssize_t k = write(1, p, n);
+        if (k < 0 && errno == EINTR)
+            continue;
+        if (k <= 0)
+            return;
+        p += k;
+        n -= (size_t)k;
+    }
+}
+
 /* ---- one-byte pipe barriers between two processes --------------------- */
 
 /* Tell the peer we reached a point. 0, or -1 with errno set. */

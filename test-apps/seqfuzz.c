@@ -177,26 +177,6 @@ static int has_events(int k) { return k == K_POLL || k == K_SELECT || k == K_EPO
 
 /* ---- names ----------------------------------------------------------------- */
 
-static const char *errname(int e)
-{
-    switch (e) {
-#define E(x) case x: return #x
-    E(EAGAIN); E(EPIPE); E(ECONNRESET); E(EINVAL); E(EBADF); E(ENOTCONN);
-    E(EINTR); E(EFAULT); E(EMSGSIZE); E(EOPNOTSUPP); E(ENOTSOCK); E(EISCONN);
-    E(ENOENT); E(ENOTTY); E(ENOBUFS); E(ENOMEM); E(ESHUTDOWN); E(EEXIST);
-    E(EPERM); E(ENOSYS); E(ETIMEDOUT);
-#undef E
-    case 0: return "0";
-    default: {
-        static char b[4][16];
-        static int i;
-        i = (i + 1) & 3;
-        snprintf(b[i], sizeof b[i], "E#%d", e);
-        return b[i];
-    }
-    }
-}
-
 struct name { unsigned bit; const char *name; };
 static const struct name g_msgf[] = {
     {MSG_PEEK, "PEEK"}, {MSG_DONTWAIT, "DONTWAIT"}, {MSG_WAITALL, "WAITALL"}, {MSG_NOSIGNAL, "NOSIGNAL"},
@@ -822,18 +802,6 @@ static void wait_peer(void)
 
 /* ---- execution ---------------------------------------------------------------------- */
 
-static const char *rvs(long r, int e)
-{
-    static char b[4][48];
-    static int i;
-    i = (i + 1) & 3;
-    if (r < 0)
-        snprintf(b[i], sizeof b[i], "%ld %s", r, errname(e));
-    else
-        snprintf(b[i], sizeof b[i], "%ld", r);
-    return b[i];
-}
-
 static int g_raw; /* SEQFUZZ_RAW: show normalized values too (debugging) */
 
 /* A count logged under norm n. */
@@ -847,11 +815,11 @@ static const char *normed(int n, long r, int e)
     else if (n == N_SOME && (r > 0 || (r < 0 && e == EAGAIN)))
         v = "~";
     else
-        return rvs(r, e);
+        return rv(r, e);
     if (!g_raw)
         return v;
     i = (i + 1) & 3;
-    snprintf(b[i], sizeof b[i], "%s{%s}", v, rvs(r, e));
+    snprintf(b[i], sizeof b[i], "%s{%s}", v, rv(r, e));
     return b[i];
 }
 
@@ -928,7 +896,7 @@ static void ex_fill(const char *txt, const struct op *o)
         snprintf(cnt, sizeof cnt, g_raw ? "~{%ld}" : "~", n);
     else
         snprintf(cnt, sizeof cnt, "%s", normed(o->norm, n, 0));
-    L("%s = %s writes, then %s%s", txt, cnt, r > 0 ? "no EAGAIN" : rvs(r, e),
+    L("%s = %s writes, then %s%s", txt, cnt, r > 0 ? "no EAGAIN" : rv(r, e),
       g_sigpipes != sp ? " SIGPIPE" : "");
 }
 
@@ -1034,7 +1002,7 @@ static void ex_drain(const char *txt, const struct op *o)
     else
         snprintf(tot, sizeof tot, g_raw ? "%s{%" PRIu64 "}" : "%s", total > 0 ? "all" : "0", total);
     model_note(note, sizeof note, o, (long)total);
-    L("%s = %s bytes, then %s%s%s%s", txt, tot, rvs(r, e), chk, left, note);
+    L("%s = %s bytes, then %s%s%s%s", txt, tot, rv(r, e), chk, left, note);
 }
 
 static void ex_poll(const char *txt, const struct op *o)
@@ -1049,7 +1017,7 @@ static void ex_poll(const char *txt, const struct op *o)
         struct pollfd p = {g_fd, (short)ev, 0};
         long r = poll(&p, 1, 0);
         int e = errno;
-        L("%s = %s revents=%s%s", txt, rvs(r, e), evs((unsigned)(unsigned short)p.revents), nc);
+        L("%s = %s revents=%s%s", txt, rv(r, e), evs((unsigned)(unsigned short)p.revents), nc);
     } else if (o->kind == K_SELECT) {
         fd_set rs, ws;
         FD_ZERO(&rs);
@@ -1062,7 +1030,7 @@ static void ex_poll(const char *txt, const struct op *o)
         struct timeval tv = {0, 0};
         long r = select(fd + 1, &rs, &ws, NULL, &tv);
         int e = errno;
-        L("%s = %s r=%d w=%d%s", txt, rvs(r, e), FD_ISSET(fd, &rs) != 0, FD_ISSET(fd, &ws) != 0, nc);
+        L("%s = %s r=%d w=%d%s", txt, rv(r, e), FD_ISSET(fd, &rs) != 0, FD_ISSET(fd, &ws) != 0, nc);
     } else {
         int ep = epoll_create1(EPOLL_CLOEXEC);
         if (ep < 0)
@@ -1074,7 +1042,7 @@ static void ex_poll(const char *txt, const struct op *o)
         long r = epoll_wait(ep, out, 4, 0);
         int e = errno;
         close(ep);
-        L("%s = add %s, wait %s events=%s%s%s", txt, rvs(a, ea), rvs(r, e), evs(r > 0 ? out[0].events : 0),
+        L("%s = add %s, wait %s events=%s%s%s", txt, rv(a, ea), rv(r, e), evs(r > 0 ? out[0].events : 0),
           r > 0 && out[0].data.u64 != EPDATA ? " BAD-DATA" : "", nc);
     }
 }
@@ -1088,20 +1056,20 @@ static void ex_ep(const char *txt, const struct op *o)
         int e = errno;
         if (r == 0)
             g_epreg = 1;
-        L("%s = %s %s", txt, op == EPOLL_CTL_ADD ? "ADD" : "MOD", rvs(r, e));
+        L("%s = %s %s", txt, op == EPOLL_CTL_ADD ? "ADD" : "MOD", rv(r, e));
     } else if (o->kind == K_EPDEL) {
         struct epoll_event e1 = {0, {0}};
         long r = epoll_ctl(g_ep, EPOLL_CTL_DEL, g_fd, &e1);
         int e = errno;
         if (r == 0)
             g_epreg = 0;
-        L("%s = %s", txt, rvs(r, e));
+        L("%s = %s", txt, rv(r, e));
     } else {
         struct epoll_event out[4];
         memset(out, 0, sizeof out);
         long r = epoll_wait(g_ep, out, 4, 0);
         int e = errno;
-        L("%s = %s events=%s%s", txt, rvs(r, e), evs(r > 0 ? out[0].events : 0),
+        L("%s = %s events=%s%s", txt, rv(r, e), evs(r > 0 ? out[0].events : 0),
           r > 0 && out[0].data.u64 != EPDATA ? " BAD-DATA" : "");
     }
 }
@@ -1130,19 +1098,19 @@ static void exec_op(int i, const struct op *o)
         int fl = fcntl(g_fd, F_GETFL);
         e = errno;
         if (fl < 0) {
-            L("%s = F_GETFL %s", txt, rvs(fl, e));
+            L("%s = F_GETFL %s", txt, rv(fl, e));
             break;
         }
         r = fcntl(g_fd, F_SETFL, o->flags ? fl | O_NONBLOCK : fl & ~O_NONBLOCK);
         e = errno;
-        L("%s = %s now=%d", txt, rvs(r, e), (fcntl(g_fd, F_GETFL) & O_NONBLOCK) != 0);
+        L("%s = %s now=%d", txt, rv(r, e), (fcntl(g_fd, F_GETFL) & O_NONBLOCK) != 0);
         break;
     }
     case K_FIONBIO: {
         int v = o->flags;
         r = ioctl(g_fd, FIONBIO, &v);
         e = errno;
-        L("%s = %s now=%d", txt, rvs(r, e), (fcntl(g_fd, F_GETFL) & O_NONBLOCK) != 0);
+        L("%s = %s now=%d", txt, rv(r, e), (fcntl(g_fd, F_GETFL) & O_NONBLOCK) != 0);
         break;
     }
     case K_POLL: case K_SELECT: case K_EPOLL:
@@ -1161,7 +1129,7 @@ static void exec_op(int i, const struct op *o)
             snprintf(nb, sizeof nb, g_raw ? ">0{%d}" : ">0", n);
         else
             snprintf(nb, sizeof nb, "%d", n);
-        L("%s = %s n=%s", txt, rvs(r, e), nb);
+        L("%s = %s n=%s", txt, rv(r, e), nb);
         break;
     }
     case K_SOERROR: {
@@ -1169,20 +1137,20 @@ static void exec_op(int i, const struct op *o)
         socklen_t l = sizeof v;
         r = getsockopt(g_fd, SOL_SOCKET, SO_ERROR, &v, &l);
         e = errno;
-        L("%s = %s err=%s", txt, rvs(r, e), v >= 0 ? errname(v) : "?");
+        L("%s = %s err=%s", txt, rv(r, e), v >= 0 ? errname(v) : "?");
         break;
     }
     case K_SHUTDOWN:
         r = shutdown(g_fd, o->flags);
         e = errno;
-        L("%s = %s", txt, rvs(r, e));
+        L("%s = %s", txt, rv(r, e));
         break;
     case K_CLOSE:
         r = close(g_fd);
         e = errno;
         if (r == 0)
             g_epreg = 0; /* the kernel removes a closed file from every epoll */
-        L("%s = %s", txt, rvs(r, e));
+        L("%s = %s", txt, rv(r, e));
         break;
     case K_EXIT:
         L("%s", txt);
@@ -1253,20 +1221,6 @@ static void on_alarm(int s)
 {
     (void)s;
     g_alarm = 1;
-}
-
-static void out_all(const char *p, size_t n)
-{
-    fflush(stdout);
-    while (n > 0) {
-        ssize_t k = write(1, p, n);
-        if (k < 0 && errno == EINTR)
-            continue;
-        if (k <= 0)
-            return;
-        p += k;
-        n -= (size_t)k;
-    }
 }
 
 static const char *status_str(int st)
@@ -1373,6 +1327,7 @@ static int run_seq(const char *title, uint64_t key)
     close(p2c[1]);
     close(p2s[1]);
     printf("== %s ==\n", title);
+    fflush(stdout);
     out_all(g_sh->log, timeout ? loglen : g_sh->loglen);
     if (timeout) {
         printf("TIMEOUT\n");

@@ -85,19 +85,6 @@ __attribute__((format(printf, 1, 2))) static void L(const char *fmt, ...)
     log_raw(line, len);
 }
 
-static void out_all(const char *p, size_t n)
-{
-    while (n > 0) {
-        ssize_t k = write(1, p, n);
-        if (k < 0 && errno == EINTR)
-            continue;
-        if (k <= 0)
-            return;
-        p += k;
-        n -= (size_t)k;
-    }
-}
-
 static void print_logs(void)
 {
     out_all(g_clog, g_cloglen);
@@ -144,39 +131,6 @@ __attribute__((noreturn, format(printf, 1, 2))) static void fail(const char *fmt
 }
 
 /* ---- formatting --------------------------------------------------------- */
-
-static const char *errname(int e)
-{
-    switch (e) {
-#define E(x) case x: return #x
-    E(EAGAIN); E(EPIPE); E(ECONNRESET); E(EINVAL); E(EBADF); E(ENOTCONN);
-    E(EINTR); E(EFAULT); E(EMSGSIZE); E(EOPNOTSUPP); E(ENOTSOCK); E(EISCONN);
-    E(ECONNREFUSED); E(ENOENT); E(EADDRINUSE); E(ENOTTY); E(ENOBUFS);
-    E(ENOMEM); E(EPROTOTYPE); E(ESHUTDOWN); E(ETIMEDOUT); E(EALREADY);
-    E(EINPROGRESS); E(EDESTADDRREQ); E(EACCES); E(EPERM); E(ENOSYS);
-#undef E
-    default: {
-        static char b[4][16];
-        static int i;
-        i = (i + 1) & 3;
-        snprintf(b[i], sizeof b[i], "E#%d", e);
-        return b[i];
-    }
-    }
-}
-
-/* "N" or "-1 ENAME"; rotating static buffers. */
-static const char *rv(long r, int e)
-{
-    static char b[8][48];
-    static int i;
-    i = (i + 1) & 7;
-    if (r < 0)
-        snprintf(b[i], sizeof b[i], "%ld %s", r, errname(e));
-    else
-        snprintf(b[i], sizeof b[i], "%ld", r);
-    return b[i];
-}
 
 /* Quoted, escaped bytes (at most 96 shown). */
 static const char *esc(const void *p, long n)

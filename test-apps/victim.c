@@ -107,7 +107,8 @@ __attribute__((format(printf, 1, 2))) static void say(const char *fmt, ...)
     }
 }
 
-static const char *errname(int e)
+/* The name of errno e, or NULL (reported as "errno<e>" then). */
+static const char *known_errname(int e)
 {
     switch (e) {
     case EPIPE: return "EPIPE";
@@ -135,7 +136,7 @@ __attribute__((noreturn)) static void finish(const char *outcome, int err)
             g_role, g_side, outcome, g_got, g_sent, t, !bad);
         exit(bad);
     }
-    const char *n = errname(err);
+    const char *n = known_errname(err);
     char buf[32];
     if (!n) {
         snprintf(buf, sizeof buf, "errno%d", err);
