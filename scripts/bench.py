@@ -233,6 +233,18 @@ def _on_signal(signum, frame):
     sys.exit(130)
 
 
+def _run(cmd, env, timeout, what=None, **kw):
+    """subprocess.run of a client, stdout and stderr captured as text; a
+    timeout is a RunFailure naming `what` (default: the command line)."""
+    try:
+        return subprocess.run(cmd, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, universal_newlines=True,
+                              timeout=timeout, **kw)
+    except subprocess.TimeoutExpired as e:
+        raise RunFailure("%s: timed out after %ss\n%s"
+                         % (what or " ".join(cmd), timeout, e.stderr or ""))
+
+
 def parse_result(out):
     lines = [l for l in out.splitlines() if l.startswith("RESULT ")]
     if len(lines) != 1:
@@ -285,13 +297,7 @@ class Runner:
         cmd = self.cmd(args)
         env = self.env(mode)
         env.update(extra_env or {})
-        try:
-            p = subprocess.run(cmd, env=env, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, universal_newlines=True,
-                               timeout=self.timeout)
-        except subprocess.TimeoutExpired as e:
-            raise RunFailure("%s: timed out after %ss\n%s"
-                             % (" ".join(cmd), self.timeout, e.stderr or ""))
+        p = _run(cmd, env, self.timeout)
         return self._check(" ".join(cmd), p.returncode, p.stdout, p.stderr, mode)
 
     def run_pair(self, mode, server_args, client_args, sock):
@@ -315,13 +321,7 @@ class Runner:
                     raise RunFailure("server %s: socket %s did not appear within 10 s"
                                      % (" ".join(scmd), sock))
                 time.sleep(0.005)
-            try:
-                cli = subprocess.run(ccmd, env=self.env(mode), stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, universal_newlines=True,
-                                     timeout=self.timeout)
-            except subprocess.TimeoutExpired as e:
-                raise RunFailure("client %s: timed out after %ss\n%s"
-                                 % (" ".join(ccmd), self.timeout, e.stderr or ""))
+            cli = _run(ccmd, self.env(mode), self.timeout, what="client " + " ".join(ccmd))
             try:
                 sout, serr = srv.communicate(timeout=30 if cli.returncode == 0 else 5)
             except subprocess.TimeoutExpired:
@@ -454,6 +454,18 @@ def _stop(proc, timeout=5):
     _live.discard(proc)
 
 
+def _expect_exit(srv, name, after, timeout, mode, log):
+    """After the server `name` was asked to stop (`after`: how): it must exit
+    within `timeout` s with status 0, its log free of a preload failure."""
+    try:
+        srv.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise RunFailure("%s did not exit after %s\n%s" % (name, after, _read_log(log)))
+    if srv.returncode != 0 or _preload_failed(mode, _read_log(log)):
+        raise RunFailure("%s exited with status %s\n%s"
+                         % (name, srv.returncode, _read_log(log)))
+
+
 REDIS_RPS_RE = re.compile(r"^\s*([A-Z][A-Z_]*)(?: \([^)]*\))?: ([0-9.]+) requests per second")
 
 
@@ -497,13 +509,7 @@ def redis_fn(n, n_p16, clients, tests):
             for metric, extra, nreq in (("rps", [], n), ("rps_p16", ["-P", "16"], n_p16)):
                 cmd = [tools["redis-benchmark"], "-s", sock, "-q", "-n", str(nreq),
                        "-c", str(clients)] + (["-t", ",".join(tests)] if tests else []) + extra
-                try:
-                    p = subprocess.run(cmd, env=env, stdout=subprocess.PIPE,
-                                       stderr=subprocess.PIPE, universal_newlines=True,
-                                       timeout=rt.timeout)
-                except subprocess.TimeoutExpired as e:
-                    raise RunFailure("%s: timed out after %ss\n%s"
-                                     % (" ".join(cmd), rt.timeout, e.stderr or ""))
+                p = _run(cmd, env, rt.timeout)
                 got = parse_redis_benchmark(p.stdout)
                 want = [t.upper() for t in tests] or sorted(got)
                 if (p.returncode != 0 or _preload_failed(mode, p.stderr)
@@ -525,14 +531,7 @@ def redis_fn(n, n_p16, clients, tests):
                                stderr=subprocess.DEVNULL, timeout=10)
             else:
                 srv.terminate()
-            try:
-                srv.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                raise RunFailure("redis-server did not exit after shutdown\n%s"
-                                 % _read_log(log))
-            if srv.returncode != 0 or _preload_failed(mode, _read_log(log)):
-                raise RunFailure("redis-server exited with status %s\n%s"
-                                 % (srv.returncode, _read_log(log)))
+            _expect_exit(srv, "redis-server", "shutdown", 10, mode, log)
         finally:
             if srv.poll() is None:
                 srv.kill()
@@ -595,13 +594,7 @@ def socat_fn(nbytes, reverse=False):
             cmd = ([socat, "-u", "UNIX-CONNECT:%s" % sock, "FILE:%s,create" % dst] if reverse
                    else [socat, "-u", "FILE:%s" % src, "UNIX-CONNECT:%s" % sock])
             t0 = time.monotonic()
-            try:
-                cli = subprocess.run(cmd, env=env, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, universal_newlines=True,
-                                     timeout=rt.timeout)
-            except subprocess.TimeoutExpired as e:
-                raise RunFailure("%s: timed out after %ss\n%s"
-                                 % (" ".join(cmd), rt.timeout, e.stderr or ""))
+            cli = _run(cmd, env, rt.timeout)
             try:
                 srv.wait(timeout=rt.timeout if cli.returncode == 0 else 5)
             except subprocess.TimeoutExpired:
@@ -816,13 +809,7 @@ def nginx_fn(size, gets):
             cmd = [curl, "-sS", "--fail", "--unix-socket", sock, "-o", "/dev/null",
                    "-w", "%{size_download} %{time_total} %{num_connects}\n",
                    "http://localhost/f.bin?[1-%d]" % gets]
-            try:
-                p = subprocess.run(cmd, env=env, stdout=subprocess.PIPE,
-                                   stderr=subprocess.PIPE, universal_newlines=True,
-                                   timeout=rt.timeout, preexec_fn=_pin(False))
-            except subprocess.TimeoutExpired as e:
-                raise RunFailure("%s: timed out after %ss\n%s"
-                                 % (" ".join(cmd), rt.timeout, e.stderr or ""))
+            p = _run(cmd, env, rt.timeout, preexec_fn=_pin(False))
             rows = [l.split() for l in p.stdout.splitlines() if l.strip()]
             if (p.returncode != 0 or _preload_failed(mode, p.stderr) or len(rows) != gets
                     or any(len(r) != 3 or int(r[0]) != size for r in rows)
@@ -834,13 +821,7 @@ def nginx_fn(size, gets):
             secs = sum(float(r[1]) for r in rows)
             _check_accelerated(mode, "curl", p.stderr, "client", 1)
             srv.send_signal(signal.SIGQUIT)  # graceful shutdown
-            try:
-                srv.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                raise RunFailure("nginx did not exit after SIGQUIT\n%s" % _read_log(log))
-            if srv.returncode != 0 or _preload_failed(mode, _read_log(log)):
-                raise RunFailure("nginx exited with status %s\n%s"
-                                 % (srv.returncode, _read_log(log)))
+            _expect_exit(srv, "nginx", "SIGQUIT", 10, mode, log)
             _check_accelerated(mode, "nginx", _read_log(log, 100000), "server", 1)
         finally:
             _end_server(srv, signal.SIGTERM)  # nginx: fast shutdown
@@ -912,13 +893,8 @@ def postgres_fn(clients, seconds):
         pg = [os.path.join(b, "pgbench"), "-h", d, "-U", "postgres"]
 
         def run(args, what):
-            try:
-                p = subprocess.run(pg + args + ["postgres"], env=env, stdout=subprocess.PIPE,
-                                   stderr=subprocess.PIPE, universal_newlines=True,
-                                   timeout=rt.timeout, preexec_fn=_pin(False))
-            except subprocess.TimeoutExpired as e:
-                raise RunFailure("%s: timed out after %ss\n%s"
-                                 % (what, rt.timeout, e.stderr or ""))
+            p = _run(pg + args + ["postgres"], env, rt.timeout, what=what,
+                     preexec_fn=_pin(False))
             if p.returncode != 0 or _preload_failed(mode, p.stderr):
                 raise RunFailure("%s exited with status %s\n--- stdout ---\n%s"
                                  "--- stderr ---\n%s%s"
@@ -944,13 +920,7 @@ def postgres_fn(clients, seconds):
                                  % p.stdout[-3000:])
             _check_accelerated(mode, "pgbench", p.stderr, "client", clients)
             srv.send_signal(signal.SIGINT)  # fast shutdown
-            try:
-                srv.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                raise RunFailure("postgres did not exit after SIGINT\n%s" % _read_log(log))
-            if srv.returncode != 0 or _preload_failed(mode, _read_log(log)):
-                raise RunFailure("postgres exited with status %s\n%s"
-                                 % (srv.returncode, _read_log(log)))
+            _expect_exit(srv, "postgres", "SIGINT", 30, mode, log)
             _check_accelerated(mode, "postgres", _read_log(log, 1000000), "server", clients)
         finally:
             _end_server(srv, signal.SIGQUIT)  # postgres: immediate shutdown
