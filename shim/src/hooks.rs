@@ -1367,22 +1367,17 @@ fn after_fcntl(fd: c_int, cmd: c_int, arg: c_ulong, r: c_int) {
 pub unsafe extern "C" fn ioctl(fd: c_int, req: c_ulong, arg: *mut c_void) -> c_int {
     if let Some(c) = accel(fd) {
         match req {
-            libc::FIONREAD => {
-                if let Some(n) = c.bytes_readable(fd) {
+            libc::FIONREAD | libc::TIOCOUTQ => {
+                let n = if req == libc::FIONREAD {
+                    c.bytes_readable(fd)
+                } else {
+                    c.bytes_unread_by_peer(fd)
+                };
+                if let Some(n) = n {
                     if arg.is_null() {
                         return fail(Errno::FAULT);
                     }
-                    // SAFETY: FIONREAD's argument is an int*.
-                    unsafe { *(arg as *mut c_int) = n.min(c_int::MAX as usize) as c_int };
-                    return 0;
-                }
-            }
-            libc::TIOCOUTQ => {
-                if let Some(n) = c.bytes_unread_by_peer(fd) {
-                    if arg.is_null() {
-                        return fail(Errno::FAULT);
-                    }
-                    // SAFETY: SIOCOUTQ's argument is an int*.
+                    // SAFETY: FIONREAD's and SIOCOUTQ's argument is an int*.
                     unsafe { *(arg as *mut c_int) = n.min(c_int::MAX as usize) as c_int };
                     return 0;
                 }
