@@ -470,22 +470,6 @@ mod tests {
         assert_eq!(r.readable(), Ok(0));
     }
 
-    /// Indices are counters a peer may set anywhere: at the top of u64 they
-    /// wrap, never overflow (which would abort a debug build, miri's).
-    #[test]
-    fn indices_wrap_at_the_top_of_u64() {
-        let mut h = Heap::new(16);
-        h.ctrl.head.store(u64::MAX - 2, Relaxed);
-        h.ctrl.tail.store(u64::MAX - 2, Relaxed);
-        let r = h.ring();
-        assert_eq!(push(&r, &[1, 2, 3, 4, 5, 6, 7, 8]), 8);
-        assert_eq!(r.readable(), Ok(8));
-        assert_eq!(pop(&r, 3, true), vec![1, 2, 3]);
-        assert_eq!(pop(&r, 100, false), vec![1, 2, 3, 4, 5, 6, 7, 8]);
-        assert_eq!(r.head(), 5);
-        assert_eq!(r.readable(), Ok(0));
-    }
-
     #[test]
     fn wrap_around_keeps_order() {
         let mut h = Heap::new(16);

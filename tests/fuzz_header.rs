@@ -1222,7 +1222,7 @@ fn send_opts(dontwait: bool) -> SendOpts {
 /// `rx_step`, `max = off + len - at` wraps to 0, so every pass reads
 /// nothing: poll says readable, a non-blocking read says EAGAIN forever,
 /// and a blocking read spins at full CPU (SO_RCVTIMEO never applies) until
-/// the peer changes the record. (A debug build panics on the overflow.)
+/// the peer changes the record.
 #[test]
 fn known_bug_1_wrapping_record_stalls_reads() {
     let (c, vs, _ps, seg) = accelerated_client(true);
@@ -1378,15 +1378,10 @@ fn known_bug_5_record_without_data_spins_reader() {
     );
 }
 
-/// Known bug 6 (debug builds only): offsets near u64::MAX overflow the
-/// additions of `rx_step` (`off + len - at`, also `at + n`, `qi + 1`) and
-/// a debug build panics (aborts, with panic = "abort"); a release build
-/// wraps, as here, and reads on.
+/// Record offsets near u64::MAX: the distances `rx_step` computes wrap or
+/// are checked, so a debug build (which aborts on overflow) reads on as a
+/// release build does.
 #[test]
-#[cfg_attr(
-    debug_assertions,
-    ignore = "known bug 6: overflow panic in debug builds"
-)]
 fn record_offsets_near_u64_max() {
     let (c, vs, _ps, seg) = accelerated_client(true);
     let fd = vs.as_raw_fd();

@@ -658,17 +658,10 @@ fn hostile_race() {
     fuzz_support::run("fuzz_ring", "hostile_race", n, race);
 }
 
-/// Known bug 6 (debug builds only): the ring adds counts to indices read
-/// from shared memory with a plain `+` (`head + want`, `tail + want`, and
-/// `head + done` / `tail + done` for positions), so a peer's indices
-/// within a ring's size of u64::MAX make a debug build panic (and abort:
-/// panic = "abort"), which also keeps the fuzzing above below that range in
-/// debug builds. A release build wraps, consistently: checked here.
+/// Indices are counters a peer may set anywhere: within a ring's size of
+/// u64::MAX they wrap, never overflow (a debug build, miri's included,
+/// would abort on a plain `+`).
 #[test]
-#[cfg_attr(
-    debug_assertions,
-    ignore = "known bug 6: overflow panic in debug builds"
-)]
 fn indices_wrap_at_u64_max() {
     let mut rng = Rng::new(1);
     let mut m = Mem::new(16, &mut rng);

@@ -107,7 +107,7 @@ impl Rng {
     /// ring of `cap` bytes: boundary values, values near `near` (the
     /// victim's own indices), huge and random ones.
     pub fn hostile(&mut self, cap: u64, near: &[u64]) -> u64 {
-        let v = match self.below(16) {
+        match self.below(16) {
             0 => 0,
             1 => 1,
             2 => cap - 1,
@@ -136,21 +136,7 @@ impl Rng {
             12 => self.next(),
             13 => u64::from(u32::MAX) + self.below(3) - 1,
             _ => self.below(4 * cap + 4),
-        };
-        debug_clamp(v)
-    }
-}
-
-/// Debug builds check arithmetic overflow, and the core adds byte counts to
-/// indices read from shared memory without wrapping (`head + n`), so a
-/// peer's index within a ring size of `u64::MAX` makes a debug build panic
-/// (a release build wraps, consistently). Debug runs stay below that; see
-/// the `debug_overflow_*` tests for the inputs themselves.
-pub fn debug_clamp(v: u64) -> u64 {
-    if cfg!(debug_assertions) {
-        v.min(u64::MAX - (1 << 32))
-    } else {
-        v
+        }
     }
 }
 
