@@ -662,7 +662,7 @@ impl Conn {
     fn space_bell(&self, fd: RawFd, ring: &Ring<'_>) {
         let f = &ring.ctrl().flags;
         if protocol::take_waiter(&f.writer_sleeping) {
-            protocol::wake_space_sleepers(f);
+            wake_space_sleepers(f);
         }
         if f.writer_waiting.load(Relaxed) != 0
             && ring.writable().is_ok_and(|n| n >= ring.capacity() / 2)
@@ -1772,7 +1772,7 @@ impl Conn {
 
     fn wake_writers(&self, fd: RawFd, ring: &Ring<'_>) {
         let f = &ring.ctrl().flags;
-        protocol::wake_space_sleepers(f);
+        wake_space_sleepers(f);
         if f.writer_waiting.swap(0, SeqCst) != 0 {
             self.bell(fd);
         }
@@ -2287,6 +2287,19 @@ impl Conn {
         };
         Some(plain + ring)
     }
+}
+
+/// Consumer side, after freeing space (or going away): wakes every writer
+/// sleeping on the `space_seq` futex. The bump comes first, so that a
+/// writer about to sleep on the old value returns at once. (Public for the
+/// fuzz harness's honest peer.)
+pub fn wake_space_sleepers(f: &RingFlags) {
+    f.space_seq.fetch_add(1, SeqCst);
+    let _ = rustix::thread::futex::wake(
+        &f.space_seq,
+        rustix::thread::futex::Flags::empty(),
+        i32::MAX as u32,
+    );
 }
 
 /// A "full at" marker: 0, or the reader's position when a send found no

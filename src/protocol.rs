@@ -46,19 +46,6 @@ pub fn switch_point(f: &RingFlags) -> Option<u64> {
     (v & SWITCHED != 0).then_some(v & !SWITCHED)
 }
 
-/// Consumer side, after freeing space (or going away): wakes every writer
-/// sleeping on the `space_seq` futex. The bump comes first, so that a
-/// writer about to sleep on the old value returns at once.
-#[cfg(not(loom))]
-pub fn wake_space_sleepers(f: &RingFlags) {
-    f.space_seq.fetch_add(1, SeqCst);
-    let _ = rustix::thread::futex::wake(
-        &f.space_seq,
-        rustix::thread::futex::Flags::empty(),
-        i32::MAX as u32,
-    );
-}
-
 /// Writer: publishes the record of a message whose first byte goes to ring
 /// index `offset` (the caller checked that a slot is free). Before the data.
 pub fn publish_record(q: &AncQueue, offset: u64, len: u64) {
