@@ -60,6 +60,34 @@ thread_local! {
     static RAN: Cell<(u32, u32)> = const { Cell::new((0, 0)) };
 }
 
+/// The program's own action for one signal, as recorded when it was set
+/// (`None`: none of ours is installed), to map what the kernel reports
+/// back into the program's terms with [`user_view`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Recorded(Option<(usize, i32)>);
+
+/// What is recorded for `sig` now. Taken before [`install`] records a new
+/// action, it describes the action the kernel will report as the old one.
+pub fn recorded(sig: i32) -> Recorded {
+    let Some(a) = usize::try_from(sig).ok().and_then(|s| ACTIONS.get(s)) else {
+        return Recorded(None);
+    };
+    match a.handler.load(Relaxed) {
+        0 => Recorded(None),
+        h => Recorded(Some((h, a.flags.load(Relaxed)))),
+    }
+}
+
+/// Puts back what [`recorded`] returned (the kernel refused the new action).
+pub fn restore(sig: i32, r: Recorded) {
+    let Some(a) = usize::try_from(sig).ok().and_then(|s| ACTIONS.get(s)) else {
+        return;
+    };
+    let (h, f) = r.0.unwrap_or((0, 0));
+    a.flags.store(f, Relaxed);
+    a.handler.store(h, Relaxed);
+}
+
 /// What the kernel should be told for a program's `handler`/`flags`: our
 /// trampoline with SA_SIGINFO added (the program's flags are kept for
 /// calling its handler the way it expects), or `None` for SIG_DFL/SIG_IGN,
@@ -82,18 +110,23 @@ pub fn install(sig: i32, handler: usize, flags: i32) -> Option<(usize, i32)> {
     Some((ours, flags | libc::SA_SIGINFO))
 }
 
-/// The program's view of what the kernel reports: our trampoline is
-/// replaced by the program's handler and its own SA_SIGINFO bit.
-pub fn user_view(sig: i32, handler: usize, flags: i32) -> (usize, i32) {
-    match usize::try_from(sig).ok().and_then(|s| ACTIONS.get(s)) {
-        Some(a) if handler == trampoline as *const () as usize => {
-            let uf = a.flags.load(Relaxed);
-            (
-                a.handler.load(Relaxed),
-                (flags & !libc::SA_SIGINFO) | (uf & libc::SA_SIGINFO),
-            )
-        }
-        _ => (handler, flags),
+/// The program's view of an action the kernel reports, given what was
+/// recorded for it *when the kernel's action was set*: our trampoline is
+/// replaced by the program's handler, and the SA_SIGINFO bit we added is
+/// the program's own again (also after SA_RESETHAND made the kernel reset
+/// the handler to SIG_DFL, keeping our flags).
+pub fn user_view(rec: Recorded, handler: usize, flags: i32) -> (usize, i32) {
+    let Some((uh, uf)) = rec.0 else {
+        return (handler, flags);
+    };
+    let ours = (flags & !libc::SA_SIGINFO) | (uf & libc::SA_SIGINFO);
+    if handler == trampoline as *const () as usize {
+        (uh, ours)
+    } else if handler == libc::SIG_DFL && uf & libc::SA_RESETHAND != 0 {
+        (handler, ours)
+    } else {
+        // Set behind our back (a raw rt_sigaction): theirs as it is.
+        (handler, flags)
     }
 }
 
@@ -330,7 +363,7 @@ mod tests {
         assert_eq!(HITS.load(SeqCst), before + 2);
         assert_eq!(handler_ran(m), Some(true));
         let (h, f) = user_view(
-            libc::SIGUSR1,
+            recorded(libc::SIGUSR1),
             trampoline as *const () as usize,
             libc::SA_SIGINFO,
         );

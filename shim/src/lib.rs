@@ -24,6 +24,16 @@ fn init() {
         tsss_core::log::emit(format_args!("{w}"));
     }
     real::init();
+    tsss_core::log!(
+        tsss_core::log::DEBUG,
+        "loaded ({}; ring {} KiB)",
+        if cfg.disabled { "disabled" } else { "enabled" },
+        cfg.ring_size >> 10
+    );
+    if cfg.disabled {
+        // Inert: nothing registered, every hook passes straight to libc.
+        return;
+    }
     tsss_core::sys::set_cached_pid();
     exec::adopt_inherited();
     // SAFETY: registering a plain function pointer, run in the parent just
@@ -31,12 +41,6 @@ fn init() {
     unsafe { libc::pthread_atfork(Some(before_fork), None, Some(in_fork_child)) };
     // SAFETY: as above; runs in exit(), before the stdio flush.
     unsafe { libc::atexit(exiting) };
-    tsss_core::log!(
-        tsss_core::log::DEBUG,
-        "loaded ({}; ring {} KiB)",
-        if cfg.disabled { "disabled" } else { "enabled" },
-        cfg.ring_size >> 10
-    );
 }
 
 /// The pid cache (`sys::cached_pid`, also the ShmLock holder's id) is the
@@ -66,6 +70,10 @@ extern "C" fn before_fork() {
 #[unsafe(no_mangle)]
 #[allow(non_snake_case)]
 pub unsafe extern "C" fn _Fork() -> libc::pid_t {
+    if tsss_core::config::disabled() {
+        // SAFETY: passthrough.
+        return unsafe { real::_Fork() };
+    }
     before_fork();
     // SAFETY: passthrough.
     let pid = unsafe { real::_Fork() };
@@ -87,7 +95,7 @@ extern "C" fn exiting() {
 /// first, as close() does, so that a peer's next write fails at once
 /// rather than when it next looks at the socket.
 fn exiting_now() {
-    if !in_vfork_child() {
+    if !tsss_core::config::disabled() && !in_vfork_child() {
         table::for_each_conn(|fd, c| c.close(fd));
     }
 }

@@ -71,6 +71,13 @@ real! {
     execvpe(file: *const libc::c_char, argv: *const *const libc::c_char, envp: *const *const libc::c_char) -> c_int;
     posix_spawn(pid: *mut libc::pid_t, path: *const libc::c_char, fa: *const libc::posix_spawn_file_actions_t, attr: *const libc::posix_spawnattr_t, argv: *const *mut libc::c_char, envp: *const *mut libc::c_char) -> c_int;
     sigaction(sig: c_int, act: *const libc::sigaction, old: *mut libc::sigaction) -> c_int;
+    __sigaction(sig: c_int, act: *const libc::sigaction, old: *mut libc::sigaction) -> c_int;
+    signal(sig: c_int, handler: libc::sighandler_t) -> libc::sighandler_t;
+    bsd_signal(sig: c_int, handler: libc::sighandler_t) -> libc::sighandler_t;
+    sysv_signal(sig: c_int, handler: libc::sighandler_t) -> libc::sighandler_t;
+    __sysv_signal(sig: c_int, handler: libc::sighandler_t) -> libc::sighandler_t;
+    siginterrupt(sig: c_int, interrupt: c_int) -> c_int;
+    sigset(sig: c_int, disp: libc::sighandler_t) -> libc::sighandler_t;
     posix_spawnp(pid: *mut libc::pid_t, file: *const libc::c_char, fa: *const libc::posix_spawn_file_actions_t, attr: *const libc::posix_spawnattr_t, argv: *const *mut libc::c_char, envp: *const *mut libc::c_char) -> c_int;
     fexecve(fd: c_int, argv: *const *const libc::c_char, envp: *const *const libc::c_char) -> c_int;
     dup2(old: c_int, new: c_int) -> c_int;

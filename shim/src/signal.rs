@@ -9,7 +9,7 @@
 use crate::real;
 use libc::{c_int, sighandler_t};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use tsss_core::signals;
+use tsss_core::{config, signals};
 
 /// glibc's SIG_HOLD (not in the libc crate).
 const SIG_HOLD: sighandler_t = 2;
@@ -38,14 +38,13 @@ pub unsafe extern "C" fn sigaction(
     act: *const libc::sigaction,
     old: *mut libc::sigaction,
 ) -> c_int {
-    // The old action first, in the program's terms: installing records
-    // the new handler.
-    let mut prev = empty_action();
-    let want_old = !old.is_null();
-    // SAFETY: query only, into our own struct.
-    if want_old && unsafe { real::sigaction(sig, std::ptr::null(), &mut prev) } != 0 {
-        return -1;
+    if config::disabled() {
+        // SAFETY: passthrough.
+        return unsafe { real::sigaction(sig, act, old) };
     }
+    // What the program set before this call: the kernel's old action is
+    // mapped back through it, never through the action installed here.
+    let before = signals::recorded(sig);
     let mut k;
     let knew = if act.is_null() {
         std::ptr::null()
@@ -58,10 +57,15 @@ pub unsafe extern "C" fn sigaction(
         }
         &k as *const libc::sigaction
     };
-    // SAFETY: valid pointers.
-    let r = unsafe { real::sigaction(sig, knew, std::ptr::null_mut()) };
-    if r == 0 && want_old {
-        let (h, f) = signals::user_view(sig, prev.sa_sigaction, prev.sa_flags);
+    let mut prev = empty_action();
+    // SAFETY: valid pointers; the old action comes from the same call.
+    let r = unsafe { real::sigaction(sig, knew, &mut prev) };
+    if r != 0 {
+        signals::restore(sig, before);
+        return r;
+    }
+    if !old.is_null() {
+        let (h, f) = signals::user_view(before, prev.sa_sigaction, prev.sa_flags);
         prev.sa_sigaction = h;
         prev.sa_flags = f;
         // SAFETY: the caller's buffer.
@@ -78,6 +82,10 @@ pub unsafe extern "C" fn __sigaction(
     act: *const libc::sigaction,
     old: *mut libc::sigaction,
 ) -> c_int {
+    if config::disabled() {
+        // SAFETY: passthrough.
+        return unsafe { real::__sigaction(sig, act, old) };
+    }
     // SAFETY: same contract.
     unsafe { sigaction(sig, act, old) }
 }
@@ -108,6 +116,10 @@ fn set(sig: c_int, handler: sighandler_t, mask_self: bool, flags: c_int) -> sigh
 /// libc contract.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn signal(sig: c_int, handler: sighandler_t) -> sighandler_t {
+    if config::disabled() {
+        // SAFETY: passthrough.
+        return unsafe { real::signal(sig, handler) };
+    }
     if handler == libc::SIG_ERR || bit(sig) == 0 {
         // SAFETY: errno slot of this thread.
         unsafe { *libc::__errno_location() = libc::EINVAL };
@@ -125,6 +137,10 @@ pub unsafe extern "C" fn signal(sig: c_int, handler: sighandler_t) -> sighandler
 /// libc contract.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn bsd_signal(sig: c_int, handler: sighandler_t) -> sighandler_t {
+    if config::disabled() {
+        // SAFETY: passthrough.
+        return unsafe { real::bsd_signal(sig, handler) };
+    }
     // SAFETY: same contract.
     unsafe { signal(sig, handler) }
 }
@@ -135,6 +151,10 @@ pub unsafe extern "C" fn bsd_signal(sig: c_int, handler: sighandler_t) -> sighan
 /// libc contract.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn sysv_signal(sig: c_int, handler: sighandler_t) -> sighandler_t {
+    if config::disabled() {
+        // SAFETY: passthrough.
+        return unsafe { real::sysv_signal(sig, handler) };
+    }
     if handler == libc::SIG_ERR || bit(sig) == 0 {
         // SAFETY: errno slot of this thread.
         unsafe { *libc::__errno_location() = libc::EINVAL };
@@ -147,6 +167,10 @@ pub unsafe extern "C" fn sysv_signal(sig: c_int, handler: sighandler_t) -> sigha
 /// libc contract.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn __sysv_signal(sig: c_int, handler: sighandler_t) -> sighandler_t {
+    if config::disabled() {
+        // SAFETY: passthrough.
+        return unsafe { real::__sysv_signal(sig, handler) };
+    }
     // SAFETY: same contract.
     unsafe { sysv_signal(sig, handler) }
 }
@@ -155,6 +179,10 @@ pub unsafe extern "C" fn __sysv_signal(sig: c_int, handler: sighandler_t) -> sig
 /// libc contract.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn siginterrupt(sig: c_int, interrupt: c_int) -> c_int {
+    if config::disabled() {
+        // SAFETY: passthrough.
+        return unsafe { real::siginterrupt(sig, interrupt) };
+    }
     let mut act = empty_action();
     // SAFETY: query into our own struct.
     if unsafe { sigaction(sig, std::ptr::null(), &mut act) } < 0 {
@@ -178,6 +206,10 @@ pub unsafe extern "C" fn siginterrupt(sig: c_int, interrupt: c_int) -> c_int {
 /// libc contract.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn sigset(sig: c_int, disp: sighandler_t) -> sighandler_t {
+    if config::disabled() {
+        // SAFETY: passthrough.
+        return unsafe { real::sigset(sig, disp) };
+    }
     if disp == libc::SIG_ERR || bit(sig) == 0 {
         // SAFETY: errno slot of this thread.
         unsafe { *libc::__errno_location() = libc::EINVAL };
