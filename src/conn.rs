@@ -1350,11 +1350,7 @@ impl Conn {
                 None => Err(Errno::AGAIN),
             });
         }
-        // The carrier byte itself wakes a reader sleeping on the socket: the
-        // message it travels with needs no doorbell of its own.
-        let mut carrier_rang = false;
         if let Some(carrier) = carrier {
-            carrier_rang = true;
             let anc = &seg.header().anc[self.tx_dir() as usize];
             // Room for a record and at least one byte first: the carrier
             // must never go out without its message.
@@ -1388,6 +1384,11 @@ impl Conn {
                 }
                 tx = self.lock_tx();
             }
+            // The carrier wakes a reader sleeping on the socket: it answers
+            // the request to be woken made so far. It goes out before the
+            // data, so a reader it wakes may find the ring empty and ask
+            // again: the doorbell after the data answers that.
+            let _ = protocol::take_waiter(&ring.ctrl().flags.reader_waiting);
             if let Err(e) = carrier() {
                 return Some(fail(e, 0));
             }
@@ -1405,12 +1406,7 @@ impl Conn {
             };
             if n > 0 {
                 sent += n;
-                if std::mem::take(&mut carrier_rang) {
-                    // Clear the request the carrier answered.
-                    let _ = protocol::take_waiter(&ring.ctrl().flags.reader_waiting);
-                } else {
-                    self.data_bell(fd, &ring.ctrl().flags);
-                }
+                self.data_bell(fd, &ring.ctrl().flags);
             }
             if src.remaining() == 0 {
                 return Some(Ok(sent));
