@@ -724,6 +724,33 @@ def _server_dir():
     return _SRV_DIR[0]
 
 
+def _reachable_by_others(path):
+    """Whether another uid can read `path` (every directory on the way
+    searchable by others, the file readable by others)."""
+    path = os.path.abspath(path)
+    d = os.path.dirname(path)
+    while True:
+        if not os.stat(d).st_mode & 0o001:
+            return False
+        if d == "/":
+            break
+        d = os.path.dirname(d)
+    return bool(os.stat(path).st_mode & 0o004)
+
+
+def _lib_for_all(lib):
+    """The library where servers that drop root can load it: a checkout
+    under a 0700 home directory is out of their reach, so a copy in the
+    0755 server directory then."""
+    if _reachable_by_others(lib):
+        return lib
+    dst = os.path.join(_server_dir(), "libtsss.so")
+    if not os.path.exists(dst):
+        shutil.copy(lib, dst)
+        os.chmod(dst, 0o755)
+    return dst
+
+
 def _server_env(rt, mode):
     """The mode's environment; with tsss, TSSS_LOG=info (one line per
     connection) so that a run that was not accelerated is a failure."""
@@ -1177,7 +1204,7 @@ def main():
 
     out_dir = args.out
     os.makedirs(out_dir, exist_ok=True)
-    runner = Runner(bin_dir, lib, base_tmp, base_tmp, args.timeout)
+    runner = Runner(bin_dir, _lib_for_all(lib), base_tmp, base_tmp, args.timeout)
     cases = build_cases(args.quick, groups)
 
     now = datetime.datetime.now().astimezone()

@@ -44,7 +44,12 @@ fn bin_s(name: &str) -> String {
 /// that ends by exec'ing it: same preload, environment and name.
 fn wrap(spec: &Spec, prefix: &[&str]) -> Spec {
     let mut args: Vec<&str> = prefix[1..].to_vec();
-    let prog = spec.prog.to_string_lossy().into_owned();
+    let prog = if spec.other_user {
+        for_other_users(std::path::Path::new(&spec.prog))
+    } else {
+        std::path::PathBuf::from(&spec.prog)
+    };
+    let prog = prog.to_string_lossy().into_owned();
     args.push(&prog);
     let rest: Vec<String> = spec
         .args
@@ -54,13 +59,14 @@ fn wrap(spec: &Spec, prefix: &[&str]) -> Spec {
     args.extend(rest.iter().map(String::as_str));
     let mut w = Spec::new(&spec.name, prefix[0], &args).preload(spec.preload);
     w.env = spec.env.clone();
+    w.other_user = spec.other_user;
     w
 }
 
 fn as_uid(spec: &Spec, uid: u32) -> Spec {
     let u = uid.to_string();
     wrap(
-        spec,
+        &spec.clone().other_user(),
         &[
             "setpriv",
             &format!("--reuid={u}"),

@@ -449,6 +449,7 @@ fn as_pg_user(name: &str, prog: &Path, args: &[&str]) -> Spec {
     }
     .env("LC_ALL", "C")
     .preload(true)
+    .other_user()
 }
 
 /// PostgreSQL with its socket in a temporary directory, no TCP. psql creates

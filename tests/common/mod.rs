@@ -45,6 +45,55 @@ pub fn bin(name: &str) -> PathBuf {
     p
 }
 
+/// Whether a process of another uid can reach `p`: every directory on
+/// the way searchable by others, the file itself readable (and, for a
+/// program, executable) by others.
+fn others_can_use(p: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |q: &Path| std::fs::metadata(q).map_or(0, |m| m.permissions().mode());
+    let file = mode(p);
+    p.ancestors()
+        .skip(1)
+        .all(|d| d.as_os_str().is_empty() || mode(d) & 0o001 != 0)
+        && file & 0o004 != 0
+        && (file & 0o100 == 0 || file & 0o001 != 0)
+}
+
+/// `p` as a process of another uid can load or run it: `p` itself when it
+/// can, else a copy in a fresh 0755 directory of this test process (a
+/// checkout under a 0700 home directory is out of other users' reach).
+pub fn for_other_users(p: &Path) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    // A bare name is found on PATH: a system program.
+    if !p.is_absolute() || others_can_use(p) {
+        return p.to_path_buf();
+    }
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    let dir = DIR.get_or_init(|| {
+        let d = PathBuf::from(format!("/tmp/tsss-shared-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).expect("create the shared directory");
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755))
+            .expect("chmod the shared directory");
+        d
+    });
+    let name = p.file_name().expect("a file");
+    let to = dir.join(name);
+    if !to.exists() {
+        let tmp = dir.join(format!(".{}.part", name.to_string_lossy()));
+        std::fs::copy(p, &tmp).unwrap_or_else(|e| panic!("copy {}: {e}", p.display()));
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))
+            .expect("chmod the copy");
+        std::fs::rename(&tmp, &to).expect("rename the copy");
+    }
+    assert!(
+        others_can_use(&to),
+        "{} is not reachable by other users (is /tmp private?)",
+        to.display()
+    );
+    to
+}
+
 /// A private temporary directory, removed on drop.
 pub struct TempDir(pub PathBuf);
 
@@ -92,6 +141,9 @@ pub struct Spec {
     pub prog: OsString,
     pub args: Vec<OsString>,
     pub preload: bool,
+    /// Runs as another uid: the library is preloaded from where that uid
+    /// can read it (see [`for_other_users`]).
+    pub other_user: bool,
     pub env: Vec<(String, String)>,
 }
 
@@ -102,6 +154,7 @@ impl Spec {
             prog: prog.into(),
             args: args.iter().map(OsString::from).collect(),
             preload: false,
+            other_user: false,
             env: Vec::new(),
         }
     }
@@ -112,6 +165,13 @@ impl Spec {
 
     pub fn preload(mut self, on: bool) -> Spec {
         self.preload = on;
+        self
+    }
+
+    /// The program will switch to another uid (setpriv): the library and
+    /// the program must be usable by it.
+    pub fn other_user(mut self) -> Spec {
+        self.other_user = true;
         self
     }
 
@@ -174,7 +234,15 @@ impl Proc {
         }
         cmd.env("TSSS_LOG", "debug");
         if spec.preload {
-            cmd.env("LD_PRELOAD", lib());
+            let l = lib();
+            cmd.env(
+                "LD_PRELOAD",
+                if spec.other_user {
+                    for_other_users(&l)
+                } else {
+                    l
+                },
+            );
         }
         for (k, v) in &spec.env {
             cmd.env(k, v);
