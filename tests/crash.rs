@@ -744,6 +744,33 @@ fn summary(results: &[RunResult]) {
 
 #[test]
 fn crash_matrix() {
+    matrix("crash matrix", false);
+}
+
+/// The same runs while a CPU-bound process runs on every core: a survivor
+/// competes for the CPU with them (once, one was still running 5 s after
+/// its peer's kill in such a run).
+#[test]
+fn crash_matrix_with_busy_cpus() {
+    matrix("crash matrix, every CPU busy", true);
+}
+
+/// One matrix at a time: the busy one would slow the other down.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn matrix(name: &str, busy: bool) {
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let cpus = thread::available_parallelism().map_or(2, |n| n.get());
+    // Dropped (killed with their process groups) when the matrix ends.
+    let _busy: Vec<Proc> = (0..if busy { cpus } else { 0 })
+        .map(|i| {
+            Proc::spawn(&Spec::new(
+                &format!("busy loop {i}"),
+                "sh",
+                &["-c", "while :; do :; done"],
+            ))
+        })
+        .collect();
     let _ = lib();
     let _ = bin("victim");
     let master = master_seed();
@@ -772,7 +799,7 @@ fn crash_matrix() {
         })
         .collect();
     println!(
-        "crash matrix: seed {master:#x}, {} runs, {threads} threads \
+        "{name}: seed {master:#x}, {} runs, {threads} threads \
          (reproduce: CRASH_SEED={master:#x} [CRASH_RUN=i])",
         cases.len()
     );
