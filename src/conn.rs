@@ -17,7 +17,8 @@
 
 use crate::config;
 use crate::layout::{
-    ANC_CREDS_ONLY, ANC_SLOTS, CARRIER, CLIENT_ATTACHED, Dir, RD_RELEASED, RD_SHUT, RingFlags,
+    ANC_CREDS_ONLY, ANC_SLOTS, CARRIER, CLIENT_ATTACHED, CLIENT_NONE, CLIENT_REFUSED, Dir,
+    RD_RELEASED, RD_SHUT, RingFlags, SERVER_CONFIRMED, SERVER_WITHDRAWN,
 };
 use crate::protocol;
 use crate::ring::{DstCursor, Ring, SrcCursor};
@@ -467,7 +468,9 @@ impl Conn {
     // ---------------------------------------------------------------- negotiation
 
     /// Client, rx lock held: looks at the first bytes from the server.
-    fn resolve_hello(&self, fd: RawFd, rx: &mut RxState) {
+    /// `take`: use the offer; else a HELLO found is consumed and the
+    /// connection stays plain (before an exec).
+    fn resolve_hello(&self, fd: RawFd, rx: &mut RxState, take: bool) {
         if self.sb().state.load(Acquire) != PENDING {
             return;
         }
@@ -502,14 +505,17 @@ impl Conn {
             Ok(h) => h,
             Err(e) => return self.go_plain(format_args!("invalid HELLO ({e})")),
         };
-        if self.sb().shut_wr.load(Acquire) {
-            return self.go_plain(format_args!("already shut down for writing"));
-        }
-        if self.sb().shut_rd.load(Acquire) {
+        let refuse = if !take {
+            Some("the offer came before an exec: the new program gets a plain socket")
+        } else if self.sb().shut_wr.load(Acquire) {
+            Some("already shut down for writing")
+        } else if self.sb().shut_rd.load(Acquire) {
             // The server would switch its writes to a ring nobody reads;
             // the kernel already answers them with EPIPE.
-            return self.go_plain(format_args!("already shut down for reading"));
-        }
+            Some("already shut down for reading")
+        } else {
+            None
+        };
         let me = rustix::process::geteuid().as_raw();
         let seg = match Segment::attach(&hello, me) {
             Ok(s) => s,
@@ -517,52 +523,98 @@ impl Conn {
                 return self.go_plain(format_args!("cannot use segment {}: {e}", hello.shmid));
             }
         };
+        let word = &seg.header().client_state;
+        if let Some(why) = refuse {
+            // Tell the server, which would otherwise keep its offer open.
+            let _ = protocol::negotiate(word, CLIENT_NONE, CLIENT_REFUSED);
+            return self.go_plain(format_args!("{why}"));
+        }
+        if protocol::negotiate(word, CLIENT_NONE, CLIENT_ATTACHED) != CLIENT_ATTACHED {
+            return self.go_plain(format_args!(
+                "the server withdrew its offer of segment {}",
+                hello.shmid
+            ));
+        }
         self.remember_segment(&hello);
         let _ = self.seg.set(seg);
         rx.plain_read = 0;
         self.sb().state.store(ATTACHED, Release);
+        crate::log!(
+            crate::log::DEBUG,
+            "fd {}: attached shmid {}; waiting for the server to confirm",
+            self.fd,
+            hello.shmid
+        );
         if let Some(mut tx) = self.try_lock_tx() {
             self.progress_tx(fd, &mut tx);
         }
-        crate::log!(
-            crate::log::INFO,
-            "fd {}: accelerated (client, shmid {}, rings {}+{} KiB)",
-            self.fd,
-            hello.shmid,
-            hello.cap_c2s >> 10,
-            hello.cap_s2c >> 10
-        );
     }
 
-    /// Tx lock held: switches our writes to the ring once allowed.
+    /// Tx lock held: switches our writes to the ring once allowed: both
+    /// sides' once the server confirmed the client's attach.
     fn progress_tx(&self, fd: RawFd, tx: &mut TxState) {
         if self.sb().tx_ring.load(Relaxed) || self.sb().shut_wr.load(Relaxed) {
             return;
         }
         let Some(seg) = self.seg() else { return };
+        let word = &seg.header().client_state;
         match self.role {
             Role::Client => {
-                // Attached: our switch is due (a broken one never switches).
+                // Attached: our switch is due once confirmed (a broken
+                // connection never switches).
                 if self.sb().state.load(Acquire) != ATTACHED {
                     return;
                 }
+                match word.load(Acquire) {
+                    SERVER_CONFIRMED => crate::log!(
+                        crate::log::INFO,
+                        "fd {}: accelerated (client, shmid {}, rings {}+{} KiB)",
+                        self.fd,
+                        seg.shmid(),
+                        seg.cap(Dir::ClientToServer) >> 10,
+                        seg.cap(Dir::ServerToClient) >> 10
+                    ),
+                    SERVER_WITHDRAWN => {
+                        return self.go_plain(format_args!(
+                            "the server withdrew its offer (an exec before it confirmed)"
+                        ));
+                    }
+                    _ => return,
+                }
             }
             Role::Server => {
-                if seg.header().client_state.load(Acquire) != CLIENT_ATTACHED {
-                    return;
+                if self.sb().state.load(Acquire) == OFFERED {
+                    match word.load(Acquire) {
+                        CLIENT_NONE => return,
+                        CLIENT_ATTACHED => {}
+                        CLIENT_REFUSED => {
+                            return self.go_plain(format_args!("the client refused the offer"));
+                        }
+                        _ => return self.go_plain(format_args!("invalid negotiation word")),
+                    }
+                    match protocol::negotiate(word, CLIENT_ATTACHED, SERVER_CONFIRMED) {
+                        SERVER_CONFIRMED => {}
+                        CLIENT_REFUSED => {
+                            return self.go_plain(format_args!("the client refused the offer"));
+                        }
+                        _ => return self.go_plain(format_args!("invalid negotiation word")),
+                    }
+                    if self
+                        .sb()
+                        .state
+                        .compare_exchange(OFFERED, ATTACHED, AcqRel, Relaxed)
+                        .is_ok()
+                    {
+                        crate::log!(
+                            crate::log::INFO,
+                            "fd {}: accelerated (server, shmid {})",
+                            self.fd,
+                            seg.shmid()
+                        );
+                    }
                 }
-                if self
-                    .sb()
-                    .state
-                    .compare_exchange(OFFERED, ATTACHED, AcqRel, Relaxed)
-                    .is_ok()
-                {
-                    crate::log!(
-                        crate::log::INFO,
-                        "fd {}: accelerated (server, shmid {})",
-                        self.fd,
-                        seg.shmid()
-                    );
+                if self.sb().state.load(Acquire) != ATTACHED {
+                    return;
                 }
             }
         }
@@ -573,12 +625,75 @@ impl Conn {
         }
         // Published before any control byte goes out on the socket.
         protocol::publish_switch(flags, tx.plain_written);
-        if self.role == Role::Client {
-            seg.header().client_state.store(CLIENT_ATTACHED, SeqCst);
-        }
         self.sb().tx_ring.store(true, Release);
         // Wakes a reader sleeping on the socket so it sees the switch.
         self.bell(fd);
+    }
+
+    /// Before an exec or spawn hands this connection to a new program,
+    /// which may not run tsss or may read it with stdio (glibc's internal
+    /// reads cannot be intercepted): a negotiation not yet confirmed ends
+    /// now, both sides plain; a confirmed one is finished, so that the new
+    /// image adopts a connection in a settled state. Returns whether the
+    /// connection is still ours to hand over (false: plain now).
+    pub fn settle_for_exec(&self, fd: RawFd) -> bool {
+        let mut rx = self.lock_rx();
+        let mut tx = self.lock_tx();
+        match (self.sb().state.load(Acquire), self.role) {
+            (PLAIN, _) => return false,
+            (BROKEN, _) => return true,
+            // No offer yet (the server has not accepted): the new image
+            // takes HELLO, if it calls into tsss at all.
+            (PENDING, Role::Client) => {
+                self.resolve_hello(fd, &mut rx, false);
+                return self.sb().state.load(Acquire) != PLAIN;
+            }
+            (ATTACHED, Role::Client) if !self.sb().tx_ring.load(Acquire) => {
+                let Some(seg) = self.seg() else { return false };
+                let word = &seg.header().client_state;
+                match protocol::negotiate(word, CLIENT_ATTACHED, CLIENT_REFUSED) {
+                    CLIENT_REFUSED => {
+                        self.go_plain(format_args!(
+                            "exec before the server confirmed: the new program gets a plain socket"
+                        ));
+                        return false;
+                    }
+                    SERVER_CONFIRMED => self.progress_tx(fd, &mut tx),
+                    _ => {
+                        self.go_plain(format_args!("the server withdrew its offer"));
+                        return false;
+                    }
+                }
+            }
+            (OFFERED, Role::Server) => {
+                let Some(seg) = self.seg() else {
+                    return self.sb().state.load(Acquire) != PLAIN;
+                };
+                let word = &seg.header().client_state;
+                let now = loop {
+                    match word.load(Acquire) {
+                        v @ (CLIENT_NONE | CLIENT_ATTACHED) => {
+                            // The client may attach in between: try again.
+                            if protocol::negotiate(word, v, SERVER_WITHDRAWN) == SERVER_WITHDRAWN {
+                                break SERVER_WITHDRAWN;
+                            }
+                        }
+                        v => break v,
+                    }
+                };
+                if now == SERVER_WITHDRAWN || now == CLIENT_REFUSED {
+                    self.go_plain(format_args!(
+                        "exec before the client's attach was confirmed: the new program gets a plain socket"
+                    ));
+                    return false;
+                }
+                // Only a hostile peer writes anything else.
+                self.go_plain(format_args!("invalid negotiation word {now}"));
+                return false;
+            }
+            _ => {}
+        }
+        self.sb().state.load(Acquire) != PLAIN
     }
 
     /// Rx lock held: counts `n` plain bytes read, and tells the peer's
@@ -615,19 +730,22 @@ impl Conn {
             return;
         }
         if self.role == Role::Client && self.sb().state.load(Acquire) == PENDING {
-            self.resolve_hello(fd, rx);
+            self.resolve_hello(fd, rx, true);
         }
         let Some(seg) = self.seg() else { return };
+        // A side that only reads confirms (server) or learns of the
+        // confirmation (client) here: the switch of writes is in
+        // progress_tx.
+        if !self.sb().tx_ring.load(Relaxed)
+            && let Some(mut tx) = self.try_lock_tx()
+        {
+            self.progress_tx(fd, &mut tx);
+        }
         if rx.limit.is_none() {
             rx.limit = protocol::switch_point(&seg.ring(self.rx_dir()).ctrl().flags);
         }
         if rx.limit == Some(rx.plain_read) {
             self.sb().rx_ring.store(true, Release);
-            // The server switches its writes before reading the ring, so
-            // that space doorbells have a switched socket to travel on.
-            if let Some(mut tx) = self.try_lock_tx() {
-                self.progress_tx(fd, &mut tx);
-            }
         }
     }
 
@@ -1302,7 +1420,7 @@ impl Conn {
                 if now >= self.next_hello_peek.load(Relaxed) {
                     self.next_hello_peek.store(now + HELLO_PEEK_NS, Relaxed);
                     if let Some(mut rx) = self.try_lock_rx() {
-                        self.resolve_hello(fd, &mut rx);
+                        self.resolve_hello(fd, &mut rx, true);
                     }
                     if self.sb().state.load(Acquire) == PLAIN {
                         return None;
@@ -1778,7 +1896,8 @@ impl Conn {
     /// side closed in the segment if no other process shares it; the real
     /// close that follows gives the peer EOF/HUP on the socket as well.
     pub fn close(&self, fd: RawFd) {
-        if self.closed.swap(true, AcqRel) {
+        // A plain connection never used a ring: the socket says it all.
+        if self.closed.swap(true, AcqRel) || self.is_plain() {
             return;
         }
         if self.sb().state.load(Acquire) == OFFERED && self.sb().sharers.load(Acquire) <= 1 {
@@ -1842,7 +1961,7 @@ impl Conn {
     /// direction is left to the socket's EOF. A process that still shares
     /// the connection keeps it whole.
     pub fn process_exiting(&self, fd: RawFd) {
-        if self.closed.swap(true, AcqRel) {
+        if self.closed.swap(true, AcqRel) || self.is_plain() {
             return;
         }
         let Some(seg) = self.seg() else { return };
@@ -2025,6 +2144,12 @@ impl Conn {
     }
 
     // ---------------------------------------------------------------- readiness
+
+    /// Whether our writes go to the ring (POLLOUT is then the ring's, and
+    /// the kernel's says nothing about it).
+    pub fn tx_on_ring(&self) -> bool {
+        self.sb().tx_ring.load(Relaxed)
+    }
 
     /// Whether computing readiness needs the kernel's view of the socket
     /// (some direction is still a plain stream).
@@ -2450,14 +2575,20 @@ mod tests {
         assert_eq!(send(&client, b"early ").unwrap(), 6);
         let server = Conn::server(b.as_raw_fd(), false, uid()).unwrap();
         assert_eq!(send(&server, b"hello ").unwrap(), 6); // still plain: client not attached
-        // The client's read sees HELLO, attaches, switches c2s.
+        // The client's read sees HELLO and attaches; its writes stay plain
+        // until the server confirms.
         assert_eq!(recv_all(&client, 6), b"hello ");
-        assert_eq!(send(&client, b"ring").unwrap(), 4);
-        assert_eq!(recv_all(&server, 10), b"early ring");
-        assert!(server.sb().rx_ring.load(Relaxed) && client.sb().tx_ring.load(Relaxed));
-        // The server switched when it reached the ring.
+        assert_eq!(send(&client, b"still ").unwrap(), 6);
+        assert!(!client.sb().tx_ring.load(Relaxed));
+        assert_eq!(recv_all(&server, 12), b"early still ");
+        // The server's next write confirms, and switches its direction.
         assert_eq!(send(&server, b"back").unwrap(), 4);
+        assert!(server.sb().tx_ring.load(Relaxed));
         assert_eq!(recv_all(&client, 4), b"back");
+        // The client's next write switches ours.
+        assert_eq!(send(&client, b"ring").unwrap(), 4);
+        assert!(client.sb().tx_ring.load(Relaxed));
+        assert_eq!(recv_all(&server, 4), b"ring");
         assert!(client.is_accelerated() && server.is_accelerated());
         // Large transfer through a full ring, across threads.
         let total = 3 * config::ring_size() + 12345;
@@ -2507,6 +2638,8 @@ mod tests {
         assert_eq!(recv(&client, 1, nb()), Err(Errno::AGAIN));
         send_nb(&client, b"x").unwrap();
         assert_eq!(recv(&server, 1, nb()).unwrap(), b"x");
+        // The server confirms; the client's next write switches.
+        server.progress(server.fd());
         // Fill the c2s ring.
         let chunk = vec![7u8; 65536];
         let mut total = 0;
@@ -2572,6 +2705,8 @@ mod tests {
         assert_eq!(recv(&client, 1, nb()), Err(Errno::AGAIN));
         send(&client, b"ok").unwrap();
         assert_eq!(recv_all(&server, 2), b"ok");
+        // Confirmed: the server's writes switch to the s2c ring.
+        server.progress(server.fd());
         // A hostile peer scribbles over the s2c head.
         let seg = server.seg().unwrap();
         seg.ring(Dir::ServerToClient)

@@ -26,12 +26,22 @@ pub enum Dir {
 /// Set in [`RingFlags::switch_at`] once the writer has published it.
 pub const SWITCHED: u64 = 1 << 63;
 
-/// [`SegHeader::client_state`] values.
+/// [`SegHeader::client_state`], the one word both sides negotiate on. The
+/// client moves it from NONE to ATTACHED once it mapped the segment; the
+/// server answers ATTACHED with CONFIRMED, and only then do writes switch
+/// to the rings. Either side may end an unfinished negotiation instead
+/// (the client: REFUSED; the server: WITHDRAWN), as it does before an exec
+/// whose new program may not run tsss. Every move is a compare-and-swap,
+/// so when both act at once exactly one of them wins and both sides agree.
 pub const CLIENT_NONE: u32 = 0;
-/// The client attached and its writes now go to the c2s ring.
+/// The client mapped the segment; it still writes to the socket.
 pub const CLIENT_ATTACHED: u32 = 1;
-/// The client saw HELLO but will stay plain.
+/// The client will stay plain.
 pub const CLIENT_REFUSED: u32 = 2;
+/// The server saw the client attached: both switch their writes.
+pub const SERVER_CONFIRMED: u32 = 3;
+/// The server withdrew its offer before it was confirmed: both stay plain.
+pub const SERVER_WITHDRAWN: u32 = 4;
 
 /// Producer/consumer state of one direction.
 ///
@@ -137,7 +147,7 @@ pub struct SegHeader {
     pub magic: AtomicU64,
     pub nonce: AtomicU64,
     pub version: AtomicU32,
-    /// One of `CLIENT_*`; stored by the client.
+    /// The negotiation: one of `CLIENT_*` / `SERVER_*`.
     pub client_state: AtomicU32,
     pub rings: [RingCtrl; 2],
     /// Ancillary records, per direction like `rings`.

@@ -13,6 +13,10 @@
 //! Switch: a writer publishes how many plain bytes it sent before its first
 //! control byte; a reader that peeked socket bytes *before* reading an
 //! unpublished offset knows they are all data.
+//!
+//! Negotiation word: each side moves it with a compare-and-swap, so a
+//! confirmation and a refusal (or withdrawal) racing each other have
+//! exactly one winner, seen alike by both sides.
 
 use crate::layout::{ANC_SLOTS, AncQueue, RingFlags, SWITCHED};
 use crate::sync::Ordering::{Relaxed, Release, SeqCst};
@@ -30,6 +34,15 @@ pub fn announce_waiting(flag: &AtomicU32) {
 pub fn take_waiter(flag: &AtomicU32) -> bool {
     fence(SeqCst);
     flag.load(Relaxed) != 0 && flag.swap(0, SeqCst) != 0
+}
+
+/// Moves the negotiation word from `from` to `to` unless the other side
+/// moved it first; returns the value it holds afterwards either way.
+pub fn negotiate(word: &AtomicU32, from: u32, to: u32) -> u32 {
+    match word.compare_exchange(from, to, SeqCst, SeqCst) {
+        Ok(_) => to,
+        Err(now) => now,
+    }
 }
 
 /// Writer: publishes the plain byte count. Must happen before the first

@@ -40,8 +40,18 @@ pub trait Lookup {
 /// The application's own epoll_wait: fills a buffer, with a timeout in ms.
 pub type RealWait<'a> = dyn FnMut(&mut [libc::epoll_event], i32) -> Result<usize, Errno> + 'a;
 
-/// A sleep is capped at this when a doorbell cannot reach us.
+/// A sleep is capped at this when a doorbell cannot reach us; each
+/// further nap of one call doubles it, up to the maximum (a peer that does
+/// not read for long costs a few wake-ups a second, not a spin).
 const BELL_LESS_NAP_MS: i32 = 5;
+const BELL_LESS_NAP_MAX_MS: i32 = 80;
+
+/// `timeout` (ms, -1 for none) capped for the `n`th bell-less nap.
+fn bell_less_nap(timeout: i32, n: &mut u32) -> i32 {
+    let cap = (BELL_LESS_NAP_MS << (*n).min(4)).min(BELL_LESS_NAP_MAX_MS);
+    *n += 1;
+    if timeout < 0 { cap } else { timeout.min(cap) }
+}
 
 fn deadline(timeout_ms: i32) -> Option<u64> {
     (timeout_ms >= 0).then(|| sys::now_ns() + timeout_ms as u64 * 1_000_000)
@@ -97,21 +107,27 @@ fn sleep_events(c: &Conn, want_in: bool, want_out: bool) -> i16 {
     // After our own SHUT_RD the socket stays readable and RDHUP: waking on
     // them would spin. (An app that wants input is already answered, and
     // HUP/ERR, the peer's end, come whatever is asked.)
+    // POLLOUT from the kernel only while our writes are plain: over the
+    // ring the socket is always writable, and sleeping on it would spin.
+    let out = if want_out && !c.tx_on_ring() {
+        p::OUT
+    } else {
+        0
+    };
     if c.reads_shut() {
-        return if want_out && c.needs_kernel() {
-            p::OUT as i16
-        } else {
-            0
-        };
+        return out as i16;
     }
-    let mut ev = p::RDHUP;
+    let mut ev = p::RDHUP | out;
     if want_in || c.bells_work() {
         ev |= p::IN;
     }
-    if want_out && c.needs_kernel() {
-        ev |= p::OUT;
-    }
     ev as i16
+}
+
+/// Whether a sleep waiting for room in `c`'s ring must be bounded: the
+/// peer cannot ring our doorbell yet (its writes are not on the ring).
+fn bell_less(c: &Conn, want_out: bool) -> bool {
+    want_out && c.tx_on_ring() && !c.bells_work()
 }
 
 /// poll(2) over a set that contains accelerated fds.
@@ -131,6 +147,7 @@ pub fn poll<L: Lookup>(
     let spin_end = sys::now_ns() + config::spin_ns();
     let mut k: Vec<libc::pollfd> = fds.to_vec();
     let mut trust_ring = true;
+    let mut naps = 0;
     loop {
         // Look: one zero-timeout kernel poll, ring state for accelerated fds.
         for (kp, (p, c)) in k.iter_mut().zip(fds.iter().zip(&conns)) {
@@ -200,6 +217,7 @@ pub fn poll<L: Lookup>(
         }
         // Arm doorbells, re-check, sleep.
         let mut nap = remaining_ms(dl);
+        let mut capped = false;
         for ((kp, p), c) in k.iter_mut().zip(fds.iter()).zip(&conns) {
             kp.revents = 0;
             kp.events = p.events;
@@ -207,14 +225,11 @@ pub fn poll<L: Lookup>(
                 let (r, w) = wants(p.events as i32);
                 c.arm(r, w);
                 kp.events = sleep_events(c, r, w);
-                if w && !c.bells_work() && !c.needs_kernel() {
-                    nap = if nap < 0 {
-                        BELL_LESS_NAP_MS
-                    } else {
-                        nap.min(BELL_LESS_NAP_MS)
-                    };
-                }
+                capped |= bell_less(c, w);
             }
+        }
+        if capped {
+            nap = bell_less_nap(nap, &mut naps);
         }
         if trust_ring && ring_ready(&conns) {
             trust_ring = false;
@@ -398,7 +413,7 @@ impl<R: Deref<Target = Conn> + Clone> EpollSet<R> {
 
     fn kernel_events(conn: &Conn, events: u32) -> u32 {
         let mut k = EPOLLIN | EPOLLRDHUP | EPOLLET;
-        if events & OUT_BITS != 0 && conn.needs_kernel() {
+        if events & OUT_BITS != 0 && !conn.tx_on_ring() {
             k |= EPOLLOUT;
         }
         k
@@ -545,6 +560,7 @@ impl<R: Deref<Target = Conn> + Clone> EpollSet<R> {
         // Set when the ring-only check promised an event the full scan did
         // not confirm; then we stop trusting it and sleep.
         let mut trust_dry = true;
+        let mut naps = 0;
         loop {
             // Kernel first (plain fds, our cookie), then one scan of the
             // watches: each watch is reported at most once per call.
@@ -595,11 +611,7 @@ impl<R: Deref<Target = Conn> + Clone> EpollSet<R> {
                 return Ok(0);
             }
             if nap_cap {
-                t = if t < 0 {
-                    BELL_LESS_NAP_MS
-                } else {
-                    t.min(BELL_LESS_NAP_MS)
-                };
+                t = bell_less_nap(t, &mut naps);
             }
         }
     }
@@ -726,9 +738,7 @@ impl<R: Deref<Target = Conn> + Clone> EpollSet<R> {
         for w in ws.iter().filter(|w| !w.disabled) {
             let (r, wr) = (w.events & IN_BITS != 0, w.events & OUT_BITS != 0);
             w.conn.arm(r, wr);
-            if wr && !w.conn.bells_work() && !w.conn.needs_kernel() {
-                cap = true;
-            }
+            cap |= bell_less(&w.conn, wr);
         }
         cap
     }

@@ -13,7 +13,7 @@
 
 /// Version of the protocol spoken by this build; carried in the marker and
 /// in HELLO.
-pub const PROTO_VERSION: u16 = 3;
+pub const PROTO_VERSION: u16 = 4;
 
 /// Abstract-namespace prefix (leading NUL included) of the client marker.
 pub const MARKER_PREFIX: &[u8] = b"\0tsss/";
@@ -226,7 +226,7 @@ mod tests {
     #[test]
     fn marker_round_trip() {
         let (buf, len) = marker_name(1234, 0xabcdef);
-        assert_eq!(&buf[..len], b"\0tsss/3/1234/0000000000abcdef");
+        assert_eq!(&buf[..len], b"\0tsss/4/1234/0000000000abcdef");
         assert_eq!(parse_marker(&buf[..len]), Some(PROTO_VERSION));
     }
 

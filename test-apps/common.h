@@ -243,6 +243,13 @@ static inline void set_nonblock(int fd)
         die("fcntl(F_SETFL, O_NONBLOCK)");
 }
 
+static inline void clear_nonblock(int fd)
+{
+    int fl = fcntl(fd, F_GETFL);
+    if (fl < 0 || fcntl(fd, F_SETFL, fl & ~O_NONBLOCK) != 0)
+        die("fcntl");
+}
+
 static inline void xclose(int fd)
 {
     if (close(fd) != 0)

@@ -14,6 +14,13 @@
  *   shutrd    as fullring, but the server then shuts its read side
  *             (shutdown(SHUT_RD)) and blocks in poll(POLLOUT, -1): its own
  *             end of input must not keep waking the wait.
+ *   unread    the client's first byte stays unread; the server answers
+ *             the client's first read with one byte 50 ms after accept,
+ *             then fills as in fullring and blocks in poll(POLLOUT, -1).
+ *             (Over tsss: writes on the ring while the incoming direction
+ *             still has plain bytes unread; the kernel's POLLOUT says
+ *             nothing about the ring, and sleeping on it spun.)  No
+ *             handshake: the server takes SECONDS as its 4th argument.
  *
  * First both sides exchange a few small messages in both directions, so a
  * transparent accelerator has finished switching the connection before the
@@ -38,8 +45,8 @@
 #include <sys/epoll.h>
 #include <sys/resource.h>
 
-enum mode { M_READ, M_POLL, M_EPOLL, M_FULLRING, M_SHUTRD };
-static const char *const g_mode_name[] = {"read", "poll", "epoll", "fullring", "shutrd"};
+enum mode { M_READ, M_POLL, M_EPOLL, M_FULLRING, M_SHUTRD, M_UNREAD };
+static const char *const g_mode_name[] = {"read", "poll", "epoll", "fullring", "shutrd", "unread"};
 
 static enum mode parse_mode(const char *s)
 {
@@ -53,7 +60,9 @@ static enum mode parse_mode(const char *s)
         return M_SHUTRD;
     if (strcmp(s, "fullring") == 0)
         return M_FULLRING;
-    dief("invalid MODE '%s' (read|poll|epoll|fullring|shutrd)", s);
+    if (strcmp(s, "unread") == 0)
+        return M_UNREAD;
+    dief("invalid MODE '%s' (read|poll|epoll|fullring|shutrd|unread)", s);
 }
 
 static uint64_t cpu_ns(void)
@@ -67,7 +76,7 @@ static uint64_t cpu_ns(void)
 
 #define ROUNDS 4
 
-static int do_server(const char *path, enum mode mode)
+static int do_server(const char *path, enum mode mode, uint64_t unread_secs)
 {
     int lfd = listen_unix(path, 0);
     int fd;
@@ -83,12 +92,19 @@ static int do_server(const char *path, enum mode mode)
     if (unlink(path) != 0 && errno != ENOENT)
         die("unlink");
 
+    uint64_t idle_ms = unread_secs * 1000;
+    if (mode == M_UNREAD) {
+        struct timespec ts = {0, 50 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+        write_all(fd, "s", 1);
+    }
     /* handshake: the client sends its idle time first */
     unsigned char b8[8];
-    if (read_full(fd, b8, 8) != 8)
+    if (mode != M_UNREAD && read_full(fd, b8, 8) != 8)
         dief("EOF in handshake");
-    uint64_t idle_ms = get_le64(b8);
-    for (int i = 0; i < ROUNDS; i++) {
+    if (mode != M_UNREAD)
+        idle_ms = get_le64(b8);
+    for (int i = 0; mode != M_UNREAD && i < ROUNDS; i++) {
         char b[2];
         if (read_full(fd, b, 2) != 2 || b[0] != 'h' || b[1] != (char)('0' + i))
             dief("MISMATCH in handshake");
@@ -161,8 +177,8 @@ static int do_server(const char *path, enum mode mode)
             if (bytes > (8ull << 30))
                 dief("the writer never saw EAGAIN");
         }
-        if (mode == M_SHUTRD) {
-            if (shutdown(fd, SHUT_RD) != 0)
+        if (mode == M_SHUTRD || mode == M_UNREAD) {
+            if (mode == M_SHUTRD && shutdown(fd, SHUT_RD) != 0)
                 die("shutdown");
             struct pollfd p = {.fd = fd, .events = POLLOUT};
             c0 = cpu_ns();
@@ -197,6 +213,13 @@ static int do_server(const char *path, enum mode mode)
         }
     }
     uint64_t c1 = cpu_ns(), t1 = now_ns();
+    if (mode == M_UNREAD) {
+        /* Read the client's first byte: closing with it unread would reset. */
+        char c;
+        clear_nonblock(fd);
+        if (read_full(fd, &c, 1) != 1 || c != 'u')
+            dief("MISMATCH: not the client's first byte");
+    }
     uint64_t wall_ms = (t1 - t0) / 1000000;
     if (wall_ms * 10 < idle_ms * 9) {
         fprintf(stderr, "idle: the wait ended after %" PRIu64 " ms, before the client's %" PRIu64
@@ -212,10 +235,17 @@ static int do_server(const char *path, enum mode mode)
 static int do_client(const char *path, enum mode mode, uint64_t secs)
 {
     int fd = connect_unix(path);
+    if (mode == M_UNREAD) {
+        char c;
+        write_all(fd, "u", 1);
+        if (read_full(fd, &c, 1) != 1 || c != 's')
+            dief("MISMATCH: no first byte from the server");
+    }
     unsigned char b8[8];
     put_le64(b8, secs * 1000);
-    write_all(fd, b8, 8);
-    for (int i = 0; i < ROUNDS; i++) {
+    if (mode != M_UNREAD)
+        write_all(fd, b8, 8);
+    for (int i = 0; mode != M_UNREAD && i < ROUNDS; i++) {
         char b[2] = {'h', (char)('0' + i)};
         write_all(fd, b, 2);
         if (read_full(fd, b, 2) != 2 || b[0] != 'o' || b[1] != (char)('0' + i))
@@ -226,7 +256,7 @@ static int do_client(const char *path, enum mode mode, uint64_t secs)
         ;
     uint64_t bytes = 0;
     int ok = 1;
-    if (mode == M_FULLRING || mode == M_SHUTRD) {
+    if (mode == M_FULLRING || mode == M_SHUTRD || mode == M_UNREAD) {
         unsigned char buf[65536];
         for (;;) {
             ssize_t n = read(fd, buf, sizeof buf);
@@ -261,7 +291,9 @@ int main(int argc, char **argv)
     set_prog(argv[0]);
     ignore_sigpipe();
     if (argc == 4 && strcmp(argv[1], "server") == 0)
-        return do_server(argv[2], parse_mode(argv[3]));
+        return do_server(argv[2], parse_mode(argv[3]), 0);
+    if (argc == 5 && strcmp(argv[1], "server") == 0)
+        return do_server(argv[2], parse_mode(argv[3]), parse_size(argv[4], "SECONDS"));
     if (argc == 5 && strcmp(argv[1], "client") == 0)
         return do_client(argv[2], parse_mode(argv[3]), parse_size(argv[4], "SECONDS"));
     fprintf(stderr, "usage: %s server PATH MODE\n"

@@ -52,8 +52,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tsss_core::conn::wake_space_sleepers;
 use tsss_core::conn::{Conn, Ready, RecvOpts, SendOpts, kernel_view};
-use tsss_core::layout::{ANC_SLOTS, CARRIER, CLIENT_ATTACHED, Dir, SegHeader};
-use tsss_core::protocol::{publish_record, publish_switch, take_waiter};
+use tsss_core::layout::{ANC_SLOTS, CARRIER, CLIENT_ATTACHED, Dir, SERVER_CONFIRMED, SegHeader};
+use tsss_core::protocol::{negotiate, publish_record, publish_switch, take_waiter};
 use tsss_core::ring::{DstCursor, SrcCursor};
 use tsss_core::segment::Segment;
 use tsss_core::wire::{HELLO_LEN, Hello};
@@ -132,6 +132,9 @@ struct Peer {
     /// Out of 4 moves, how many are honest ones at most (per case: from
     /// a peer that scribbles all the time to one that rarely does).
     calm: u64,
+    /// The victim is a client: the peer confirms its attach, as a server
+    /// does at its next call.
+    confirms: bool,
 }
 
 impl Peer {
@@ -281,6 +284,9 @@ impl Peer {
 
     /// One move of the peer. Returns what it did, for traces.
     fn step(&mut self, rng: &mut Rng) -> String {
+        if self.confirms {
+            let _ = negotiate(&self.hdr().client_state, CLIENT_ATTACHED, SERVER_CONFIRMED);
+        }
         let cap = self.seg.cap(self.rx) as u64;
         let near = self.near();
         if rng.below(4) < self.calm {
@@ -308,11 +314,9 @@ impl Peer {
                 format!("{name} := {v:#x}")
             }
             7 | 8 => {
-                let v = match rng.below(6) {
-                    0 => 0,
-                    1 => 1,
-                    2 => 2,
-                    3 => u32::MAX,
+                let v = match rng.below(7) {
+                    0..=4 => rng.below(5) as u32,
+                    5 => u32::MAX,
                     _ => rng.next() as u32,
                 };
                 let (name, w) = self.word32(rng);
@@ -1024,6 +1028,7 @@ fn setup(rng: &mut Rng, mode: Mode, dev_zero: RawFd, trace: bool) -> (Victim, Pe
         plain_sent,
         sock_sent,
         calm: rng.below(4),
+        confirms: client,
     };
     (victim, peer)
 }
@@ -1138,6 +1143,7 @@ fn racing(plan: &Plan, prog: &Progress) {
             plain_sent: 0,
             sock_sent: 0,
             calm: 0,
+            confirms: false,
         };
         std::thread::scope(|s| {
             struct Stop<'a>(&'a AtomicBool);
@@ -1197,6 +1203,13 @@ fn accelerated_client(nonblock: bool) -> (Conn, OwnedFd, OwnedFd, Segment) {
     publish_switch(&seg.header().rings[Dir::ServerToClient as usize].flags, 0);
     let r = c.recv(vs.as_raw_fd(), &mut [IoSliceMut::new(&mut [0u8; 1])], NB);
     assert_eq!(r, Some(Err(Errno::AGAIN)));
+    // Attached; the peer confirms, as a server does.
+    let word = &seg.header().client_state;
+    assert_eq!(
+        negotiate(word, CLIENT_ATTACHED, SERVER_CONFIRMED),
+        SERVER_CONFIRMED
+    );
+    c.progress(vs.as_raw_fd());
     assert!(c.is_accelerated());
     let mut b = [0u8; 64];
     let _ = rustix::net::recv(&ps, &mut b, RecvFlags::DONTWAIT); // its doorbell

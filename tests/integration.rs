@@ -297,7 +297,7 @@ fn differential_semantics() {
 #[test]
 fn idle_cpu() {
     let d = Arc::new(TempDir::new("idle"));
-    let modes = ["read", "epoll", "poll", "fullring", "shutrd"];
+    let modes = ["read", "epoll", "poll", "fullring", "shutrd", "unread"];
     // The modes are independent and mostly asleep: run them side by side.
     let hs: Vec<_> = modes
         .iter()
@@ -305,8 +305,14 @@ fn idle_cpu() {
             let d = d.clone();
             thread::spawn(move || {
                 let sock = d.sock(m);
+                // `unread` has no handshake: the server takes the time.
+                let server: &[&str] = if m == "unread" {
+                    &["server", &sock, m, "2"]
+                } else {
+                    &["server", &sock, m]
+                };
                 let (s, c) = run_pair(
-                    &Spec::app("idle server", "idle", &["server", &sock, m]).preload(true),
+                    &Spec::app("idle server", "idle", server).preload(true),
                     &sock,
                     &Spec::app("idle client", "idle", &["client", &sock, m, "2"]).preload(true),
                     T60,
@@ -337,9 +343,9 @@ fn idle_cpu() {
             .and_then(|v| v.parse().ok())
             .unwrap_or(f64::MAX);
         eprintln!("idle_cpu: {line}");
-        if cpu >= 100.0 {
+        if cpu >= 25.0 {
             failures.push(format!(
-                "mode {m}: the idle server used {cpu} ms of CPU in 2 s (limit 100): it spins\n{}",
+                "mode {m}: the idle server used {cpu} ms of CPU in 2 s (limit 25): it spins\n{}",
                 reports(&all)
             ));
         }
@@ -1050,7 +1056,11 @@ fn redis_cli_large_value() {
         "redis-server did not exit cleanly after shutdown\n{}",
         reports(&all)
     );
-    for p in &clients {
+    // SET and GET move 1 MiB: the negotiation completes early in them. A
+    // one-request client (STRLEN, GETRANGE) may end before it does: its
+    // request went out before the offer arrived, and the reply before the
+    // server confirmed.
+    for p in [set, get] {
         assert_logs(p, "accelerated", &all);
     }
     let nb = count(&bench.stderr(), "accelerated");
@@ -1061,9 +1071,8 @@ fn redis_cli_large_value() {
     );
     let ns = count(&s.stderr(), "accelerated");
     assert!(
-        ns >= clients.len() + 10,
-        "only {ns} redis-server connections logged \"accelerated\" (expected at least {})\n{}",
-        clients.len() + 10,
+        ns >= 2 + 10,
+        "only {ns} redis-server connections logged \"accelerated\" (expected at least 12)\n{}",
         reports(&all)
     );
     assert!(!assert_segments_gone(&all).is_empty());
@@ -1115,9 +1124,8 @@ sys.exit(0 if ok else 1)
 
 /// socat accepts one connection and runs /bin/cat on it: through a
 /// socketpair (socat relays), and with `nofork` (socat execs cat with the
-/// accelerated connection as stdin/stdout: TSSS_HANDOVER), the latter also
-/// with a client that waits 300 ms before its first byte, so that the exec
-/// surely happens before the client has attached the offered segment.
+/// connection as stdin/stdout, before the negotiation could finish), the
+/// latter also with a client that waits 300 ms before its first byte.
 #[test]
 fn socat_exec() {
     assert!(have_cmd("socat"), "socat is not installed: run `make deps`");
@@ -1150,20 +1158,81 @@ fn socat_exec() {
             failures.push(format!("{what}: failed\n{}", reports(&all)));
             continue;
         }
-        // When socat execs cat before the client attached, the segment goes
-        // with socat's image (it was already marked for removal): both ends
-        // must then carry on plain, byte-exact, and say why.
-        let fell_back =
-            exec.contains("nofork") && s.stderr().contains("gone before the client attached");
-        if !fell_back
-            && (!s.stderr().contains("accelerated") || !c.stderr().contains("accelerated"))
-        {
+        // socat execs cat right after accept, before the negotiation is
+        // confirmed: it withdraws the offer, and both ends carry on plain,
+        // byte-exact, and say why (the new program might read with stdio).
+        if exec.contains("nofork") {
+            if !s
+                .stderr()
+                .contains("plain: exec before the client's attach was confirmed")
+                || c.stderr().contains("accelerated")
+            {
+                failures.push(format!("{what}: not withdrawn\n{}", reports(&all)));
+                continue;
+            }
+        } else if !s.stderr().contains("accelerated") || !c.stderr().contains("accelerated") {
             failures.push(format!("{what}: not accelerated\n{}", reports(&all)));
             continue;
         }
         assert_segments_gone(&all);
     }
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+/// The reported case: `socat EXEC:sha256sum,nofork` hashes 3 MB from a
+/// preloaded client. sha256sum reads stdin with stdio, whose reads glibc
+/// makes internally, out of LD_PRELOAD's reach: a connection handed over
+/// accelerated would show it the bare socket. socat execs before the
+/// negotiation is confirmed, so the offer is withdrawn and the hash is
+/// right; before, the client's bytes went to a ring nobody read (5 runs).
+#[test]
+fn socat_exec_nofork_into_a_stdio_program() {
+    assert!(have_cmd("socat"), "socat is not installed: run `make deps`");
+    let d = TempDir::new("socatsha");
+    let input = d.path("in");
+    let data = random_bytes(3_000_000, 9);
+    std::fs::write(&input, &data).unwrap();
+    let want = {
+        let o = std::process::Command::new("sha256sum")
+            .arg(&input)
+            .output()
+            .expect("sha256sum");
+        String::from_utf8_lossy(&o.stdout)
+            .split_whitespace()
+            .next()
+            .unwrap_or_default()
+            .to_string()
+    };
+    for i in 0..5 {
+        let sock = d.sock(&format!("h{i}"));
+        let listen = format!("UNIX-LISTEN:{sock}");
+        let connect = format!("UNIX-CONNECT:{sock}");
+        let input = input.to_string_lossy().into_owned();
+        let (s, c) = run_pair(
+            &Spec::new(
+                "socat EXEC:sha256sum,nofork",
+                "socat",
+                &[&listen, "EXEC:sha256sum,nofork"],
+            )
+            .preload(true),
+            &sock,
+            &Spec::new(
+                "socat client",
+                "sh",
+                &["-c", &format!("exec socat -t 5 - {connect} < {input}")],
+            )
+            .preload(true),
+            T60,
+        );
+        let all = [&s, &c];
+        assert!(s.success() && c.success(), "run {i}\n{}", reports(&all));
+        assert!(
+            c.stdout().starts_with(&want),
+            "run {i}: wrong hash\n{}",
+            reports(&all)
+        );
+        assert_segments_gone(&all);
+    }
 }
 
 // ------------------------------------------------------------------ shared writers
@@ -1193,7 +1262,8 @@ fn threads_and_processes_share_one_connection() {
     assert_segments_gone(&[&s, &c]);
 }
 
-/// Accepts one connection on argv[1] and hands it to /bin/cat as stdin and
+/// Accepts one connection on argv[1], echoes its first 1000 bytes itself
+/// (the negotiation completes), then hands it to /bin/cat as stdin and
 /// stdout through subprocess (posix_spawn or vfork + exec underneath).
 const PY_SPAWN_CAT: &str = r#"
 import os, socket, subprocess, sys
@@ -1204,6 +1274,13 @@ s.listen(1)
 c, _ = s.accept()
 s.close()
 os.unlink(path)
+first = b""
+while len(first) < 1000:
+    b = c.recv(1000 - len(first))
+    if not b:
+        break
+    first += b
+c.sendall(first)
 p = subprocess.Popen(["/bin/cat"], stdin=c.fileno(), stdout=c.fileno())
 c.close()
 rc = p.wait()

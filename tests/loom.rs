@@ -11,8 +11,11 @@ use loom::thread;
 use std::io::{IoSlice, IoSliceMut};
 use std::ptr::NonNull;
 use tsss_core::layout::RingCtrl;
+use tsss_core::layout::{
+    CLIENT_ATTACHED, CLIENT_NONE, CLIENT_REFUSED, SERVER_CONFIRMED, SERVER_WITHDRAWN,
+};
 use tsss_core::protocol::{
-    announce_waiting, publish_record, publish_switch, switch_point, take_waiter,
+    announce_waiting, negotiate, publish_record, publish_switch, switch_point, take_waiter,
 };
 use tsss_core::ring::{DstCursor, Ring, SrcCursor};
 
@@ -183,5 +186,46 @@ fn ancillary_record_is_seen_with_its_data() {
         publish_record(&b.q, 0, 1);
         assert_eq!(push(&b.s.ring(), b"m"), 1);
         reader.join().unwrap();
+    });
+}
+
+/// The negotiation word: a client that refuses (before an exec) racing a
+/// server that confirms, and a server that withdraws racing a client that
+/// attaches. Exactly one move wins, and both sides read the same outcome:
+/// never one side switched while the other stays plain.
+#[test]
+fn negotiation_has_one_winner() {
+    loom::model(|| {
+        let w = Arc::new(AtomicU32::new(CLIENT_ATTACHED));
+        let w2 = w.clone();
+        let server = thread::spawn(move || negotiate(&w2, CLIENT_ATTACHED, SERVER_CONFIRMED));
+        let client = negotiate(&w, CLIENT_ATTACHED, CLIENT_REFUSED);
+        let server = server.join().unwrap();
+        assert_eq!(client, server, "both sides see the same outcome");
+        assert!(client == SERVER_CONFIRMED || client == CLIENT_REFUSED);
+        assert_eq!(w.load(SeqCst), client);
+    });
+    loom::model(|| {
+        let w = Arc::new(AtomicU32::new(CLIENT_NONE));
+        let w2 = w.clone();
+        // The server withdraws from whatever it finds unfinished.
+        let server = thread::spawn(move || {
+            loop {
+                let v = w2.load(SeqCst);
+                if v != CLIENT_NONE && v != CLIENT_ATTACHED {
+                    break v;
+                }
+                if negotiate(&w2, v, SERVER_WITHDRAWN) == SERVER_WITHDRAWN {
+                    break SERVER_WITHDRAWN;
+                }
+            }
+        });
+        let client = negotiate(&w, CLIENT_NONE, CLIENT_ATTACHED);
+        let server = server.join().unwrap();
+        assert_eq!(server, SERVER_WITHDRAWN, "a withdrawal always ends it");
+        // A client that attached first sees the withdrawal at its next look;
+        // one that came second never attached.
+        assert!(client == CLIENT_ATTACHED || client == SERVER_WITHDRAWN);
+        assert_eq!(w.load(SeqCst), SERVER_WITHDRAWN);
     });
 }

@@ -84,6 +84,16 @@ fn inherited(skip_cloexec: bool) -> Vec<(ConnRef, Vec<c_int>)> {
     out
 }
 
+/// Ends the negotiations a new image might not finish (it may not run
+/// tsss, or read with stdio): those connections go plain on both sides
+/// (see `Conn::settle_for_exec`). What remains is handed over.
+fn settled(conns: Vec<(ConnRef, Vec<c_int>)>) -> Vec<(ConnRef, Vec<c_int>)> {
+    conns
+        .into_iter()
+        .filter(|(c, fds)| c.settle_for_exec(fds[0]))
+        .collect()
+}
+
 /// Path of this library, to keep it in LD_PRELOAD.
 fn lib_path() -> Option<Vec<u8>> {
     // SAFETY: dladdr only reads; info is plain old data.
@@ -248,7 +258,7 @@ pub unsafe fn exec_with(
     if config::disabled() {
         return exec(envp);
     }
-    let conns = inherited(true);
+    let conns = settled(inherited(true));
     if conns.is_empty() {
         return exec(envp);
     }
@@ -403,7 +413,7 @@ unsafe fn spawn_with(
     if config::disabled() {
         return spawn(envp);
     }
-    let conns = inherited(false);
+    let conns = settled(inherited(false));
     if conns.is_empty() {
         return spawn(envp);
     }
