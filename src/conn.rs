@@ -733,19 +733,20 @@ impl Conn {
             self.resolve_hello(fd, rx, true);
         }
         let Some(seg) = self.seg() else { return };
-        // A side that only reads confirms (server) or learns of the
-        // confirmation (client) here: the switch of writes is in
-        // progress_tx.
-        if !self.sb().tx_ring.load(Relaxed)
-            && let Some(mut tx) = self.try_lock_tx()
-        {
-            self.progress_tx(fd, &mut tx);
-        }
         if rx.limit.is_none() {
             rx.limit = protocol::switch_point(&seg.ring(self.rx_dir()).ctrl().flags);
         }
         if rx.limit == Some(rx.plain_read) {
             self.sb().rx_ring.store(true, Release);
+        }
+        // A side that only reads confirms (server) or learns of the
+        // confirmation (client) here. After the limit: the server confirms
+        // before it publishes its switch, so a client that has seen the
+        // switch sees the confirmation too (and later calls return above).
+        if !self.sb().tx_ring.load(Relaxed)
+            && let Some(mut tx) = self.try_lock_tx()
+        {
+            self.progress_tx(fd, &mut tx);
         }
     }
 

@@ -177,7 +177,7 @@ fn thousand_connections(mode: &str, min_live: usize) {
         &Spec::app(
             "echo_client",
             "echo_client",
-            &[&sock, &N.to_string(), "100", "512"],
+            &[&sock, &N.to_string(), "200", "1024"],
         )
         .preload(true),
         &nofile,
