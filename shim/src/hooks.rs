@@ -219,7 +219,7 @@ type NameFn = unsafe fn(c_int, *mut sockaddr, *mut socklen_t) -> c_int;
 /// # Safety
 /// As for getsockname.
 unsafe fn name_hidden(f: NameFn, fd: c_int, addr: *mut sockaddr, alen: *mut socklen_t) -> c_int {
-    if alen.is_null() || addr.is_null() {
+    if config::disabled() || alen.is_null() || addr.is_null() {
         // SAFETY: passthrough with the caller's arguments.
         return unsafe { f(fd, addr, alen) };
     }
@@ -752,6 +752,9 @@ pub unsafe extern "C" fn recvfrom(
 /// A plain connection's peer may still be a marked tsss client whose
 /// server went plain: hide the marker there too.
 fn hide_marker_in(addr: *mut sockaddr, alen: *mut socklen_t) {
+    if config::disabled() {
+        return;
+    }
     // SAFETY: the kernel filled min(*alen, cap) bytes; sockaddr_storage
     // copies at most its size, and we read no more than the kernel reported.
     unsafe {
@@ -1794,6 +1797,7 @@ pub unsafe extern "C" fn epoll_ctl(
     ev: *mut libc::epoll_event,
 ) -> c_int {
     if op == libc::EPOLL_CTL_ADD
+        && !config::disabled()
         && let Some(h) = usize::try_from(fd).ok().and_then(|i| EPOLL_HINT.get(i))
     {
         h.store(epfd + 1, std::sync::atomic::Ordering::Relaxed);
