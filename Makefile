@@ -33,12 +33,14 @@ test: deps all lint
 	CARGO_TARGET_DIR=target/loom RUSTFLAGS="--cfg loom" $(CARGO) test --release --test loom
 	$(MAKE) miri
 
-# The ring's unit tests and tests/fuzz_ring.rs under miri, over heap memory
-# (miri/ builds src/ring.rs and what it needs on its own: see its Cargo.toml).
+# The ring's unit tests and tests/fuzz_ring.rs under miri, over heap
+# memory (the rest of tsss-core builds under miri too, but its tests make
+# syscalls miri does not model).
+MIRI_ENV = CARGO_TARGET_DIR=target/miri PROPTEST_CASES=$(MIRI_PROPTEST_CASES) \
+	MIRIFLAGS="-Zmiri-isolation-error=hide -Zmiri-env-forward=PROPTEST_CASES"
 miri:
-	cd miri && CARGO_TARGET_DIR=../target/miri-ring PROPTEST_CASES=$(MIRI_PROPTEST_CASES) \
-		MIRIFLAGS="-Zmiri-isolation-error=hide -Zmiri-env-forward=PROPTEST_CASES" \
-		$(CARGO) $(NIGHTLY) miri test --locked
+	$(MIRI_ENV) $(CARGO) $(NIGHTLY) miri test --locked -p tsss-core --lib -- shm::ring shm::copy
+	$(MIRI_ENV) $(CARGO) $(NIGHTLY) miri test --locked -p tsss-core --test fuzz_ring
 
 bench: deps all
 	python3 scripts/bench.py --out $(OUT) --lib $(LIB) --bin test-apps/bin

@@ -1,13 +1,18 @@
 //! tsss core: the shared-memory transport behind libtsss.so.
 //!
-//! Safe API, no symbol overrides (those live in the `shim` crate). Modules:
+//! Safe API, no symbol overrides (those live in the `shim` crate), and no
+//! unsafe code outside three modules: [`os`] (system calls), [`shm`] (the
+//! mappings) and [`signals`] (handler deferral); the compiler enforces it.
+//! Modules:
 //! - [`wire`]: marker address and HELLO frame;
-//! - [`layout`], [`segment`]: the SysV segment and its header;
-//! - [`ring`]: the byte ring, validated against a hostile peer;
+//! - [`shm`]: the segment, its rings and flag-word protocol, the side block;
 //! - [`conn`]: negotiation and kernel stream semantics on top of the rings;
 //! - [`readiness`]: poll/select/epoll emulation for accelerated sockets;
-//! - [`protocol`]: the doorbell and switch steps, model-checked with loom;
-//! - [`signals`]: handlers deferred while a thread holds a connection lock.
+//! - [`signals`]: handlers deferred while a thread holds a connection lock;
+//! - [`os`]: every system call, errno kept, timeouts as [`os::time::Deadline`].
+//!
+//! The design: `docs/DESIGN.md`.
+#![deny(unsafe_code)]
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 
@@ -16,18 +21,11 @@ pub mod config;
 pub mod log;
 #[cfg(not(loom))]
 pub mod conn;
-pub mod copy;
-pub mod layout;
-pub mod protocol;
+pub mod os;
 #[cfg(not(loom))]
 pub mod readiness;
-pub mod ring;
-#[cfg(not(loom))]
-pub mod segment;
-#[cfg(not(loom))]
-pub mod side;
+pub mod shm;
 #[cfg(not(loom))]
 pub mod signals;
 pub mod sync;
-pub mod sys;
 pub mod wire;

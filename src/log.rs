@@ -34,10 +34,7 @@ pub fn emit(args: fmt::Arguments<'_>) {
     let _ = write!(l, "tsss[{}]: ", rustix::process::getpid().as_raw_nonzero());
     let _ = l.write_fmt(args);
     l.buf[l.len] = b'\n';
-    // SAFETY: fd 2 is only borrowed for this call; if it is closed the
-    // write fails harmlessly.
-    let fd = unsafe { rustix::fd::BorrowedFd::borrow_raw(2) };
-    let _ = rustix::io::write(fd, &l.buf[..=l.len]);
+    crate::os::proc::write_stderr(&l.buf[..=l.len]);
 }
 
 #[macro_export]

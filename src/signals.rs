@@ -19,6 +19,7 @@
 //! Faults raised by the code itself (SIGSEGV, SIGBUS, ... with a positive
 //! si_code) are never deferred. Handlers set with a raw rt_sigaction
 //! syscall bypass all this; see [`handler_ran`].
+#![allow(unsafe_code)]
 
 use std::cell::{Cell, UnsafeCell};
 use std::sync::atomic::{

@@ -144,7 +144,7 @@ impl Hello {
         if h.shmid < 0
             || !cap_ok(h.cap_c2s)
             || !cap_ok(h.cap_s2c)
-            || h.hdr_size as usize != crate::layout::HDR_SIZE
+            || h.hdr_size as usize != crate::shm::layout::HDR_SIZE
         {
             return Err(HelloError::BadGeometry);
         }
@@ -215,7 +215,7 @@ mod tests {
     fn hello() -> Hello {
         Hello {
             version: PROTO_VERSION,
-            hdr_size: crate::layout::HDR_SIZE as u32,
+            hdr_size: crate::shm::layout::HDR_SIZE as u32,
             shmid: 42,
             cap_c2s: 1 << 16,
             cap_s2c: 1 << 20,
@@ -304,7 +304,7 @@ mod tests {
             b.extend_from_slice(&tail);
             if let Ok(h) = Hello::decode(&b) {
                 proptest::prop_assert!(h.cap_c2s.is_power_of_two() && h.cap_s2c.is_power_of_two());
-                proptest::prop_assert!(h.seg_size() <= crate::layout::HDR_SIZE + 2 * MAX_CAP as usize);
+                proptest::prop_assert!(h.seg_size() <= crate::shm::layout::HDR_SIZE + 2 * MAX_CAP as usize);
             }
         }
     }

@@ -40,7 +40,7 @@
 mod fuzz_support;
 
 use fuzz_support::{MARK, Plan, Progress, Rng};
-use rustix::fd::{AsRawFd, OwnedFd, RawFd};
+use rustix::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use rustix::io::Errno;
 use rustix::net::{
     AddressFamily, RecvFlags, SendFlags, Shutdown, SocketFlags, SocketType, socketpair,
@@ -51,11 +51,14 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tsss_core::conn::wake_space_sleepers;
-use tsss_core::conn::{Conn, Ready, RecvOpts, SendOpts, kernel_view};
-use tsss_core::layout::{ANC_SLOTS, CARRIER, CLIENT_ATTACHED, Dir, SERVER_CONFIRMED, SegHeader};
-use tsss_core::protocol::{negotiate, publish_record, publish_switch, take_waiter};
-use tsss_core::ring::{DstCursor, SrcCursor};
-use tsss_core::segment::Segment;
+use tsss_core::conn::{Conn, Outcome, Ready, RecvOpts, SendOpts};
+use tsss_core::os::poll::kernel_view;
+use tsss_core::shm::layout::{
+    ANC_SLOTS, CARRIER, CLIENT_ATTACHED, Dir, SERVER_CONFIRMED, SegHeader,
+};
+use tsss_core::shm::protocol::{negotiate, publish_record, publish_switch, take_waiter};
+use tsss_core::shm::ring::{DstCursor, SrcCursor};
+use tsss_core::shm::segment::Segment;
 use tsss_core::wire::{HELLO_LEN, Hello};
 
 const FILE: &str = "fuzz_header";
@@ -109,10 +112,44 @@ const BROKEN: Ready = Ready {
     err: true,
 };
 
+/// A descriptor of the case (the victim's socket, /dev/zero), open for
+/// the whole case, borrowed for one call.
+fn bfd<'a>(fd: RawFd) -> BorrowedFd<'a> {
+    // SAFETY: every descriptor passed here outlives the call it is for.
+    unsafe { BorrowedFd::borrow_raw(fd) }
+}
+
+/// A control message passing `fd` (SCM_RIGHTS).
+fn rights(fd: RawFd) -> Vec<u8> {
+    cmsg(libc::SOL_SOCKET, libc::SCM_RIGHTS, &fd.to_ne_bytes())
+}
+
+/// A control message with our own credentials (SCM_CREDENTIALS).
+fn credentials() -> Vec<u8> {
+    let mut d = Vec::new();
+    d.extend_from_slice(&(std::process::id() as i32).to_ne_bytes());
+    d.extend_from_slice(&rustix::process::getuid().as_raw().to_ne_bytes());
+    d.extend_from_slice(&rustix::process::getgid().as_raw().to_ne_bytes());
+    cmsg(libc::SOL_SOCKET, libc::SCM_CREDENTIALS, &d)
+}
+
+fn cmsg(level: i32, ty: i32, data: &[u8]) -> Vec<u8> {
+    let len = size_of::<libc::cmsghdr>() + data.len();
+    let mut v = Vec::new();
+    v.extend_from_slice(&len.to_ne_bytes());
+    v.extend_from_slice(&level.to_ne_bytes());
+    v.extend_from_slice(&ty.to_ne_bytes());
+    v.extend_from_slice(data);
+    while v.len() % size_of::<usize>() != 0 {
+        v.push(0);
+    }
+    v
+}
+
 /// The readiness a broken connection reports (a live one with hup always
 /// has rdhup too when the kernel's view is left out).
 fn is_broken(c: &Conn, fd: RawFd) -> bool {
-    c.readiness(fd, None) == Some(BROKEN)
+    c.readiness(bfd(fd), None) == Some(BROKEN)
 }
 
 // ------------------------------------------------------------------ the peer
@@ -257,8 +294,10 @@ impl Peer {
             publish_record(&self.hdr().anc[self.rx as usize], ring.head(), len);
         }
         let ring = self.seg.ring(self.rx);
-        let _ = ring.push(&mut SrcCursor::new(&[IoSlice::new(&data)]));
-        if take_waiter(&ring.ctrl().flags.reader_waiting) {
+        let _ = ring
+            .producer()
+            .push(&mut SrcCursor::new(&[IoSlice::new(&data)]));
+        if take_waiter(&ring.flags().reader_waiting) {
             self.send_raw(&[0]);
         }
     }
@@ -268,12 +307,14 @@ impl Peer {
         let cap = self.seg.cap(self.tx);
         let mut b = vec![0u8; rng.len_near(cap)];
         let ring = self.seg.ring(self.tx);
-        let _ = ring.pop(&mut DstCursor::new(&mut [IoSliceMut::new(&mut b)]), false);
+        let _ = ring
+            .consumer()
+            .pop(&mut DstCursor::new(&mut [IoSliceMut::new(&mut b)]), false);
         let q = &self.hdr().anc[self.tx as usize];
         if rng.coin() {
             q.tail.store(q.head.load(Relaxed), SeqCst);
         }
-        let f = &ring.ctrl().flags;
+        let f = ring.flags();
         if take_waiter(&f.writer_sleeping) {
             wake_space_sleepers(f);
         }
@@ -355,7 +396,7 @@ impl Peer {
                 let v = if rng.coin() {
                     self.plain_sent
                 } else {
-                    rng.hostile(cap, &near) & !tsss_core::layout::SWITCHED
+                    rng.hostile(cap, &near) & !tsss_core::shm::layout::SWITCHED
                 };
                 publish_switch(&self.hdr().rings[self.rx as usize].flags, v);
                 format!("publish switch_at {v:#x}")
@@ -603,7 +644,7 @@ impl Victim {
         let r = self.call(prog, peer, dm, !o.dontwait, |c| {
             let mut iov: Vec<IoSliceMut<'_>> =
                 bufs.iter_mut().map(|b| IoSliceMut::new(b)).collect();
-            c.recv(fd, &mut iov, o)
+            c.recv(bfd(fd), &mut iov, o).done()
         });
         let what = format!("recv {parts:?} {o:?}");
         if let Some(Ok(n)) = r {
@@ -664,23 +705,16 @@ impl Victim {
                 tx.tail()
             );
         }
+        let control = if o.creds_only {
+            credentials()
+        } else {
+            rights(self.dev_zero)
+        };
         let r = self.call(prog, peer, dm, !dontwait, |c| {
             if carrier {
-                let mut carrier = || {
-                    match rustix::net::send(
-                        // SAFETY: the victim's socket, open for the call.
-                        unsafe { rustix::fd::BorrowedFd::borrow_raw(fd) },
-                        &[CARRIER],
-                        SendFlags::DONTWAIT | SendFlags::NOSIGNAL,
-                    ) {
-                        Ok(1) => Ok(()),
-                        Ok(_) => Err(Errno::AGAIN),
-                        Err(e) => Err(e),
-                    }
-                };
-                c.send_with(fd, Some(&mut carrier), &iov, o)
+                c.sendmsg(bfd(fd), &iov, &control, o.raw as i32).done()
             } else {
-                c.send(fd, &iov, o)
+                c.send(bfd(fd), &iov, o).done()
             }
         });
         if let Some(Ok(n)) = r {
@@ -717,59 +751,39 @@ impl Victim {
         self.check_state(&what, &r);
     }
 
-    fn recv_plain_with(&mut self, rng: &mut Rng, prog: &Progress, peer: &Peer) {
+    /// recvmsg with a control buffer: while the incoming direction is
+    /// plain, the kernel's, capped at the switch point (and a peek that
+    /// reaches it goes on into the ring); then the ring with carriers.
+    fn recvmsg(&mut self, rng: &mut Rng, prog: &Progress, peer: &Peer) {
         let len = rng.len_near(64);
         let peek = rng.one_in(3);
-        let mut buf = vec![MARK; len + rng.len_near(64)];
-        let sock = &self._sock;
+        let mut buf = vec![MARK; len];
+        let mut control = [0u8; 64];
         let fd = self.fd;
-        let mut asked = usize::MAX;
-        let (r, more) = self.call(prog, peer, None, false, |c| {
-            let r = c.recv_plain_with(fd, true, peek, |max| {
-                asked = max;
-                let n = max.min(len);
-                let f = if peek {
-                    RecvFlags::DONTWAIT | RecvFlags::PEEK
-                } else {
-                    RecvFlags::DONTWAIT
-                };
-                rustix::net::recv(sock, &mut buf[..n], f).map(|(_, n)| n)
-            });
-            // A peek that ended at the switch point goes on into the ring,
-            // as the shim's recvmsg does.
-            let more = match r {
-                Some((Ok(n), true)) if peek => {
-                    Some(c.peek_past_switch(n, &mut [IoSliceMut::new(&mut buf[n..])]))
-                }
-                _ => None,
-            };
-            (r, more)
+        let flags = libc::MSG_DONTWAIT | if peek { libc::MSG_PEEK } else { 0 };
+        let r = self.call(prog, peer, None, false, |c| {
+            c.recvmsg(
+                bfd(fd),
+                &mut [IoSliceMut::new(&mut buf)],
+                &mut [],
+                &mut control,
+                flags,
+            )
+            .done()
         });
-        let what = format!("recv_plain_with {len} peek {peek}");
+        let what = format!("recvmsg {len} peek {peek}");
         if self.trace {
-            eprintln!("  victim {what} -> {r:?} (max {asked}, then {more:?})");
+            eprintln!("  victim {what} -> {r:?}");
         }
-        if let Some((Ok(n), _)) = r {
-            assert!(n <= len && n <= asked.max(1), "{what}: {n}, max {asked}");
-            let m = more.unwrap_or(0);
+        let r: Res = r.map(|r| r.map(|(n, _)| n));
+        if let Some(Ok(n)) = r {
+            assert!(n <= len, "{what}: {n}");
             assert!(
-                m <= buf.len() - n,
-                "{what}: peeked {m} more into {}",
-                buf.len() - n
-            );
-            assert!(
-                buf[..n + m].iter().all(|&b| b != MARK) && buf[n + m..].iter().all(|&b| b == MARK),
-                "{what}: delivered bytes that are not data, or wrote past {n} + {m}"
+                buf[..n].iter().all(|&b| b != MARK) && buf[n..].iter().all(|&b| b == MARK),
+                "{what}: delivered bytes that are not data, or wrote past {n}"
             );
         }
-        let r: Res = r.map(|(r, _)| r);
-        if self.broken {
-            assert!(
-                matches!(r, None | Some(Err(Errno::CONNRESET))),
-                "{what} on a broken connection: {r:?}"
-            );
-        }
-        self.check_state(&what, &r);
+        self.settle(&what, &r);
     }
 
     fn send_from_fd(&mut self, rng: &mut Rng, prog: &Progress, peer: &Peer, dm: Option<&DeadMan>) {
@@ -777,7 +791,7 @@ impl Victim {
         let nb = !self.blocking() || rng.coin();
         let (fd, zero) = (self.fd, self.dev_zero);
         let r = self.call(prog, peer, dm, !nb, |c| {
-            c.send_from_fd(fd, zero, None, count, nb)
+            c.send_from_fd(bfd(fd), bfd(zero), None, count, nb).done()
         });
         let what = format!("send_from_fd {count} nonblock {nb}");
         if self.trace {
@@ -801,6 +815,7 @@ impl Victim {
         let (rd, wr) = (rng.coin(), rng.coin());
         let (ready, quick, readable, unread, _counters, err) =
             self.call(prog, peer, None, false, |c| {
+                let fd = bfd(fd);
                 c.progress(fd);
                 c.arm(rd, wr);
                 let ready = c.readiness(fd, Some(kernel_view(fd)));
@@ -854,7 +869,7 @@ impl Victim {
     fn shutdown(&mut self, rng: &mut Rng, prog: &Progress, peer: &Peer) {
         let how = rng.pick(&[libc::SHUT_RD, libc::SHUT_WR, libc::SHUT_RDWR, 7]);
         let fd = self.fd;
-        let r = self.call(prog, peer, None, false, |c| c.shutdown(fd, how));
+        let r = self.call(prog, peer, None, false, |c| c.shutdown(bfd(fd), how).done());
         let r: Res = r.map(|r| r.map(|()| 0));
         if how == 7 {
             assert_eq!(r, Some(Err(Errno::INVAL)), "shutdown(7)");
@@ -867,7 +882,7 @@ impl Victim {
     fn adopt(&mut self, prog: &Progress, peer: &Peer) {
         let fd = self.fd;
         let line = self.conn.export(false);
-        let new = self.call(prog, peer, None, false, |_| Conn::adopt(fd, &line));
+        let new = self.call(prog, peer, None, false, |_| Conn::adopt(bfd(fd), &line));
         if self.trace {
             eprintln!(
                 "  victim adopt {line:?} -> {}",
@@ -901,7 +916,7 @@ impl Victim {
             7..=10 => self.send(rng, prog, peer, dm, false),
             11 | 12 => self.send(rng, prog, peer, dm, true),
             13 => self.send_plain_with(rng, prog, peer),
-            14 => self.recv_plain_with(rng, prog, peer),
+            14 => self.recvmsg(rng, prog, peer),
             15 => self.send_from_fd(rng, prog, peer, dm),
             16 if rng.one_in(6) => self.shutdown(rng, prog, peer),
             17 if rng.one_in(3) => self.adopt(prog, peer),
@@ -933,7 +948,7 @@ fn setup(rng: &mut Rng, mode: Mode, dev_zero: RawFd, trace: bool) -> (Victim, Pe
     let mut plain_sent = 0;
     let mut sock_sent = 0;
     let (conn, seg, caps) = if client {
-        let conn = Conn::client(fd, nonblock).expect("client conn");
+        let conn = Conn::client(bfd(fd), nonblock).expect("client conn");
         if rng.one_in(4) {
             // Plain bytes before HELLO arrives.
             let n = 1 + rng.upto(100);
@@ -944,7 +959,7 @@ fn setup(rng: &mut Rng, mode: Mode, dev_zero: RawFd, trace: bool) -> (Victim, Pe
                 creds_only: false,
                 raw: (libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) as u32,
             };
-            let r = conn.send(fd, &[IoSlice::new(&early)], o);
+            let r = conn.send(bfd(fd), &[IoSlice::new(&early)], o).done();
             assert_eq!(r, Some(Ok(early.len())), "early plain send");
         }
         let (c2s, s2c) = (pick_cap(rng), pick_cap(rng));
@@ -976,7 +991,7 @@ fn setup(rng: &mut Rng, mode: Mode, dev_zero: RawFd, trace: bool) -> (Victim, Pe
         (conn, seg, caps)
     } else {
         tsss_core::config::RING_SIZE.store(pick_cap(rng), Relaxed);
-        let conn = Conn::server(fd, nonblock, uid()).expect("server conn");
+        let conn = Conn::server(bfd(fd), nonblock, uid()).expect("server conn");
         let mut b = [0u8; HELLO_LEN];
         let (_, n) = rustix::net::recv(&ps, &mut b, RecvFlags::WAITALL).expect("HELLO");
         assert_eq!(n, HELLO_LEN);
@@ -1088,7 +1103,7 @@ fn turns(plan: &Plan, prog: &Progress, blocking: bool) {
         }] += 1;
         if rng.coin() {
             let fd = v.fd;
-            v.call(prog, &p, None, false, |c| c.close(fd));
+            v.call(prog, &p, None, false, |c| c.close(bfd(fd)));
         }
     }
     if let Some(d) = dm {
@@ -1127,7 +1142,7 @@ fn racing(plan: &Plan, prog: &Progress) {
         let (rx, tx) = (p.rx, p.tx);
         let second = Hello {
             version: tsss_core::wire::PROTO_VERSION,
-            hdr_size: tsss_core::layout::HDR_SIZE as u32,
+            hdr_size: tsss_core::shm::layout::HDR_SIZE as u32,
             shmid: p.seg.shmid(),
             cap_c2s: p.seg.cap(Dir::ClientToServer) as u32,
             cap_s2c: p.seg.cap(Dir::ServerToClient) as u32,
@@ -1197,19 +1212,19 @@ fn racing_scribbler() {
 fn accelerated_client(nonblock: bool) -> (Conn, OwnedFd, OwnedFd, Segment) {
     tune();
     let (vs, ps) = pair();
-    let c = Conn::client(vs.as_raw_fd(), nonblock).expect("client");
+    let c = Conn::client(vs.as_fd(), nonblock).expect("client");
     let (seg, hello) = Segment::create(4096, 4096, None).expect("segment");
     rustix::net::send(&ps, &hello.encode(), SendFlags::empty()).expect("HELLO");
     publish_switch(&seg.header().rings[Dir::ServerToClient as usize].flags, 0);
-    let r = c.recv(vs.as_raw_fd(), &mut [IoSliceMut::new(&mut [0u8; 1])], NB);
-    assert_eq!(r, Some(Err(Errno::AGAIN)));
+    let r = c.recv(vs.as_fd(), &mut [IoSliceMut::new(&mut [0u8; 1])], NB);
+    assert_eq!(r, Outcome::Done(Err(Errno::AGAIN)));
     // Attached; the peer confirms, as a server does.
     let word = &seg.header().client_state;
     assert_eq!(
         negotiate(word, CLIENT_ATTACHED, SERVER_CONFIRMED),
         SERVER_CONFIRMED
     );
-    c.progress(vs.as_raw_fd());
+    c.progress(vs.as_fd());
     assert!(c.is_accelerated());
     let mut b = [0u8; 64];
     let _ = rustix::net::recv(&ps, &mut b, RecvFlags::DONTWAIT); // its doorbell
@@ -1243,14 +1258,17 @@ fn known_bug_1_wrapping_record_stalls_reads() {
     let fd = vs.as_raw_fd();
     let ring = seg.ring(Dir::ServerToClient);
     assert_eq!(
-        ring.push(&mut SrcCursor::new(&[IoSlice::new(b"0123456789")])),
+        ring.producer()
+            .push(&mut SrcCursor::new(&[IoSlice::new(b"0123456789")])),
         Ok(10)
     );
     let q = &seg.header().anc[Dir::ServerToClient as usize];
     publish_record(q, u64::MAX, 1);
-    let ready = c.readiness(fd, Some(kernel_view(fd))).unwrap();
+    let ready = c.readiness(bfd(fd), Some(kernel_view(bfd(fd)))).unwrap();
     assert!(ready.readable, "{ready:?}");
-    let r = c.recv(fd, &mut [IoSliceMut::new(&mut [0u8; 10])], NB);
+    let r = c
+        .recv(bfd(fd), &mut [IoSliceMut::new(&mut [0u8; 10])], NB)
+        .done();
     assert_ne!(
         r,
         Some(Err(Errno::AGAIN)),
@@ -1271,32 +1289,21 @@ fn known_bug_2_ancillary_send_on_corrupt_ring() {
     let c2s = &seg.header().rings[Dir::ClientToServer as usize];
     c2s.head.store(100_000, SeqCst);
     c2s.tail.store(0, SeqCst);
-    let carrier_send = || {
-        // SAFETY: the victim's socket, open for the whole test.
-        let s = unsafe { rustix::fd::BorrowedFd::borrow_raw(fd) };
-        rustix::net::send(s, &[CARRIER], SendFlags::DONTWAIT | SendFlags::NOSIGNAL).map(|_| ())
-    };
-    let mut carrier = carrier_send;
-    let r = c.send_with(
-        fd,
-        Some(&mut carrier),
-        &[IoSlice::new(b"x")],
-        send_opts(true),
-    );
+    let control = rights(fd);
+    let nb = libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT;
+    let r = c
+        .sendmsg(bfd(fd), &[IoSlice::new(b"x")], &control, nb)
+        .done();
     assert_eq!(r, Some(Err(Errno::CONNRESET)), "non-blocking");
     // Blocking: the peer shuts its socket down after 300 ms; a correct
     // victim has failed long before.
-    let c = Conn::adopt(fd, &c.export(false)).unwrap();
+    let c = Conn::adopt(bfd(fd), &c.export(false)).unwrap();
     let t0 = Instant::now();
     let (r, took) = std::thread::scope(|s| {
         let h = s.spawn(|| {
-            let mut carrier = carrier_send;
-            let r = c.send_with(
-                fd,
-                Some(&mut carrier),
-                &[IoSlice::new(b"x")],
-                send_opts(false),
-            );
+            let r = c
+                .sendmsg(bfd(fd), &[IoSlice::new(b"x")], &control, libc::MSG_NOSIGNAL)
+                .done();
             (r, t0.elapsed())
         });
         std::thread::sleep(Duration::from_millis(300));
@@ -1321,14 +1328,16 @@ fn known_bug_3_plain_send_on_broken_connection() {
     tune();
     let (vs, ps) = pair();
     let fd = vs.as_raw_fd();
-    let c = Conn::server(fd, true, uid()).expect("server");
+    let c = Conn::server(bfd(fd), true, uid()).expect("server");
     let mut b = [0u8; HELLO_LEN];
     rustix::net::recv(&ps, &mut b, RecvFlags::WAITALL).expect("HELLO");
     let seg = Segment::attach(&Hello::decode(&b).unwrap(), uid()).expect("attach");
     let c2s = &seg.header().rings[Dir::ClientToServer as usize];
     publish_switch(&c2s.flags, 0);
     c2s.head.store(1 << 40, SeqCst);
-    let r = c.recv(fd, &mut [IoSliceMut::new(&mut [0u8; 8])], NB);
+    let r = c
+        .recv(bfd(fd), &mut [IoSliceMut::new(&mut [0u8; 8])], NB)
+        .done();
     assert_eq!(r, Some(Err(Errno::CONNRESET)));
     assert!(is_broken(&c, fd));
     let r = c.send_plain_with(|| rustix::net::send(&vs, b"app data", SendFlags::DONTWAIT));
@@ -1349,8 +1358,10 @@ fn known_bug_4_failed_reattach_passes_a_send_through() {
     let line = c.export(false);
     drop(c);
     seg.header().magic.store(0, SeqCst);
-    let c = Conn::adopt(fd, &line).unwrap();
-    let r = c.send(fd, &[IoSlice::new(b"x")], send_opts(true));
+    let c = Conn::adopt(bfd(fd), &line).unwrap();
+    let r = c
+        .send(bfd(fd), &[IoSlice::new(b"x")], send_opts(true))
+        .done();
     assert_eq!(r, Some(Err(Errno::CONNRESET)));
 }
 
@@ -1377,11 +1388,13 @@ fn known_bug_5_record_without_data_spins_reader() {
     publish_record(q, 0, 5);
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        let r = c.recv(
-            fd,
-            &mut [IoSliceMut::new(&mut [0u8; 5])],
-            RecvOpts::default(),
-        );
+        let r = c
+            .recv(
+                bfd(fd),
+                &mut [IoSliceMut::new(&mut [0u8; 5])],
+                RecvOpts::default(),
+            )
+            .done();
         let _ = tx.send(r);
         drop((c, vs, ps, seg));
     });
@@ -1401,12 +1414,15 @@ fn record_offsets_near_u64_max() {
     let fd = vs.as_raw_fd();
     let ring = seg.ring(Dir::ServerToClient);
     assert_eq!(
-        ring.push(&mut SrcCursor::new(&[IoSlice::new(b"0123456789")])),
+        ring.producer()
+            .push(&mut SrcCursor::new(&[IoSlice::new(b"0123456789")])),
         Ok(10)
     );
     let q = &seg.header().anc[Dir::ServerToClient as usize];
     publish_record(q, u64::MAX - 2, 5);
-    let r = c.recv(fd, &mut [IoSliceMut::new(&mut [0u8; 10])], NB);
+    let r = c
+        .recv(bfd(fd), &mut [IoSliceMut::new(&mut [0u8; 10])], NB)
+        .done();
     assert!(
         matches!(r, Some(Ok(1..)) | Some(Err(Errno::CONNRESET))),
         "{r:?}"

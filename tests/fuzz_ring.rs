@@ -1,4 +1,4 @@
-//! Adversarial fuzzing of the byte ring (`tsss_core::ring`) over ordinary
+//! Adversarial fuzzing of the byte ring (`tsss_core::shm::ring`) over ordinary
 //! memory, through its public API only.
 //!
 //! The peer shares the ring's control words and data and may store anything
@@ -32,8 +32,8 @@ use fuzz_support::{MARK, Plan, Progress, Rng};
 use std::io::{IoSlice, IoSliceMut};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
-use tsss_core::layout::RingCtrl;
-use tsss_core::ring::{Corrupt, DstCursor, Ring, SrcCursor};
+use tsss_core::shm::layout::RingCtrl;
+use tsss_core::shm::ring::{Consumer, Corrupt, DstCursor, Producer, Ring, SrcCursor};
 
 /// Bytes of [`MARK`] on each side of the data area.
 const GUARD: usize = if cfg!(miri) { 0 } else { 64 };
@@ -105,20 +105,84 @@ impl Mem {
     }
 }
 
+/// A ring and the cached remote index its producer or consumer uses (the
+/// roles are made per operation, as a connection makes them per lock).
+struct Roles<'a> {
+    ring: Ring<'a>,
+    cache: Option<&'a AtomicU64>,
+}
+
+impl<'a> Roles<'a> {
+    fn producer(&self) -> Producer<'_, 'a> {
+        let p = self.ring.producer();
+        match self.cache {
+            Some(c) => p.with_cache(c),
+            None => p,
+        }
+    }
+    fn consumer(&self) -> Consumer<'_, 'a> {
+        let c = self.ring.consumer();
+        match self.cache {
+            Some(k) => c.with_cache(k),
+            None => c,
+        }
+    }
+    fn push(&self, src: &mut SrcCursor<'_, '_>) -> Result<usize, Corrupt> {
+        self.producer().push(src)
+    }
+    fn push_whole(&self, src: &mut SrcCursor<'_, '_>, atomic: usize) -> Result<usize, Corrupt> {
+        self.producer().push_whole(src, atomic)
+    }
+    fn push_with<E>(
+        &self,
+        max: usize,
+        fill: impl FnMut(*mut u8, usize) -> Result<usize, E>,
+    ) -> Result<Result<usize, E>, Corrupt> {
+        // SAFETY: every fill of this file writes at most `len` bytes at
+        // `ptr` and reads none (it checks the range it is offered).
+        unsafe { self.producer().push_with(max, fill) }
+    }
+    fn pop(&self, dst: &mut DstCursor<'_, '_>, peek: bool) -> Result<usize, Corrupt> {
+        self.consumer().pop(dst, peek)
+    }
+    fn pop_max(
+        &self,
+        dst: &mut DstCursor<'_, '_>,
+        max: usize,
+        peek: bool,
+    ) -> Result<usize, Corrupt> {
+        self.consumer().pop_max(dst, max, peek)
+    }
+    fn pop_from(
+        &self,
+        dst: &mut DstCursor<'_, '_>,
+        tail: u64,
+        head: u64,
+        max: usize,
+        peek: bool,
+    ) -> Result<usize, Corrupt> {
+        self.consumer().pop_from(dst, tail, head, max, peek)
+    }
+}
+
+impl<'a> std::ops::Deref for Roles<'a> {
+    type Target = Ring<'a>;
+    fn deref(&self) -> &Ring<'a> {
+        &self.ring
+    }
+}
+
 fn ring<'a>(
     ctrl: &'a RingCtrl,
     data: NonNull<u8>,
     cap: usize,
     cache: Option<&'a AtomicU64>,
-) -> Ring<'a> {
+) -> Roles<'a> {
     // SAFETY: `data` points at `cap` bytes of a Mem buffer that outlives
     // the ring (it is dropped at the end of each operation); cap is a power
     // of two.
-    let r = unsafe { Ring::new(ctrl, data, cap) };
-    match cache {
-        Some(c) => r.with_cache(c),
-        None => r,
-    }
+    let ring = unsafe { Ring::new(ctrl, data, cap) };
+    Roles { ring, cache }
 }
 
 /// Fill level the words `head`, `tail` describe, if valid.

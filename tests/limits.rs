@@ -333,15 +333,17 @@ fn past_the_segment_limit_connections_stay_plain() {
     drop(h);
 
     // Three left: the first connections get them, the rest go plain.
+    // (Offered, not accelerated: a connection whose 51 KiB fit the echo
+    // client's window can end before the server confirms the attach.)
     let (h, held) = hog(3);
     let (s, c) = echo_in(h.child.id(), "shmmni3", 20);
     let all = [&s, &c];
     assert_ok(&all);
-    let acc = count(&s.stderr(), "accelerated (server");
+    let offered = count(&s.stderr(), "offered shmid");
     let why = lines_with(&s.stderr(), "plain:");
     assert!(
-        acc >= 3 && !why.is_empty() && acc + why.len() == 20,
-        "20 connections with 3 segments left: {acc} accelerated, plain: {why:#?}\n{}",
+        offered >= 3 && !why.is_empty() && offered + why.len() == 20,
+        "20 connections with 3 segments left: {offered} offered, plain: {why:#?}\n{}",
         reports(&all)
     );
     assert!(
@@ -350,8 +352,8 @@ fn past_the_segment_limit_connections_stay_plain() {
         "a plain connection without the ENOSPC reason: {why:#?}"
     );
     assert_eq!(
-        count(&c.stderr(), "accelerated (client"),
-        acc,
+        count(&c.stderr(), "attached shmid"),
+        offered,
         "{}",
         reports(&all)
     );

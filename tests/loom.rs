@@ -10,14 +10,14 @@ use loom::sync::atomic::{AtomicU32, AtomicU64, Ordering::SeqCst};
 use loom::thread;
 use std::io::{IoSlice, IoSliceMut};
 use std::ptr::NonNull;
-use tsss_core::layout::RingCtrl;
-use tsss_core::layout::{
+use tsss_core::shm::layout::RingCtrl;
+use tsss_core::shm::layout::{
     CLIENT_ATTACHED, CLIENT_NONE, CLIENT_REFUSED, SERVER_CONFIRMED, SERVER_WITHDRAWN,
 };
-use tsss_core::protocol::{
+use tsss_core::shm::protocol::{
     announce_waiting, negotiate, publish_record, publish_switch, switch_point, take_waiter,
 };
-use tsss_core::ring::{DstCursor, Ring, SrcCursor};
+use tsss_core::shm::ring::{DstCursor, Ring, SrcCursor};
 
 const CAP: usize = 4;
 
@@ -49,13 +49,15 @@ impl Shared {
 
 fn push(r: &Ring<'_>, b: &[u8]) -> usize {
     let s = [IoSlice::new(b)];
-    r.push(&mut SrcCursor::new(&s)).unwrap()
+    r.producer().push(&mut SrcCursor::new(&s)).unwrap()
 }
 
 fn pop(r: &Ring<'_>, n: usize) -> usize {
     let mut v = vec![0u8; n];
     let mut d = [IoSliceMut::new(&mut v)];
-    r.pop(&mut DstCursor::new(&mut d), false).unwrap()
+    r.consumer()
+        .pop(&mut DstCursor::new(&mut d), false)
+        .unwrap()
 }
 
 /// A reader that decides to sleep on an empty ring is always rung, or the
@@ -69,14 +71,14 @@ fn data_doorbell_is_never_lost() {
         let writer = thread::spawn(move || {
             let r = s2.ring();
             assert_eq!(push(&r, b"x"), 1);
-            if take_waiter(&r.ctrl().flags.reader_waiting) {
+            if take_waiter(&r.flags().reader_waiting) {
                 bell2.fetch_add(1, SeqCst);
             }
         });
         let r = s.ring();
         let mut slept = false;
         if pop(&r, 1) == 0 {
-            announce_waiting(&r.ctrl().flags.reader_waiting);
+            announce_waiting(&r.flags().reader_waiting);
             slept = pop(&r, 1) == 0;
         }
         writer.join().unwrap();
@@ -102,14 +104,14 @@ fn space_wakeup_is_never_lost() {
         let reader = thread::spawn(move || {
             let r = s2.ring();
             assert_eq!(pop(&r, 2), 2);
-            if take_waiter(&r.ctrl().flags.writer_sleeping) {
+            if take_waiter(&r.flags().writer_sleeping) {
                 woken2.fetch_add(1, SeqCst);
             }
         });
         let r = s.ring();
         let mut slept = false;
         if push(&r, b"e") == 0 {
-            announce_waiting(&r.ctrl().flags.writer_sleeping);
+            announce_waiting(&r.flags().writer_sleeping);
             slept = push(&r, b"e") == 0;
         }
         reader.join().unwrap();
@@ -158,7 +160,7 @@ fn switch_never_leaks_a_control_byte() {
 /// second never reads a message's first byte without seeing its record.
 #[test]
 fn ancillary_record_is_seen_with_its_data() {
-    use tsss_core::layout::AncQueue;
+    use tsss_core::shm::layout::AncQueue;
     struct Both {
         s: Arc<Shared>,
         q: AncQueue,

@@ -6,6 +6,8 @@
 //! express variadic functions (fcntl, ioctl), and on panic calls the real
 //! function, which for an accelerated fd would read the bare socket.
 
+#![allow(unsafe_code)]
+
 use libc::{c_int, c_ulong, c_void, size_t, sockaddr, socklen_t, ssize_t};
 use std::sync::atomic::{AtomicPtr, Ordering};
 
@@ -61,6 +63,7 @@ macro_rules! real {
 real! {
     socket(domain: c_int, ty: c_int, proto: c_int) -> c_int;
     connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int;
+    accept(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int;
     accept4(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t, flags: c_int) -> c_int;
     close(fd: c_int) -> c_int;
     dup(fd: c_int) -> c_int;

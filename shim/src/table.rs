@@ -8,6 +8,8 @@
 //! racing with close can touch a stale entry's counter safely and then sees
 //! that the slot changed.
 
+#![allow(unsafe_code)]
+
 use std::cell::UnsafeCell;
 use std::ops::Deref;
 use std::ptr;

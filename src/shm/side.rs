@@ -8,6 +8,8 @@
 //! closed once mapped; the mapping needs no descriptor. Across exec the
 //! mapping is gone and the new image gets a fresh block (see `handover`).
 
+use crate::os::page::{PageSafe, SharedPage};
+use crate::os::proc;
 use crate::signals::Critical;
 use crate::sync::Ordering::{Acquire, Relaxed, Release};
 use rustix::io::Errno;
@@ -17,6 +19,7 @@ use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64};
 /// plain-phase counters and the rings' producer/consumer sides.
 #[repr(C)]
 pub struct SideBlock {
+    /// The connection's phase (`conn::state::Phase`).
     pub state: AtomicU8,
     pub nonblock: AtomicBool,
     /// All plain bytes of the incoming direction consumed: ring phase.
@@ -54,30 +57,27 @@ pub struct SideBlock {
     pub seg_caps: AtomicU64,
 }
 
-/// An owned mapping of a [`SideBlock`].
+// SAFETY: every field is an atomic (ShmLock: two atomics), zero is a valid
+// value of each, and the block fits a page (asserted below).
+unsafe impl PageSafe for SideBlock {}
+
+/// A [`SideBlock`] in a page shared with future fork children.
 pub struct Side {
-    map: memmap2::MmapMut,
+    page: SharedPage<SideBlock>,
 }
 
 impl Side {
-    /// A fresh, zeroed block, shared with future fork children.
+    /// A fresh, zeroed block, counting this process as its one sharer.
     pub fn new() -> Result<Side, Errno> {
-        let fd = rustix::fs::memfd_create("tsss-side", rustix::fs::MemfdFlags::CLOEXEC)?;
-        rustix::fs::ftruncate(&fd, 4096)?;
-        // SAFETY: a fresh memfd nobody else can see; MmapMut maps it
-        // MAP_SHARED, and the mapping outlives the descriptor.
-        let map = unsafe { memmap2::MmapOptions::new().len(4096).map_mut(&fd) }
-            .map_err(|e| Errno::from_raw_os_error(e.raw_os_error().unwrap_or(libc::ENOMEM)))?;
-        let side = Side { map };
+        let side = Side {
+            page: SharedPage::new()?,
+        };
         side.block().sharers.store(1, Release);
         Ok(side)
     }
 
     pub fn block(&self) -> &SideBlock {
-        // SAFETY: 4096 page-aligned bytes, zero-initialised (a valid
-        // SideBlock: every field is an atomic whose zero is a valid value),
-        // only accessed through atomics.
-        unsafe { &*(self.map.as_ptr() as *const SideBlock) }
+        &self.page
     }
 }
 
@@ -161,11 +161,11 @@ impl Drop for ShmGuard<'_> {
 /// raw clone() child records its parent, which only weakens the
 /// dead-holder check).
 fn pid() -> u32 {
-    crate::sys::cached_pid() as u32
+    proc::cached_pid() as u32
 }
 
 fn process_alive(p: u32) -> bool {
-    crate::sys::process_exists(p as i32)
+    proc::process_exists(p as i32)
 }
 
 #[cfg(test)]

@@ -5,10 +5,14 @@
 //! positions are `index & (cap - 1)`, so every access stays inside the data
 //! area whatever the peer stores. A fill level outside `0..=cap` means the
 //! peer corrupted the header: the caller gets [`Corrupt`] and ends the
-//! connection (EIO), it never reads or writes out of bounds.
+//! connection, it never reads or writes out of bounds.
+//!
+//! [`Ring`] answers queries from anyone; the two roles that move bytes,
+//! [`Producer`] and [`Consumer`], are one each per ring: a connection makes
+//! them only while it holds its side's tx or rx lock (see `conn`).
 
-use crate::copy::copy;
-use crate::layout::RingCtrl;
+use super::copy::copy;
+use super::layout::{RingCtrl, RingFlags};
 use crate::sync::AtomicU64;
 use crate::sync::Ordering::{Acquire, Relaxed, Release};
 use std::io::{IoSlice, IoSliceMut};
@@ -22,13 +26,11 @@ pub struct Corrupt;
 /// One direction's ring: control words plus `cap` data bytes.
 pub struct Ring<'a> {
     ctrl: &'a RingCtrl,
-    /// Process-local copy of the other side's index (rtrb's cached remote
-    /// index): re-read from shared memory only when it says full/empty, so
-    /// the hot path does not pull the peer's cache line on every call. It
-    /// can only lag the real index, which errs on the safe side.
-    remote: Option<&'a AtomicU64>,
+    /// `cap` bytes, written by the producer between `head` and `tail + cap`
+    /// and read by the consumer between `tail` and `head` (positions
+    /// masked: never out of bounds, whatever the peer stores).
     data: NonNull<u8>,
-    /// Power of two.
+    /// A power of two.
     cap: u64,
     _data: PhantomData<&'a [u8]>,
 }
@@ -41,22 +43,16 @@ impl<'a> Ring<'a> {
         debug_assert!(cap.is_power_of_two());
         Ring {
             ctrl,
-            remote: None,
             data,
             cap: cap as u64,
             _data: PhantomData,
         }
     }
 
-    /// Uses `cache` as the cached remote index (tail for a producer, head
-    /// for a consumer).
-    pub fn with_cache(mut self, cache: &'a AtomicU64) -> Self {
-        self.remote = Some(cache);
-        self
-    }
-
-    pub fn ctrl(&self) -> &'a RingCtrl {
-        self.ctrl
+    /// The direction's flag words; every operation on them is in
+    /// `shm::protocol`.
+    pub fn flags(&self) -> &'a RingFlags {
+        &self.ctrl.flags
     }
 
     pub fn capacity(&self) -> usize {
@@ -82,17 +78,82 @@ impl<'a> Ring<'a> {
         self.fill(head, tail).map(|n| (self.cap - n) as usize)
     }
 
-    /// Total bytes ever written (for edge-triggered readiness).
+    /// Total bytes ever written (for edge-triggered readiness, statistics).
     pub fn head(&self) -> u64 {
         self.ctrl.head.load(Acquire)
     }
 
-    /// Total bytes ever consumed (for edge-triggered readiness).
+    /// Total bytes ever consumed (for edge-triggered readiness, statistics).
     pub fn tail(&self) -> u64 {
         self.ctrl.tail.load(Acquire)
     }
 
-    /// Producer: copies as much of `src` as fits and publishes it.
+    /// The producer role: the caller is the one producer for as long as
+    /// it lives (it holds its side's tx lock).
+    pub fn producer(&self) -> Producer<'_, 'a> {
+        Producer {
+            ring: self,
+            tail_cache: None,
+        }
+    }
+
+    /// The consumer role: the caller is the one consumer for as long as
+    /// it lives (it holds its side's rx lock).
+    pub fn consumer(&self) -> Consumer<'_, 'a> {
+        Consumer {
+            ring: self,
+            head_cache: None,
+        }
+    }
+
+    /// Copies `want` bytes between the ring at index `at` and the caller,
+    /// one contiguous piece at a time: `f(ring_ptr, len)` returns how many
+    /// it moved (fewer ends the copy).
+    fn pieces(&self, at: u64, want: usize, mut f: impl FnMut(*mut u8, usize) -> usize) -> usize {
+        let mut done = 0;
+        while done < want {
+            let pos = (at.wrapping_add(done as u64) & (self.cap - 1)) as usize;
+            let contiguous = (self.cap as usize - pos).min(want - done);
+            // SAFETY: pos + contiguous <= cap, inside the data area.
+            let p = unsafe { self.data.as_ptr().add(pos) };
+            let n = f(p, contiguous).min(contiguous);
+            done += n;
+            if n < contiguous {
+                break;
+            }
+        }
+        done
+    }
+}
+
+/// The one writer of a ring.
+pub struct Producer<'r, 'a> {
+    ring: &'r Ring<'a>,
+    /// Process-local copy of the consumer's `tail` (rtrb's cached remote
+    /// index): re-read from shared memory only when it says full, so the
+    /// hot path does not pull the peer's cache line on every call. It can
+    /// only lag the real index, which errs on the safe side.
+    tail_cache: Option<&'r AtomicU64>,
+}
+
+impl<'r, 'a> Producer<'r, 'a> {
+    /// Uses `cache` as the cached tail.
+    pub fn with_cache(mut self, cache: &'r AtomicU64) -> Self {
+        self.tail_cache = Some(cache);
+        self
+    }
+
+    /// Free bytes, from a fresh look at the consumer's tail.
+    fn free_now(&self, head: u64) -> Result<usize, Corrupt> {
+        let tail = self.ring.ctrl.tail.load(Acquire);
+        let used = self.ring.fill(head, tail)?;
+        if let Some(c) = self.tail_cache {
+            c.store(tail, Relaxed);
+        }
+        Ok((self.ring.cap - used) as usize)
+    }
+
+    /// Copies as much of `src` as fits and publishes it.
     pub fn push(&self, src: &mut SrcCursor<'_, '_>) -> Result<usize, Corrupt> {
         self.push_whole(src, 1)
     }
@@ -103,84 +164,101 @@ impl<'a> Ring<'a> {
     /// concurrent writers never interleave.
     #[inline]
     pub fn push_whole(&self, src: &mut SrcCursor<'_, '_>, atomic: usize) -> Result<usize, Corrupt> {
-        let head = self.ctrl.head.load(Relaxed);
-        let cached = self.remote.map(|c| c.load(Relaxed));
-        let free = match cached.and_then(|t| self.fill(head, t).ok()) {
-            Some(used) if (self.cap - used) as usize >= src.remaining() => {
-                (self.cap - used) as usize
+        let ring = self.ring;
+        let head = ring.ctrl.head.load(Relaxed);
+        let cached = self.tail_cache.map(|c| c.load(Relaxed));
+        let free = match cached.and_then(|t| ring.fill(head, t).ok()) {
+            Some(used) if (ring.cap - used) as usize >= src.remaining() => {
+                (ring.cap - used) as usize
             }
-            _ => {
-                let tail = self.ctrl.tail.load(Acquire);
-                let used = self.fill(head, tail)?;
-                if let Some(c) = self.remote {
-                    c.store(tail, Relaxed);
-                }
-                (self.cap - used) as usize
-            }
+            _ => self.free_now(head)?,
         };
         let want = free.min(src.remaining());
         if want == 0 || want < src.remaining().min(atomic) {
             return Ok(0);
         }
-        let mut done = 0;
-        while done < want {
-            let pos = (head.wrapping_add(done as u64) & (self.cap - 1)) as usize;
-            let contiguous = (self.cap as usize - pos).min(want - done);
-            // SAFETY: pos + contiguous <= cap, inside the data area.
-            let dst = unsafe { self.data.as_ptr().add(pos) };
-            done += src.take_into(dst, contiguous);
-        }
-        self.ctrl
+        ring.pieces(head, want, |dst, n| src.take_into(dst, n));
+        ring.ctrl
             .head
             .store(head.wrapping_add(want as u64), Release);
         Ok(want)
     }
 
-    /// Producer: lets `fill(ptr, len)` write up to `max` bytes straight
-    /// into free ring space (e.g. a read(2) from a file: one copy), then
-    /// publishes what it wrote. `fill` returns how many bytes it wrote
-    /// (fewer ends the call). Errors from `fill` pass through once nothing
-    /// was written.
-    pub fn push_with<E>(
+    /// Lets `fill(ptr, len)` write up to `max` bytes straight into free
+    /// ring space (e.g. a read(2) from a file: one copy), then publishes
+    /// what it wrote. `fill` returns how many bytes it wrote (fewer ends the
+    /// call). Errors from `fill` pass through once nothing was written.
+    ///
+    /// # Safety
+    /// `fill` writes at most `len` bytes at `ptr`, and reads nothing there.
+    pub unsafe fn push_with<E>(
         &self,
         max: usize,
         mut fill: impl FnMut(*mut u8, usize) -> Result<usize, E>,
     ) -> Result<Result<usize, E>, Corrupt> {
-        let head = self.ctrl.head.load(Relaxed);
-        let tail = self.ctrl.tail.load(Acquire);
-        if let Some(c) = self.remote {
-            c.store(tail, Relaxed);
-        }
-        let free = (self.cap - self.fill(head, tail)?) as usize;
-        let want = free.min(max);
-        let mut done = 0;
-        while done < want {
-            let pos = (head.wrapping_add(done as u64) & (self.cap - 1)) as usize;
-            let contiguous = (self.cap as usize - pos).min(want - done);
-            // SAFETY: pos + contiguous <= cap, inside the data area.
-            let dst = unsafe { self.data.as_ptr().add(pos) };
-            match fill(dst, contiguous) {
-                Ok(n) => {
-                    let n = n.min(contiguous);
-                    done += n;
-                    if n < contiguous {
-                        break;
-                    }
-                }
-                Err(e) if done == 0 => return Ok(Err(e)),
-                Err(_) => break,
+        let ring = self.ring;
+        let head = ring.ctrl.head.load(Relaxed);
+        let want = self.free_now(head)?.min(max);
+        let mut first_err = None;
+        let done = ring.pieces(head, want, |dst, n| match fill(dst, n) {
+            Ok(k) => k,
+            Err(e) => {
+                first_err = Some(e);
+                0
             }
+        });
+        if let (0, Some(e)) = (done, first_err) {
+            return Ok(Err(e));
         }
         if done > 0 {
-            self.ctrl
+            ring.ctrl
                 .head
                 .store(head.wrapping_add(done as u64), Release);
         }
         Ok(Ok(done))
     }
 
-    /// Consumer: copies up to `dst.remaining()` bytes out; consumes them
-    /// unless `peek`.
+    /// Reads up to `max` bytes from `fd` (at `*off`, advanced, or its file
+    /// position) straight into free ring space, and publishes them: the
+    /// file-to-socket copy of sendfile and splice. Returns how many, and
+    /// whether the input is at its end (a read returned 0; else a short
+    /// count means the ring is full).
+    pub fn push_from_fd(
+        &self,
+        fd: rustix::fd::BorrowedFd<'_>,
+        mut off: Option<&mut i64>,
+        max: usize,
+    ) -> Result<Result<(usize, bool), rustix::io::Errno>, Corrupt> {
+        let mut eof = false;
+        // SAFETY: read_into writes at most `len` bytes at `p` and reads none.
+        let r = unsafe {
+            self.push_with(max, |p, len| {
+                let r = crate::os::fd::read_into(fd, p, len, off.as_deref_mut());
+                eof |= r == Ok(0);
+                r
+            })
+        }?;
+        Ok(r.map(|n| (n, eof)))
+    }
+}
+
+/// The one reader of a ring.
+pub struct Consumer<'r, 'a> {
+    ring: &'r Ring<'a>,
+    /// Process-local copy of the producer's `head`, re-read only when it
+    /// says there is not enough to read; it can only lag the real index.
+    head_cache: Option<&'r AtomicU64>,
+}
+
+impl<'r> Consumer<'r, '_> {
+    /// Uses `cache` as the cached head.
+    pub fn with_cache(mut self, cache: &'r AtomicU64) -> Self {
+        self.head_cache = Some(cache);
+        self
+    }
+
+    /// Copies up to `dst.remaining()` bytes out; consumes them unless
+    /// `peek`.
     pub fn pop(&self, dst: &mut DstCursor<'_, '_>, peek: bool) -> Result<usize, Corrupt> {
         self.pop_max(dst, usize::MAX, peek)
     }
@@ -192,19 +270,20 @@ impl<'a> Ring<'a> {
         max: usize,
         peek: bool,
     ) -> Result<usize, Corrupt> {
-        let tail = self.ctrl.tail.load(Relaxed);
-        let cached = self.remote.map(|c| c.load(Relaxed));
+        let ring = self.ring;
+        let tail = ring.ctrl.tail.load(Relaxed);
+        let cached = self.head_cache.map(|c| c.load(Relaxed));
         let head = match cached {
             Some(h)
-                if self
+                if ring
                     .fill(h, tail)
                     .is_ok_and(|n| n as usize >= dst.remaining()) =>
             {
                 h
             }
             _ => {
-                let head = self.ctrl.head.load(Acquire);
-                if let Some(c) = self.remote {
+                let head = ring.ctrl.head.load(Acquire);
+                if let Some(c) = self.head_cache {
                     c.store(head, Relaxed);
                 }
                 head
@@ -213,8 +292,8 @@ impl<'a> Ring<'a> {
         self.pop_from(dst, tail, head, max, peek)
     }
 
-    /// [`pop_max`](Self::pop_max) from indices the caller already loaded
-    /// (`tail` ours, `head` with Acquire), validated here.
+    /// [`pop`](Self::pop) from indices the caller already loaded (`tail`
+    /// ours, `head` with Acquire), validated here, taking at most `max`.
     pub fn pop_from(
         &self,
         dst: &mut DstCursor<'_, '_>,
@@ -223,21 +302,15 @@ impl<'a> Ring<'a> {
         max: usize,
         peek: bool,
     ) -> Result<usize, Corrupt> {
-        let avail = self.fill(head, tail)? as usize;
+        let ring = self.ring;
+        let avail = ring.fill(head, tail)? as usize;
         let want = avail.min(dst.remaining()).min(max);
         if want == 0 {
             return Ok(0);
         }
-        let mut done = 0;
-        while done < want {
-            let pos = (tail.wrapping_add(done as u64) & (self.cap - 1)) as usize;
-            let contiguous = (self.cap as usize - pos).min(want - done);
-            // SAFETY: pos + contiguous <= cap, inside the data area.
-            let src = unsafe { self.data.as_ptr().add(pos) };
-            done += dst.put_from(src, contiguous);
-        }
+        ring.pieces(tail, want, |src, n| dst.put_from(src, n));
         if !peek {
-            self.ctrl
+            ring.ctrl
                 .tail
                 .store(tail.wrapping_add(want as u64), Release);
         }
@@ -419,7 +492,7 @@ impl<'s, 'b> DstCursor<'s, 'b> {
 #[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
-    use crate::layout::RingCtrl;
+    use crate::shm::layout::RingCtrl;
 
     struct Heap {
         ctrl: RingCtrl,
@@ -443,14 +516,14 @@ mod tests {
 
     fn push(r: &Ring<'_>, b: &[u8]) -> usize {
         let s = [IoSlice::new(b)];
-        r.push(&mut SrcCursor::new(&s)).unwrap()
+        r.producer().push(&mut SrcCursor::new(&s)).unwrap()
     }
 
     fn pop(r: &Ring<'_>, n: usize, peek: bool) -> Vec<u8> {
         let mut v = vec![0u8; n];
         let got = {
             let mut d = [IoSliceMut::new(&mut v)];
-            r.pop(&mut DstCursor::new(&mut d), peek).unwrap()
+            r.consumer().pop(&mut DstCursor::new(&mut d), peek).unwrap()
         };
         v.truncate(got);
         v
@@ -507,14 +580,19 @@ mod tests {
             IoSlice::new(b""),
             IoSlice::new(b"cdefgh"),
         ];
-        assert_eq!(r.push(&mut SrcCursor::new(&src)).unwrap(), 6);
+        assert_eq!(r.producer().push(&mut SrcCursor::new(&src)).unwrap(), 6);
         let (mut a, mut b, mut c) = ([0u8; 3], [0u8; 0], [0u8; 20]);
         let mut d = [
             IoSliceMut::new(&mut a),
             IoSliceMut::new(&mut b),
             IoSliceMut::new(&mut c),
         ];
-        assert_eq!(r.pop(&mut DstCursor::new(&mut d), false).unwrap(), 16);
+        assert_eq!(
+            r.consumer()
+                .pop(&mut DstCursor::new(&mut d), false)
+                .unwrap(),
+            16
+        );
         assert_eq!(&a, b"012");
         assert_eq!(&c[..13], b"3456789abcdef");
     }
@@ -529,9 +607,12 @@ mod tests {
         assert_eq!(r.writable(), Err(Corrupt));
         let mut v = [0u8; 4];
         let mut d = [IoSliceMut::new(&mut v)];
-        assert_eq!(r.pop(&mut DstCursor::new(&mut d), false), Err(Corrupt));
+        assert_eq!(
+            r.consumer().pop(&mut DstCursor::new(&mut d), false),
+            Err(Corrupt)
+        );
         let s = [IoSlice::new(b"x")];
-        assert_eq!(r.push(&mut SrcCursor::new(&s)), Err(Corrupt));
+        assert_eq!(r.producer().push(&mut SrcCursor::new(&s)), Err(Corrupt));
         // tail ahead of head is just as wrong.
         h.ctrl.head.store(5, Relaxed);
         let r = h.ring();
@@ -550,11 +631,11 @@ mod tests {
             let r = h.ring();
             let mut v = vec![0u8; n];
             let mut d = [IoSliceMut::new(&mut v)];
-            let res = r.pop(&mut DstCursor::new(&mut d), peek);
+            let res = r.consumer().pop(&mut DstCursor::new(&mut d), peek);
             proptest::prop_assert_eq!(res.is_err(), head.wrapping_sub(tail) > 32);
             let src = vec![7u8; n];
             let s = [IoSlice::new(&src)];
-            let _ = r.push(&mut SrcCursor::new(&s));
+            let _ = r.producer().push(&mut SrcCursor::new(&s));
         }
 
         /// A model check of the byte stream: any interleaving of pushes and

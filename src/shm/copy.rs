@@ -3,7 +3,7 @@
 //! glibc's memcpy switches to `rep movsb` from 2 KiB up; on this machine's
 //! CPU that runs at ~2.5 GB/s instead of 45-60 GB/s whenever source and
 //! destination share a page offset, which page-aligned ring slots and
-//! page-aligned application buffers do all the time (DESIGN-NOTES 2). Large
+//! page-aligned application buffers do all the time. Large
 //! copies therefore use explicit vector loads and stores.
 
 /// Below this, glibc's memcpy (vector moves, no `rep movsb`) is best.

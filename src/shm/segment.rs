@@ -6,10 +6,11 @@
 //! kill -9. The client attaches by id and checks size, mode, removal mark and
 //! the nonce before trusting the mapping's geometry.
 
-use crate::layout::{Dir, HDR_SIZE, SEG_MAGIC, SegHeader};
-use crate::ring::Ring;
+use super::layout::{Dir, HDR_SIZE, SEG_MAGIC, SegHeader};
+use super::ring::Ring;
+use crate::os::shm as sys;
+use crate::os::{proc, shm::ShmStat};
 use crate::sync::Ordering::{Acquire, Release};
-use crate::sys;
 use crate::wire::{Hello, PROTO_VERSION};
 use rustix::io::Errno;
 use std::ptr::NonNull;
@@ -64,23 +65,23 @@ impl Segment {
             sweep_orphans();
         });
         let size = HDR_SIZE + cap_c2s + cap_s2c;
-        let id = match sys::shm_create(size) {
+        let id = match sys::create(size) {
             // Orphans may be what fills the table: collect them, once more.
-            Err(Errno::NOSPC) if sweep_orphans() > 0 => sys::shm_create(size)?,
+            Err(Errno::NOSPC) if sweep_orphans() > 0 => sys::create(size)?,
             r => r?,
         };
         // Attach and mark for removal back to back: a segment nobody has
         // attached is destroyed by IPC_RMID at once, so there is a window
         // of two syscalls in which kill -9 leaves it behind (see
         // `sweep_orphans`).
-        let base = match sys::shm_attach(id) {
+        let base = match sys::attach(id, false) {
             Ok(p) => p,
             Err(e) => {
-                let _ = sys::shm_remove(id);
+                let _ = sys::remove(id);
                 return Err(e);
             }
         };
-        let removed = sys::shm_remove(id);
+        let removed = sys::remove(id);
         let seg = Segment {
             base: NonNull::new(base).ok_or(Errno::FAULT)?,
             shmid: id,
@@ -88,7 +89,7 @@ impl Segment {
         };
         removed?;
         // A segment marked for removal can still be granted and attached.
-        grant_uid.map_or(Ok(()), |uid| sys::shm_grant(id, uid))?;
+        grant_uid.map_or(Ok(()), |uid| sys::grant(id, uid))?;
         let mut nonce = [0u8; 8];
         let _ = rustix::rand::getrandom(&mut nonce, rustix::rand::GetRandomFlags::empty());
         let nonce = u64::from_ne_bytes(nonce) | 1;
@@ -110,7 +111,7 @@ impl Segment {
     /// Attaches the segment a (validated) HELLO names, checking that it is
     /// private, marked for removal, large enough, and the one the server made.
     pub fn attach(h: &Hello, my_uid: u32) -> Result<Segment, AttachError> {
-        let check = |st: &sys::ShmStat| {
+        let check = |st: &ShmStat| {
             if st.size < h.seg_size() {
                 return Err(AttachError::TooSmall);
             }
@@ -125,8 +126,8 @@ impl Segment {
             }
             Ok(())
         };
-        check(&sys::shm_stat(h.shmid).map_err(AttachError::Stat)?)?;
-        let base = sys::shm_attach(h.shmid).map_err(AttachError::Attach)?;
+        check(&sys::stat(h.shmid).map_err(AttachError::Stat)?)?;
+        let base = sys::attach(h.shmid, false).map_err(AttachError::Attach)?;
         let seg = Segment {
             base: NonNull::new(base).ok_or(AttachError::Attach(Errno::FAULT))?,
             shmid: h.shmid,
@@ -134,7 +135,7 @@ impl Segment {
         };
         // The id may have been reused between stat and attach: check again
         // on the segment we now hold, then the nonce.
-        check(&sys::shm_stat(h.shmid).map_err(AttachError::Stat)?)?;
+        check(&sys::stat(h.shmid).map_err(AttachError::Stat)?)?;
         let hd = seg.header();
         if hd.magic.load(Acquire) != SEG_MAGIC
             || hd.nonce.load(Acquire) != h.nonce
@@ -185,7 +186,7 @@ impl Segment {
 impl Drop for Segment {
     fn drop(&mut self) {
         // SAFETY: attached by us; the owner (Conn) is gone, so are all borrows.
-        unsafe { sys::shm_detach(self.base.as_ptr()) };
+        unsafe { sys::detach(self.base.as_ptr()) };
     }
 }
 
@@ -201,7 +202,7 @@ impl Drop for Segment {
 /// Run by a process's first segment creation, when the table is full, and
 /// by a client whose server died before offering.
 pub fn sweep_orphans() -> usize {
-    let Ok(text) = sys::read_small_file(c"/proc/sysvipc/shm") else {
+    let Ok(text) = proc::read_small_file(c"/proc/sysvipc/shm") else {
         return 0;
     };
     let text = String::from_utf8_lossy(&text);
@@ -242,9 +243,9 @@ pub fn sweep_orphans() -> usize {
             && (num(lp) == Some(0) || num(lp) == num(cp))
             && num(cu) == Some(me)
             && tsss_size
-            && num(cp).is_some_and(|p| !sys::process_exists(p as i32));
+            && num(cp).is_some_and(|p| !proc::process_exists(p as i32));
         if let (true, Some(id)) = (orphan, num(id))
-            && sys::shm_remove(id as i32).is_ok()
+            && sys::remove(id as i32).is_ok()
         {
             crate::log!(
                 crate::log::INFO,
@@ -266,20 +267,20 @@ mod tests {
     }
 
     fn segments_alive(id: i32) -> bool {
-        sys::shm_stat(id).is_ok()
+        sys::stat(id).is_ok()
     }
 
     #[test]
     fn create_attach_and_vanish() {
         let (s, h) = Segment::create(1 << 16, 1 << 16, None).unwrap();
-        let st = sys::shm_stat(h.shmid).unwrap();
+        let st = sys::stat(h.shmid).unwrap();
         assert_eq!(st.mode & 0o777, 0o600);
         assert_ne!(st.mode & sys::SHM_DEST, 0, "marked for removal at once");
         let c = Segment::attach(&h, uid()).unwrap();
         let s2c = s.ring(Dir::ServerToClient);
         let bufs = [std::io::IoSlice::new(b"hi")];
-        let mut src = crate::ring::SrcCursor::new(&bufs);
-        assert_eq!(s2c.push(&mut src).unwrap(), 2);
+        let mut src = crate::shm::ring::SrcCursor::new(&bufs);
+        assert_eq!(s2c.producer().push(&mut src).unwrap(), 2);
         assert_eq!(c.ring(Dir::ServerToClient).readable().unwrap(), 2);
         drop(s);
         assert!(segments_alive(h.shmid));
@@ -324,7 +325,7 @@ mod tests {
 
     #[test]
     fn attach_rejects_unmarked_or_public_segments() {
-        let id = sys::shm_create(HDR_SIZE + 8192).unwrap();
+        let id = sys::create(HDR_SIZE + 8192).unwrap();
         let h = Hello {
             version: PROTO_VERSION,
             hdr_size: HDR_SIZE as u32,
@@ -334,7 +335,7 @@ mod tests {
             nonce: 7,
         };
         let r = Segment::attach(&h, uid());
-        sys::shm_remove(id).unwrap();
+        sys::remove(id).unwrap();
         assert_eq!(r.err(), Some(AttachError::NotMarkedForRemoval));
     }
 }

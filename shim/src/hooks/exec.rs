@@ -90,7 +90,8 @@ fn inherited(skip_cloexec: bool) -> Vec<(ConnRef, Vec<c_int>)> {
 fn settled(conns: Vec<(ConnRef, Vec<c_int>)>) -> Vec<(ConnRef, Vec<c_int>)> {
     conns
         .into_iter()
-        .filter(|(c, fds)| c.settle_for_exec(fds[0]))
+        // SAFETY: an open descriptor of ours (the exec is being served).
+        .filter(|(c, fds)| c.settle_for_exec(unsafe { crate::abi::fd(fds[0]) }))
         .collect()
 }
 
@@ -224,10 +225,9 @@ fn handover_text(conns: &[(ConnRef, Vec<c_int>)], still_ours: bool) -> String {
 }
 
 fn inode(fd: c_int) -> Option<u64> {
-    // SAFETY: borrowed for one call.
-    let st = rustix::fs::fstat(unsafe { rustix::fd::BorrowedFd::borrow_raw(fd) }).ok()?;
-    (rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Socket)
-        .then_some(st.st_ino)
+    // SAFETY: an fd just listed in /proc/self/fd, for one fstat (a closed
+    // one fails with EBADF).
+    tsss_core::os::fd::socket_inode(unsafe { crate::abi::fd(fd) })
 }
 
 /// Ends connections a statically linked program would inherit: it would
@@ -241,7 +241,8 @@ fn end_connections(conns: &[(ConnRef, Vec<c_int>)], at: &str, target: &[u8]) {
             fds[0],
             String::from_utf8_lossy(target)
         );
-        let _ = c.shutdown(fds[0], libc::SHUT_RDWR);
+        // SAFETY: as in `settled`.
+        let _ = c.shutdown(unsafe { crate::abi::fd(fds[0]) }, libc::SHUT_RDWR);
     }
 }
 
@@ -315,7 +316,8 @@ pub fn adopt_inherited() {
             .map(|&(_, fd)| fd)
             .collect();
         let Some(&first) = fds.first() else { continue };
-        match Conn::adopt(first, &line) {
+        // SAFETY: an open socket of this new image, found just above.
+        match Conn::adopt(unsafe { crate::abi::fd(first) }, &line) {
             Ok(c) => {
                 let Some(g) = table::insert(first, Entry::Conn(c)) else {
                     continue;

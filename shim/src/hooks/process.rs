@@ -1,0 +1,75 @@
+//! Process ends and _Fork: connections are told of them (fork and exit
+//! handlers proper are registered in lib.rs).
+
+use crate::{abi, in_vfork_child, real, table};
+
+/// A child about to be forked will share every connection.
+pub(crate) extern "C" fn before_fork() {
+    table::for_each_conn(|_, c| c.before_fork());
+}
+
+/// The pid cache (`os::proc::cached_pid`, also the ShmLock holder's id) is
+/// the child's own from here on.
+pub(crate) extern "C" fn in_fork_child() {
+    tsss_core::os::proc::set_cached_pid();
+}
+
+/// exit() (or a return from main): the peers' writes to us fail from now
+/// on (see `Conn::process_exiting`). A vfork child's exit is not ours.
+pub(crate) extern "C" fn exiting() {
+    if !in_vfork_child() {
+        // SAFETY: the table's descriptors are open until the kernel closes
+        // them after the exit handlers.
+        table::for_each_conn(|fd, c| c.process_exiting(unsafe { abi::fd(fd) }));
+    }
+}
+
+/// _exit: the kernel closes every descriptor now. Say so in each segment
+/// first, as close() does, so that a peer's next write fails at once
+/// rather than when it next looks at the socket.
+fn exiting_now() {
+    if !in_vfork_child() {
+        // SAFETY: as above, open until the kernel closes them.
+        table::for_each_conn(|fd, c| c.close(unsafe { abi::fd(fd) }));
+    }
+}
+
+hook! {
+    /// glibc's `_Fork` skips the atfork handlers: count the child as a
+    /// sharer here (a failed call leaves one too many, which only means
+    /// the socket's EOF ends the connection).
+    fn _Fork() -> libc::pid_t {
+        before_fork();
+        // SAFETY: the real function.
+        let pid = unsafe { real::_Fork() };
+        if pid == 0 {
+            in_fork_child();
+        }
+        Done(pid)
+    }
+}
+
+/// # Safety
+/// libc contract.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn _exit(status: libc::c_int) -> ! {
+    if !tsss_core::config::disabled() {
+        exiting_now();
+    }
+    // SAFETY: the caller's argument, to the function it meant to call.
+    unsafe { real::_exit(status) };
+    std::process::abort()
+}
+
+/// # Safety
+/// libc contract.
+#[unsafe(no_mangle)]
+#[allow(non_snake_case)]
+pub unsafe extern "C" fn _Exit(status: libc::c_int) -> ! {
+    if !tsss_core::config::disabled() {
+        exiting_now();
+    }
+    // SAFETY: as above.
+    unsafe { real::_Exit(status) };
+    std::process::abort()
+}

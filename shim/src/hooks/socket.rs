@@ -1,0 +1,223 @@
+//! socket, connect, accept: where a connection gets its marker (client)
+//! or its offer (server), and the names that must hide the marker.
+
+use super::addr::{SUN_OFF, copy_out, is_marker, name_hidden, storage};
+use crate::abi::{self, errno, set_errno};
+use crate::real;
+use crate::table::{self, Entry};
+use libc::{c_int, sockaddr, socklen_t};
+use rustix::fd::BorrowedFd;
+use tsss_core::conn::Conn;
+use tsss_core::log::{DEBUG, INFO};
+use tsss_core::{log, wire};
+
+hook! {
+    fn socket(domain: c_int, ty: c_int, proto: c_int) -> c_int {
+        // SAFETY: the caller's arguments.
+        let fd = unsafe { real::socket(domain, ty, proto) };
+        if fd >= 0 {
+            // A stale entry means the fd was closed behind our back.
+            drop(table::remove(fd));
+        }
+        Done(fd)
+    }
+}
+
+/// Whether `fd` can carry the marker, by cheap checks made before any
+/// state is built: a stream socket, unbound (`Some(false)`) or bound to a
+/// marker by an earlier connect that failed (`Some(true)`).
+fn markable(fd: BorrowedFd<'_>, raw: c_int) -> Option<bool> {
+    if !matches!(
+        rustix::net::sockopt::socket_type(fd),
+        Ok(rustix::net::SocketType::STREAM)
+    ) {
+        return None;
+    }
+    let (mut ss, mut len) = storage();
+    // SAFETY: our own buffer.
+    if unsafe {
+        real::getsockname(
+            raw,
+            (&mut ss as *mut libc::sockaddr_storage).cast(),
+            &mut len,
+        )
+    } != 0
+    {
+        return None;
+    }
+    if is_marker(&ss, len).is_some() {
+        return Some(true);
+    }
+    if len as usize > SUN_OFF {
+        log!(
+            INFO,
+            "fd {raw}: plain: the application bound this socket itself"
+        );
+        return None;
+    }
+    Some(false)
+}
+
+/// Binds a [`markable`] unbound socket to a fresh marker address. True if
+/// it now carries the marker.
+fn bind_marker(fd: BorrowedFd<'_>, raw: c_int) -> bool {
+    let mut r = [0u8; 8];
+    let _ = rustix::rand::getrandom(&mut r, rustix::rand::GetRandomFlags::empty());
+    let pid = rustix::process::getpid().as_raw_nonzero().get() as u32;
+    let (name, n) = wire::marker_name(pid, u64::from_ne_bytes(r));
+    let Ok(addr) = rustix::net::SocketAddrUnix::new_abstract_name(&name[1..n]) else {
+        return false;
+    };
+    match rustix::net::bind(fd, &addr) {
+        Ok(()) => true,
+        Err(e) => {
+            log!(INFO, "fd {raw}: plain: cannot bind the marker address: {e}");
+            false
+        }
+    }
+}
+
+hook! {
+    fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int {
+        // SAFETY: addr is readable for len >= 2 bytes when non-null.
+        let unix = !addr.is_null()
+            && len as usize >= 2
+            && unsafe { (*addr).sa_family } == libc::AF_UNIX as libc::sa_family_t;
+        if !unix || table::get(fd).is_some() {
+            return Real;
+        }
+        // SAFETY: the caller's descriptor, for this call.
+        let bfd = unsafe { abi::fd(fd) };
+        let saved = errno();
+        // The cheap checks first: every AF_UNIX connect comes here, datagram
+        // ones (syslog) too. Then our state: once the marker is bound the
+        // server will offer, and a client that cannot track the connection
+        // would hand HELLO to the program (out of descriptors, for one).
+        let mut conn = None;
+        let mut marked = false;
+        if let Some(retry) = markable(bfd, fd) {
+            let nb = rustix::fs::fcntl_getfl(bfd)
+                .is_ok_and(|f| f.contains(rustix::fs::OFlags::NONBLOCK));
+            conn = Conn::client(bfd, nb)
+                .map_err(|why| log!(INFO, "fd {fd}: plain: {why}"))
+                .ok();
+            marked = conn.is_some() && (retry || bind_marker(bfd, fd));
+        }
+        // SAFETY: the caller's arguments.
+        let r = unsafe { real::connect(fd, addr, len) };
+        let e = errno();
+        if let (true, Some(c)) = (marked && (r == 0 || e == libc::EINPROGRESS), conn) {
+            drop(table::insert(fd, Entry::Conn(c)));
+            log!(DEBUG, "fd {fd}: connected with the tsss marker; waiting for the server's offer");
+            super::epoll::adopt_registration(fd);
+        }
+        set_errno(if r == 0 { saved } else { e });
+        Done(r)
+    }
+}
+
+/// Server: the peer carries the marker of protocol `version`: offer it a
+/// segment (or log why not).
+fn offer(nfd: c_int, version: u16, flags: c_int) {
+    if version != wire::PROTO_VERSION {
+        log!(
+            INFO,
+            "fd {nfd}: plain: client speaks tsss protocol {version}, we speak {}",
+            wire::PROTO_VERSION
+        );
+        return;
+    }
+    // SAFETY: accept just returned this descriptor to the caller, whose
+    // call is being served.
+    let bfd = unsafe { abi::fd(nfd) };
+    let uid = match rustix::net::sockopt::socket_peercred(bfd) {
+        Ok(c) => c.uid.as_raw(),
+        Err(e) => {
+            log!(INFO, "fd {nfd}: plain: cannot read peer credentials: {e}");
+            return;
+        }
+    };
+    match Conn::server(bfd, flags & libc::SOCK_NONBLOCK != 0, uid) {
+        Ok(c) => drop(table::insert(nfd, Entry::Conn(c))),
+        Err(why) => log!(INFO, "fd {nfd}: plain: {why}"),
+    }
+}
+
+/// accept4 with the peer's address read into our buffer: a marker there
+/// gets an offer, and the caller sees an unnamed peer.
+///
+/// # Safety
+/// As for accept4.
+unsafe fn do_accept(fd: c_int, addr: *mut sockaddr, alen: *mut socklen_t, flags: c_int) -> c_int {
+    let (mut ss, mut len) = storage();
+    // SAFETY: our own address buffer; fd and flags are the caller's.
+    let nfd = unsafe {
+        real::accept4(
+            fd,
+            (&mut ss as *mut libc::sockaddr_storage).cast(),
+            &mut len,
+            flags,
+        )
+    };
+    if nfd < 0 {
+        return nfd;
+    }
+    let saved = errno();
+    drop(table::remove(nfd));
+    let mut out_len = len;
+    if let Some(v) = is_marker(&ss, len) {
+        // Without tsss the client would be unnamed.
+        out_len = size_of::<libc::sa_family_t>() as socklen_t;
+        offer(nfd, v, flags);
+    } else if ss.ss_family == libc::AF_UNIX as libc::sa_family_t && log::enabled(INFO) {
+        // SAFETY: accept just returned this descriptor.
+        let bfd = unsafe { abi::fd(nfd) };
+        if matches!(
+            rustix::net::sockopt::socket_type(bfd),
+            Ok(rustix::net::SocketType::STREAM)
+        ) {
+            log!(
+                INFO,
+                "fd {nfd}: plain: client does not run tsss (no marker address)"
+            );
+        }
+    }
+    // SAFETY: the caller's buffers.
+    unsafe { copy_out(addr, alen, &ss, out_len) };
+    set_errno(saved);
+    nfd
+}
+
+hook! {
+    fn accept(fd: c_int, addr: *mut sockaddr, alen: *mut socklen_t) -> c_int {
+        // SAFETY: the caller's arguments.
+        Done(unsafe { do_accept(fd, addr, alen, 0) })
+    }
+}
+
+hook! {
+    fn accept4(fd: c_int, addr: *mut sockaddr, alen: *mut socklen_t, flags: c_int) -> c_int {
+        // SAFETY: the caller's arguments.
+        Done(unsafe { do_accept(fd, addr, alen, flags) })
+    }
+}
+
+hook! {
+    fn getsockname(fd: c_int, addr: *mut sockaddr, alen: *mut socklen_t) -> c_int {
+        // SAFETY: the caller's arguments.
+        match unsafe { name_hidden(real::getsockname, fd, addr, alen) } {
+            Some(r) => Done(r),
+            None => Real,
+        }
+    }
+}
+
+hook! {
+    fn getpeername(fd: c_int, addr: *mut sockaddr, alen: *mut socklen_t) -> c_int {
+        // SAFETY: the caller's arguments.
+        match unsafe { name_hidden(real::getpeername, fd, addr, alen) } {
+            Some(r) => Done(r),
+            None => Real,
+        }
+    }
+}

@@ -1,0 +1,41 @@
+//! Start-up: the constructor that runs when the library is loaded.
+#![allow(unsafe_code)]
+
+use crate::hooks::{exec, process};
+use crate::real;
+use tsss_core::config::Config;
+
+/// Runs at load time, before main: reads TSSS_* and resolves the real
+/// functions so no hook has to call dlsym (which may allocate) later.
+#[ctor::ctor(unsafe)]
+fn init() {
+    let cfg = Config::from_lookup(|k| std::env::var(k).ok());
+    cfg.install();
+    for w in &cfg.warnings {
+        tsss_core::log::emit(format_args!("{w}"));
+    }
+    real::init();
+    tsss_core::log!(
+        tsss_core::log::DEBUG,
+        "loaded ({}; ring {} KiB)",
+        if cfg.disabled { "disabled" } else { "enabled" },
+        cfg.ring_size >> 10
+    );
+    if cfg.disabled {
+        // Inert: nothing registered, every hook passes straight to libc.
+        return;
+    }
+    tsss_core::os::proc::set_cached_pid();
+    exec::adopt_inherited();
+    // SAFETY: registering plain function pointers: run in the parent just
+    // before fork, and in the child just after.
+    unsafe {
+        libc::pthread_atfork(
+            Some(process::before_fork),
+            None,
+            Some(process::in_fork_child),
+        )
+    };
+    // SAFETY: as above; runs in exit(), before the stdio flush.
+    unsafe { libc::atexit(process::exiting) };
+}

@@ -1,0 +1,86 @@
+//! recvmsg(2) and sendmsg(2) with raw control (and name) buffers, as the
+//! kernel fills and reads them: rustix parses control messages, but the
+//! program's buffer must get the kernel's own bytes, MSG_CTRUNC and all.
+
+use super::errno::ret;
+use rustix::fd::{AsRawFd, BorrowedFd};
+use rustix::io::Errno;
+use std::io::{IoSlice, IoSliceMut};
+
+/// What the kernel reported besides the byte count.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MsgOut {
+    pub name_len: usize,
+    pub control_len: usize,
+    pub flags: i32,
+}
+
+/// recvmsg(2) into `bufs`, with `name` and `control` as the caller's
+/// buffers (either may be empty).
+pub fn recvmsg(
+    fd: BorrowedFd<'_>,
+    bufs: &mut [IoSliceMut<'_>],
+    name: &mut [u8],
+    control: &mut [u8],
+    flags: i32,
+) -> Result<(usize, MsgOut), Errno> {
+    // SAFETY: msghdr is plain old data; every pointer below is a live,
+    // exclusively borrowed buffer of the stated length (IoSliceMut is
+    // ABI-compatible with iovec).
+    let mut m: libc::msghdr = unsafe { std::mem::zeroed() };
+    if !name.is_empty() {
+        m.msg_name = name.as_mut_ptr().cast();
+        m.msg_namelen = name.len() as libc::socklen_t;
+    }
+    m.msg_iov = bufs.as_mut_ptr().cast();
+    m.msg_iovlen = bufs.len();
+    if !control.is_empty() {
+        m.msg_control = control.as_mut_ptr().cast();
+        m.msg_controllen = control.len();
+    }
+    // SAFETY: as above, for the call's duration.
+    let n = ret(|| unsafe {
+        libc::syscall(
+            libc::SYS_recvmsg,
+            fd.as_raw_fd(),
+            &mut m as *mut libc::msghdr,
+            flags,
+        )
+    })?;
+    Ok((
+        n,
+        MsgOut {
+            name_len: m.msg_namelen as usize,
+            control_len: m.msg_controllen,
+            flags: m.msg_flags,
+        },
+    ))
+}
+
+/// sendmsg(2) of `bufs` with the caller's control messages (no name: the
+/// socket is connected).
+pub fn sendmsg(
+    fd: BorrowedFd<'_>,
+    bufs: &[IoSlice<'_>],
+    control: &[u8],
+    flags: i32,
+) -> Result<usize, Errno> {
+    // SAFETY: msghdr is plain old data; the kernel only reads through the
+    // pointers (IoSlice is ABI-compatible with iovec).
+    let mut m: libc::msghdr = unsafe { std::mem::zeroed() };
+    m.msg_iov = bufs.as_ptr() as *mut libc::iovec;
+    m.msg_iovlen = bufs.len();
+    if !control.is_empty() {
+        m.msg_control = control.as_ptr() as *mut libc::c_void;
+        m.msg_controllen = control.len();
+    }
+    // SAFETY: as above, for the call's duration.
+    ret(|| unsafe {
+        libc::syscall(
+            libc::SYS_sendmsg,
+            fd.as_raw_fd(),
+            &m as *const libc::msghdr,
+            flags,
+        )
+    })
+}

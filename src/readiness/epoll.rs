@@ -1,0 +1,545 @@
+//! epoll for accelerated sockets: each application epoll instance that
+//! watches one gets an [`EpollSet`]; sockets the program registered before
+//! they connected are moved into it ([`EpollSet::migrate`]).
+//!
+//! Accelerated fds are not registered in the application's epoll. They go
+//! into a private epoll (edge-triggered, so undrained data can never make it
+//! spin) which is itself registered in the application's one under a random
+//! cookie. Level-triggered, edge-triggered and one-shot watches are
+//! emulated from ring state and progress counters.
+
+use super::Lookup;
+use super::poll::bell_less;
+use super::sleep::{self, Waiter};
+use crate::conn::Conn;
+use crate::os::fd::socket_inode;
+use crate::os::poll::{epoll_create, epoll_ctl, epoll_wait, kernel_view, poll_flags};
+use crate::os::time::Deadline;
+use rustix::event::PollFlags;
+use rustix::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use rustix::io::Errno;
+use std::ops::Deref;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicI32, Ordering::Relaxed};
+
+/// The application's own epoll_wait: fills a buffer, with a timeout in ms.
+pub type RealWait<'a> = dyn FnMut(&mut [libc::epoll_event], i32) -> Result<usize, Errno> + 'a;
+
+struct Watch<R> {
+    fd: RawFd,
+    conn: R,
+    /// The application's events and data.
+    events: u32,
+    data: u64,
+    /// Events registered for `fd` in our private epoll.
+    kernel: u32,
+    /// One-shot watch that fired and awaits EPOLL_CTL_MOD.
+    disabled: bool,
+    /// Edge-triggered state: progress counters when last reported.
+    last_in: u64,
+    last_out: u64,
+    /// Kernel activity counters for directions that are still plain.
+    k_in: u64,
+    k_out: u64,
+}
+
+/// The emulation state of one application epoll instance that watches
+/// accelerated fds.
+///
+/// Accelerated fds are not registered in the application's epoll. They go
+/// into a private epoll (edge-triggered, so undrained data can never make it
+/// spin) which is itself registered in the application's one under a random
+/// cookie.
+pub struct EpollSet<R> {
+    epfd: RawFd,
+    /// Our private epoll, registered in `epfd` under `cookie`.
+    inner: OwnedFd,
+    cookie: u64,
+    watches: Mutex<Vec<Watch<R>>>,
+}
+
+/// The locked watch list of an [`EpollSet`], then its signal section
+/// (fields drop in order: unlock first).
+struct WatchesGuard<'a, R>(
+    std::sync::MutexGuard<'a, Vec<Watch<R>>>,
+    #[allow(dead_code)] crate::signals::Critical,
+);
+
+impl<R> Deref for WatchesGuard<'_, R> {
+    type Target = Vec<Watch<R>>;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl<R> std::ops::DerefMut for WatchesGuard<'_, R> {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
+const EPOLLIN: u32 = libc::EPOLLIN as u32;
+const EPOLLOUT: u32 = libc::EPOLLOUT as u32;
+/// The input and output bits a watch may ask for (poll's *NORM twins
+/// included: the kernel reports them alike on a stream socket).
+const IN_BITS: u32 = (libc::EPOLLIN | libc::EPOLLRDNORM) as u32;
+const OUT_BITS: u32 = (libc::EPOLLOUT | libc::EPOLLWRNORM) as u32;
+const EPOLLRDHUP: u32 = libc::EPOLLRDHUP as u32;
+const EPOLLHUP: u32 = libc::EPOLLHUP as u32;
+const EPOLLERR: u32 = libc::EPOLLERR as u32;
+const EPOLLET: u32 = libc::EPOLLET as u32;
+const EPOLLONESHOT: u32 = libc::EPOLLONESHOT as u32;
+
+impl<R: Deref<Target = Conn> + Clone> EpollSet<R> {
+    /// Creates the private epoll and registers it in `epfd`.
+    pub fn new(epfd: RawFd) -> Result<Self, Errno> {
+        let inner = epoll_create()?;
+        let mut c = [0u8; 8];
+        let _ = rustix::rand::getrandom(&mut c, rustix::rand::GetRandomFlags::empty());
+        let cookie = u64::from_ne_bytes(c) | 1 << 63;
+        epoll_ctl(
+            epfd,
+            libc::EPOLL_CTL_ADD,
+            inner.as_raw_fd(),
+            EPOLLIN,
+            cookie,
+        )?;
+        Ok(EpollSet {
+            epfd,
+            inner,
+            cookie,
+            watches: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// The watch list, inside a signal section: a handler that calls
+    /// epoll_ctl or close would otherwise wait for the lock its own thread
+    /// holds. (The guard unlocks before the section ends, which runs any
+    /// deferred handler.)
+    fn lock(&self) -> WatchesGuard<'_, R> {
+        let section = crate::signals::Critical::enter();
+        WatchesGuard(
+            self.watches.lock().unwrap_or_else(|p| p.into_inner()),
+            section,
+        )
+    }
+
+    fn kernel_events(conn: &Conn, events: u32) -> u32 {
+        let mut k = EPOLLIN | EPOLLRDHUP | EPOLLET;
+        if events & OUT_BITS != 0 && !conn.tx_on_ring() {
+            k |= EPOLLOUT;
+        }
+        k
+    }
+
+    /// Forgets `fd` (its connection went plain and was dropped elsewhere).
+    pub fn remove(&self, fd: RawFd) {
+        self.lock().retain(|w| w.fd != fd);
+        let _ = epoll_ctl(self.inner.as_raw_fd(), libc::EPOLL_CTL_DEL, fd, 0, 0);
+    }
+
+    /// Whether `fd` is watched here.
+    pub fn contains(&self, fd: RawFd) -> bool {
+        self.lock().iter().any(|w| w.fd == fd)
+    }
+
+    /// epoll_ctl for an accelerated fd.
+    pub fn ctl(&self, op: i32, fd: RawFd, conn: R, events: u32, data: u64) -> Result<(), Errno> {
+        let mut ws = self.lock();
+        let pos = ws.iter().position(|w| w.fd == fd);
+        match (op, pos) {
+            (libc::EPOLL_CTL_ADD, Some(_)) => Err(Errno::EXIST),
+            (libc::EPOLL_CTL_ADD, None) => {
+                let kernel = Self::kernel_events(&conn, events);
+                epoll_ctl(
+                    self.inner.as_raw_fd(),
+                    libc::EPOLL_CTL_ADD,
+                    fd,
+                    kernel,
+                    fd as u64,
+                )?;
+                ws.push(Watch {
+                    fd,
+                    conn,
+                    events,
+                    data,
+                    kernel,
+                    disabled: false,
+                    last_in: u64::MAX,
+                    last_out: u64::MAX,
+                    k_in: 0,
+                    k_out: 0,
+                });
+                Ok(())
+            }
+            (libc::EPOLL_CTL_MOD, Some(i)) => {
+                let w = &mut ws[i];
+                w.events = events;
+                w.data = data;
+                w.disabled = false;
+                // The kernel re-evaluates readiness on MOD: so do we.
+                w.last_in = u64::MAX;
+                w.last_out = u64::MAX;
+                let kernel = Self::kernel_events(&w.conn, events);
+                if kernel != w.kernel {
+                    epoll_ctl(
+                        self.inner.as_raw_fd(),
+                        libc::EPOLL_CTL_MOD,
+                        fd,
+                        kernel,
+                        fd as u64,
+                    )?;
+                    w.kernel = kernel;
+                }
+                Ok(())
+            }
+            (libc::EPOLL_CTL_DEL, Some(i)) => {
+                ws.swap_remove(i);
+                let _ = epoll_ctl(self.inner.as_raw_fd(), libc::EPOLL_CTL_DEL, fd, 0, 0);
+                Ok(())
+            }
+            (libc::EPOLL_CTL_MOD | libc::EPOLL_CTL_DEL, None) => Err(Errno::NOENT),
+            _ => Err(Errno::INVAL),
+        }
+    }
+
+    /// Evaluates one watch; returns the events to report, updating ET and
+    /// one-shot state.
+    fn eval(w: &mut Watch<R>, fd: BorrowedFd<'_>, kernel: Option<PollFlags>) -> Option<u32> {
+        if w.disabled {
+            return None;
+        }
+        let conn = &*w.conn;
+        let k = if conn.needs_kernel() {
+            Some(kernel_view(fd))
+        } else {
+            kernel
+        };
+        // None: went plain; the caller hands the fd back to the kernel.
+        let r = conn.readiness(fd, k)?;
+        let mut ev = 0;
+        if r.readable {
+            ev |= w.events & IN_BITS;
+        }
+        if r.writable {
+            ev |= w.events & OUT_BITS;
+        }
+        if r.rdhup {
+            ev |= w.events & EPOLLRDHUP;
+        }
+        if r.hup {
+            ev |= EPOLLHUP;
+        }
+        if r.err {
+            ev |= EPOLLERR;
+        }
+        if ev == 0 {
+            return None;
+        }
+        if w.events & EPOLLET != 0 {
+            // An edge is progress since the last report: bytes written by the
+            // peer (or EOF) for input, bytes consumed by the peer for output.
+            let (seq_in, seq_out) = conn.progress_counters();
+            let seq_in = seq_in.wrapping_add(w.k_in);
+            let seq_out = seq_out.wrapping_add(w.k_out);
+            let mut edge = 0;
+            if ev & (IN_BITS | EPOLLRDHUP | EPOLLHUP | EPOLLERR) != 0 && seq_in != w.last_in {
+                edge |= ev & (IN_BITS | EPOLLRDHUP | EPOLLHUP | EPOLLERR);
+            }
+            if ev & OUT_BITS != 0 && seq_out != w.last_out {
+                edge |= ev & OUT_BITS;
+            }
+            if edge == 0 {
+                return None;
+            }
+            if edge & IN_BITS != 0 || ev & IN_BITS == 0 {
+                w.last_in = seq_in;
+            }
+            if edge & OUT_BITS != 0 {
+                w.last_out = seq_out;
+            }
+            ev = edge;
+        }
+        if w.events & EPOLLONESHOT != 0 {
+            w.disabled = true;
+        }
+        Some(ev)
+    }
+
+    /// epoll_wait until `deadline`. `real_wait` waits on the application's
+    /// epoll fd (plain fds and our cookie).
+    pub fn wait<L: Lookup<Ref = R>>(
+        &self,
+        lk: &L,
+        out: &mut [libc::epoll_event],
+        deadline: Deadline,
+        real_wait: &mut RealWait<'_>,
+    ) -> Result<usize, Errno> {
+        if out.is_empty() {
+            return Err(Errno::INVAL);
+        }
+        sleep::wait(
+            &mut EpollCall {
+                set: self,
+                lk,
+                out,
+                real_wait,
+            },
+            deadline,
+        )
+    }
+
+    /// Reads which accelerated fds the kernel saw activity on (doorbells,
+    /// hang-ups, plain data) and counts it for edge-triggered watches.
+    fn collect_hits(&self) -> Vec<(RawFd, PollFlags)> {
+        let mut evs = [libc::epoll_event { events: 0, u64: 0 }; 64];
+        let got = epoll_wait(rustix::fd::AsFd::as_fd(&self.inner), &mut evs, 0).unwrap_or(0);
+        let hits: Vec<(RawFd, PollFlags)> = evs[..got]
+            .iter()
+            .map(|e| (e.u64 as RawFd, poll_flags(e.events as i16)))
+            .collect();
+        let mut ws = self.lock();
+        for (fd, f) in &hits {
+            if let Some(w) = ws.iter_mut().find(|w| w.fd == *fd) {
+                if f.contains(PollFlags::IN) {
+                    w.k_in = w.k_in.wrapping_add(1);
+                }
+                if f.contains(PollFlags::OUT) {
+                    w.k_out = w.k_out.wrapping_add(1);
+                }
+            }
+        }
+        hits
+    }
+
+    fn scan<L: Lookup<Ref = R>>(
+        &self,
+        lk: &L,
+        out: &mut [libc::epoll_event],
+        hits: &[(RawFd, PollFlags)],
+    ) -> usize {
+        let mut ws = self.lock();
+        // Watches whose fd was closed or now names something else are gone,
+        // as the kernel drops a closed file from an epoll set. One whose
+        // connection went plain in another call (which dropped it from the
+        // table) is still the same socket: it is handed back below.
+        ws.retain(|w| {
+            lk.conn(w.fd).is_some_and(|c| std::ptr::eq(&*c, &*w.conn))
+                || (w.conn.is_plain()
+                    && w.conn.ino() != 0
+                    && socket_inode(lk.borrow(w.fd)) == Some(w.conn.ino()))
+        });
+        let mut n = 0;
+        let mut i = 0;
+        while i < ws.len() && n < out.len() {
+            let hit = hits.iter().find(|(fd, _)| *fd == ws[i].fd).map(|h| h.1);
+            let mut reported = false;
+            let fd = lk.borrow(ws[i].fd);
+            if ws[i].conn.is_plain() || {
+                let ev = Self::eval(&mut ws[i], fd, hit);
+                if let Some(ev) = ev {
+                    out[n] = libc::epoll_event {
+                        events: ev,
+                        u64: ws[i].data,
+                    };
+                    n += 1;
+                    reported = true;
+                }
+                ws[i].conn.is_plain()
+            } {
+                // Hand the fd back to the kernel with the app's own events.
+                let mut w = ws.swap_remove(i);
+                let _ = epoll_ctl(self.inner.as_raw_fd(), libc::EPOLL_CTL_DEL, w.fd, 0, 0);
+                // This call's kernel wait is over: report the fd's readiness
+                // now, as the kernel would have (a one-shot watch that fires
+                // goes back disabled).
+                if !w.disabled && !reported && n < out.len() {
+                    let ev = Self::plain_events(fd, w.events);
+                    if ev != 0 {
+                        out[n] = libc::epoll_event {
+                            events: ev,
+                            u64: w.data,
+                        };
+                        n += 1;
+                        w.disabled = w.events & EPOLLONESHOT != 0;
+                    }
+                }
+                let events = if w.disabled { EPOLLONESHOT } else { w.events };
+                let _ = epoll_ctl(self.epfd, libc::EPOLL_CTL_ADD, w.fd, events, w.data);
+                lk.forget(w.fd, &w.conn);
+                continue;
+            }
+            i += 1;
+        }
+        n
+    }
+
+    /// What the kernel reports now for a plain socket watched for `events`.
+    fn plain_events(fd: BorrowedFd<'_>, events: u32) -> u32 {
+        // (The bits are u16 in rustix's raw backend, i16 in its libc one.)
+        #[allow(clippy::unnecessary_cast)]
+        let k = u32::from(kernel_view(fd).bits() as u16);
+        let mut ev = k & (EPOLLHUP | EPOLLERR);
+        if k & EPOLLIN != 0 {
+            ev |= events & IN_BITS;
+        }
+        if k & EPOLLOUT != 0 {
+            ev |= events & OUT_BITS;
+        }
+        ev | (k & events & EPOLLRDHUP)
+    }
+
+    /// Whether some watch would report now, from ring state alone
+    /// (edge-triggered ones only on a new edge in a direction they want).
+    fn dry_ready(&self) -> bool {
+        let ws = self.lock();
+        ws.iter().any(|w| {
+            if w.disabled {
+                return false;
+            }
+            let (want_in, want_out) = (w.events & IN_BITS != 0, w.events & OUT_BITS != 0);
+            let et = w.events & EPOLLET != 0;
+            // Edge counters only for edge-triggered watches that are ready.
+            let edge_in = || !et || w.conn.progress_counters().0.wrapping_add(w.k_in) != w.last_in;
+            let edge_out =
+                || !et || w.conn.progress_counters().1.wrapping_add(w.k_out) != w.last_out;
+            (want_in && w.conn.quick_ready(true, false) && edge_in())
+                || (want_out && w.conn.quick_ready(false, true) && edge_out())
+        })
+    }
+
+    /// Asks for doorbells on every watch; true if some sleep must be bounded
+    /// because a doorbell cannot reach us yet.
+    fn arm(&self) -> bool {
+        let ws = self.lock();
+        let mut cap = false;
+        for w in ws.iter().filter(|w| !w.disabled) {
+            let (r, wr) = (w.events & IN_BITS != 0, w.events & OUT_BITS != 0);
+            w.conn.arm(r, wr);
+            cap |= bell_less(&w.conn, wr);
+        }
+        cap
+    }
+}
+
+/// One epoll_wait call.
+struct EpollCall<'a, 'w, L: Lookup> {
+    set: &'a EpollSet<L::Ref>,
+    lk: &'a L,
+    out: &'a mut [libc::epoll_event],
+    real_wait: &'a mut RealWait<'w>,
+}
+
+impl<L: Lookup> Waiter for EpollCall<'_, '_, L>
+where
+    L::Ref: Deref<Target = Conn> + Clone,
+{
+    /// The kernel first (plain fds, our cookie), then one scan of the
+    /// watches: each watch is reported at most once per call.
+    fn look(&mut self, sleep_ms: i32) -> Result<usize, Errno> {
+        let k = (self.real_wait)(self.out, sleep_ms)?;
+        let mut bells = false;
+        let mut n = 0;
+        for i in 0..k {
+            let ev = self.out[i];
+            if ev.u64 == self.set.cookie {
+                bells = true;
+            } else {
+                self.out[n] = ev;
+                n += 1;
+            }
+        }
+        let hits = if bells {
+            self.set.collect_hits()
+        } else {
+            Vec::new()
+        };
+        if n < self.out.len() {
+            n += self.set.scan(self.lk, &mut self.out[n..], &hits);
+        }
+        Ok(n)
+    }
+
+    fn ring_ready(&mut self) -> bool {
+        self.set.dry_ready()
+    }
+
+    fn arm(&mut self) -> bool {
+        self.set.arm()
+    }
+}
+
+impl<R: Deref<Target = Conn> + Clone> EpollSet<R> {
+    /// Moves `fd`, registered in the application's kernel epoll `epfd`
+    /// before it was accelerated, into this emulation (at the program's
+    /// next EPOLL_CTL_MOD, or at connect).
+    pub fn migrate(&self, fd: RawFd, conn: R, events: u32, data: u64) -> Result<(), Errno> {
+        epoll_ctl(self.epfd, libc::EPOLL_CTL_DEL, fd, 0, 0)?;
+        self.ctl(libc::EPOLL_CTL_ADD, fd, conn, events, data)
+    }
+}
+
+/// The epoll (+1) each fd was last added to, whatever it was then: a socket
+/// added before it connected is registered on the bare socket, where ring
+/// data never shows; connect moves it into the emulation (nginx does this
+/// for its upstreams). Only a hint: the kernel's fdinfo is read to confirm.
+static EPOLL_HINT: [AtomicI32; 65536] = [const { AtomicI32::new(0) }; 65536];
+
+/// EPOLL_CTL_ADD of `fd` to `epfd` (whatever `fd` is now).
+pub fn note_epoll_add(epfd: RawFd, fd: RawFd) {
+    if let Some(h) = usize::try_from(fd).ok().and_then(|i| EPOLL_HINT.get(i)) {
+        h.store(epfd + 1, Relaxed);
+    }
+}
+
+/// After `fd` became a connection: the epoll it was added to before, and
+/// its events and data there, as that epoll's fdinfo says.
+pub fn registration_before_connect(fd: RawFd) -> Option<(RawFd, u32, u64)> {
+    let h = usize::try_from(fd).ok().and_then(|i| EPOLL_HINT.get(i))?;
+    let epfd = h.swap(0, Relaxed) - 1;
+    if epfd < 0 {
+        return None;
+    }
+    let path = std::ffi::CString::new(format!("/proc/self/fdinfo/{epfd}")).ok()?;
+    let text = crate::os::proc::read_small_file(&path).ok()?;
+    let (events, data) = epoll_registration(&String::from_utf8_lossy(&text), fd)?;
+    Some((epfd, events, data))
+}
+
+/// The events and data `fd` is registered with in a kernel epoll, from that
+/// epoll's `/proc/self/fdinfo` text (`tfd: FD events: HEX data: HEX ...`).
+/// For a socket the program added to an epoll before it connected.
+pub fn epoll_registration(fdinfo: &str, fd: i32) -> Option<(u32, u64)> {
+    for l in fdinfo.lines() {
+        let mut w = l.split_whitespace();
+        if w.next() != Some("tfd:") || w.next().and_then(|v| v.parse::<i32>().ok()) != Some(fd) {
+            continue;
+        }
+        let (mut events, mut data) = (None, None);
+        while let Some(k) = w.next() {
+            match k {
+                "events:" => events = w.next().and_then(|v| u32::from_str_radix(v, 16).ok()),
+                "data:" => data = w.next().and_then(|v| u64::from_str_radix(v, 16).ok()),
+                _ => {}
+            }
+        }
+        return Some((events?, data?));
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn epoll_registration_from_fdinfo() {
+        let text = "pos:\t0\nflags:\t02000002\nmnt_id:\t17\nino:\t1038\n\
+                    tfd:        4 events: 80000019 data:                4  pos:0 ino:1eb119 sdev:9\n\
+                    tfd:       12 events:       1d data:     7f00deadbeef  pos:0 ino:1 sdev:9\n";
+        assert_eq!(epoll_registration(text, 4), Some((0x8000_0019, 4)));
+        assert_eq!(epoll_registration(text, 12), Some((0x1d, 0x7f00_dead_beef)));
+        assert_eq!(epoll_registration(text, 1), None);
+        assert_eq!(epoll_registration("tfd: 3 events: zz data: 1", 3), None);
+    }
+}
