@@ -1318,45 +1318,47 @@ fn disabled_by_environment() {
     }
 }
 
+/// A stream server (root) and a stream client `client` run as nobody
+/// (setpriv), both preloaded (the client with `lib`, or the library as
+/// other users reach it), sending `total` bytes.
+fn stream_to_nobody(test: &str, client: &Path, lib: Option<&Path>, total: &str) -> (Proc, Proc) {
+    use std::os::unix::fs::PermissionsExt;
+    if !is_root() || !have_cmd("setpriv") {
+        panic!("needs root and setpriv (util-linux) to run a client as another uid");
+    }
+    let d = TempDir::new(test);
+    std::fs::set_permissions(&d.0, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let sock = d.sock("u");
+    let mut s =
+        Proc::spawn(&Spec::app("stream server", "stream", &["server", &sock]).preload(true));
+    wait_for_path(Path::new(&sock), &mut s);
+    std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let args = [
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        client.to_str().unwrap(),
+        "client",
+        &sock,
+        "4096",
+        total,
+    ];
+    let spec = Spec::new("stream client as nobody", "setpriv", &args);
+    let spec = match lib {
+        Some(l) => spec.env("LD_PRELOAD", l.to_str().unwrap()),
+        None => spec.preload(true).other_user(),
+    };
+    let mut c = Proc::spawn(&spec);
+    wait_all(&mut [&mut c, &mut s], T60, test);
+    (s, c)
+}
+
 /// A peer with another uid (the client runs as `nobody` through setpriv):
 /// the server grants exactly that uid on the segment (owner = peer uid,
 /// mode 0600, so creator and peer only) and the connection is accelerated.
 #[test]
 fn peer_with_another_uid_is_granted() {
-    if !is_root() || !have_cmd("setpriv") {
-        panic!("needs root and setpriv (util-linux) to run a client as another uid");
-    }
-    let d = TempDir::new("otheruid");
-    std::fs::set_permissions(
-        d.path(""),
-        std::os::unix::fs::PermissionsExt::from_mode(0o777),
-    )
-    .unwrap();
-    let sock = d.sock("u");
-    let mut s =
-        Proc::spawn(&Spec::app("stream server", "stream", &["server", &sock]).preload(true));
-    wait_for_path(Path::new(&sock), &mut s);
-    std::fs::set_permissions(&sock, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
-    let client = for_other_users(&bin("stream"));
-    let mut c = Proc::spawn(
-        &Spec::new(
-            "stream client as nobody",
-            "setpriv",
-            &[
-                "--reuid=65534",
-                "--regid=65534",
-                "--clear-groups",
-                client.to_str().unwrap(),
-                "client",
-                &sock,
-                "4096",
-                "16m",
-            ],
-        )
-        .preload(true)
-        .other_user(),
-    );
-    wait_all(&mut [&mut c, &mut s], T60, "other uid");
+    let (s, c) = stream_to_nobody("otheruid", &for_other_users(&bin("stream")), None, "16m");
     let all = [&s, &c];
     assert_ok(&all);
     assert_logs(&s, "accelerated", &all);
@@ -1565,31 +1567,7 @@ fn another_uid_runs_from_a_private_checkout() {
         lib_for_nobody, priv_lib,
         "a 0700 tree is out of nobody's reach"
     );
-    let d = TempDir::new("private-sock");
-    std::fs::set_permissions(&d.0, std::fs::Permissions::from_mode(0o777)).unwrap();
-    let sock = d.sock("u");
-    let mut s =
-        Proc::spawn(&Spec::app("stream server", "stream", &["server", &sock]).preload(true));
-    wait_for_path(Path::new(&sock), &mut s);
-    std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o777)).unwrap();
-    let mut c = Proc::spawn(
-        &Spec::new(
-            "stream client as nobody",
-            "setpriv",
-            &[
-                "--reuid=65534",
-                "--regid=65534",
-                "--clear-groups",
-                bin_for_nobody.to_str().unwrap(),
-                "client",
-                &sock,
-                "4096",
-                "1m",
-            ],
-        )
-        .env("LD_PRELOAD", lib_for_nobody.to_str().unwrap()),
-    );
-    wait_all(&mut [&mut c, &mut s], T60, "private checkout");
+    let (s, c) = stream_to_nobody("private", &bin_for_nobody, Some(&lib_for_nobody), "1m");
     let all = [&s, &c];
     assert_ok(&all);
     assert_not_logs(&c, "cannot be preloaded", &all);
