@@ -1574,3 +1574,29 @@ fn another_uid_runs_from_a_private_checkout() {
     assert_logs(&c, "accelerated", &all);
     assert_segments_gone(&all);
 }
+
+/// An epoll set looks only at watches that may be ready; an idle one is
+/// parked until its doorbell comes. The program's own calls can change
+/// readiness without one: a recv that takes the doorbell meant for the
+/// set (the peer writes once more, without ringing), a shutdown of its
+/// own reads. Without news of them, both epoll_waits timed out.
+#[test]
+fn epoll_sees_changes_of_the_programs_own_making() {
+    let t = TempDir::new("epollpark");
+    let run = |name: &str, preload: bool, spin: &str| {
+        let spec = Spec::app(name, "epollpark", &[&t.sock(name)])
+            .preload(preload)
+            .env("TSSS_SPIN_US", spin)
+            .env("TSSS_LOG", "info");
+        let p = run_one(&spec, Duration::from_secs(30));
+        assert!(result_ok(&p), "{}", p.report());
+        p
+    };
+    let plain = run("plain", false, "0");
+    assert_eq!(kv(&plain.stdout(), "drain"), Some("0x1"));
+    for spin in ["0", "50"] {
+        let p = run(&format!("tsss-spin{spin}"), true, spin);
+        assert_eq!(p.stdout(), plain.stdout(), "{}", p.report());
+        assert_eq!(count(&p.stderr(), "accelerated ("), 2, "{}", p.report());
+    }
+}

@@ -97,6 +97,8 @@ impl Conn {
             let bells = buf[..n].iter().take_while(|&&b| b == 0).count();
             if bells > 0 {
                 let _ = rustix::net::recv(fd, &mut buf[..bells], RecvFlags::DONTWAIT);
+                // It may have been a parked watch's wake-up.
+                self.changed();
             }
             if bells < n && buf[bells] != CARRIER {
                 // Neither doorbell nor carrier: bytes written behind our

@@ -66,6 +66,7 @@ impl Conn {
                 return Outcome::Done(Err(e));
             }
         }
+        self.changed();
         Outcome::Done(Ok(()))
     }
 

@@ -23,6 +23,7 @@ mod bells;
 mod close;
 mod handover;
 mod negotiate;
+pub mod posts;
 mod query;
 mod rx;
 pub mod state;
@@ -161,6 +162,8 @@ pub struct Conn {
     spin_budget: AtomicU64,
     /// The socket's inode: names the connection across dup2 and exec.
     ino: AtomicU64,
+    /// Epoll watches of this process parked on us (see [`posts`]).
+    parked: AtomicU32,
 }
 
 /// Plain-phase state kept in the shared side block, loaded when its lock
@@ -307,6 +310,7 @@ impl Conn {
             closed: AtomicBool::new(false),
             spin_budget: AtomicU64::new(u64::MAX),
             ino: AtomicU64::new(rustix::fs::fstat(fd).map_or(0, |st| st.st_ino)),
+            parked: AtomicU32::new(0),
         })
     }
 
@@ -342,6 +346,7 @@ impl Conn {
 
     fn set_phase(&self, p: Phase) {
         self.sb().state.store(p as u8, Release);
+        self.changed();
     }
 
     /// Moves the phase from `from` to `to`; false if it was not `from`.
@@ -349,7 +354,10 @@ impl Conn {
         self.sb()
             .state
             .compare_exchange(from as u8, to as u8, AcqRel, Relaxed)
-            .is_ok()
+            .is_ok_and(|_| {
+                self.changed();
+                true
+            })
     }
 
     /// Where every call that acts on the connection starts: `Some` answer
@@ -456,6 +464,7 @@ impl Conn {
     /// The peer corrupted the shared header: every call fails from now on.
     fn broken(&self) -> Errno {
         if self.sb().state.swap(Phase::Broken as u8, AcqRel) != Phase::Broken as u8 {
+            self.changed();
             crate::log!(
                 crate::log::INFO,
                 "fd {}: shared segment corrupted by the peer; connection reset",

@@ -154,6 +154,7 @@ impl Conn {
         // Published before any control byte goes out on the socket.
         protocol::publish_switch(flags, tx.plain_written);
         self.sb().tx_ring.store(true, Release);
+        self.changed();
         // Wakes a reader sleeping on the socket so it sees the switch.
         self.bell(fd);
     }
@@ -320,6 +321,7 @@ impl Conn {
         }
         if rx.limit == Some(rx.plain_read) {
             self.sb().rx_ring.store(true, Release);
+            self.changed();
         }
         // A side that only reads confirms (server) or learns of the
         // confirmation (client) here. After the limit: the server confirms

@@ -11,13 +11,14 @@
 use super::Lookup;
 use super::poll::bell_less;
 use super::sleep::{self, Waiter};
-use crate::conn::Conn;
+use crate::conn::{Conn, posts};
 use crate::os::fd::socket_inode;
 use crate::os::poll::{epoll_create, epoll_ctl, epoll_wait, kernel_view, poll_flags};
 use crate::os::time::Deadline;
 use rustix::event::PollFlags;
 use rustix::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use rustix::io::Errno;
+use std::collections::HashMap;
 use std::ops::Deref;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicI32, Ordering::Relaxed};
@@ -25,13 +26,13 @@ use std::sync::atomic::{AtomicI32, Ordering::Relaxed};
 /// The application's own epoll_wait: fills a buffer, with a timeout in ms.
 pub type RealWait<'a> = dyn FnMut(&mut [libc::epoll_event], i32) -> Result<usize, Errno> + 'a;
 
+/// One accelerated fd in an [`EpollSet`].
 struct Watch<R> {
-    fd: RawFd,
     conn: R,
     /// The application's events and data.
     events: u32,
     data: u64,
-    /// Events registered for `fd` in our private epoll.
+    /// Events registered for the fd in our private epoll.
     kernel: u32,
     /// One-shot watch that fired and awaits EPOLL_CTL_MOD.
     disabled: bool,
@@ -41,6 +42,99 @@ struct Watch<R> {
     /// Kernel activity counters for directions that are still plain.
     k_in: u64,
     k_out: u64,
+    /// In the hot list: every look evaluates it. A look that finds it idle
+    /// asks the peer for doorbells and parks it; then it costs nothing
+    /// until a doorbell, a hang-up or plain data makes the kernel report
+    /// it, or our own process posts a change (`conn::posts`).
+    hot: bool,
+    /// Parked: counted in the connection's parked watches.
+    parked: bool,
+    /// The look that last evaluated it (one report per look).
+    seen: u64,
+}
+
+/// The watches of a set, indexed by fd, and which of them may be ready:
+/// a wait costs O(ready), not O(watched).
+struct Watches<R> {
+    by_fd: HashMap<RawFd, Watch<R>>,
+    /// The fds watching each connection (by `posts::key`).
+    by_conn: HashMap<usize, Vec<RawFd>>,
+    /// The hot watches' fds, each at least once (see [`Watch::hot`]).
+    hot: Vec<RawFd>,
+    /// Found idle by the last look: to spin on, then to arm and park.
+    idle: Vec<RawFd>,
+    /// Looks so far.
+    looks: u64,
+    /// Where this set is on the board of posts.
+    posts: u64,
+}
+
+impl<R: Deref<Target = Conn>> Watches<R> {
+    fn new() -> Self {
+        Watches {
+            by_fd: HashMap::new(),
+            by_conn: HashMap::new(),
+            hot: Vec::new(),
+            idle: Vec::new(),
+            looks: 0,
+            posts: posts::cursor(),
+        }
+    }
+
+    fn insert(&mut self, fd: RawFd, w: Watch<R>) {
+        self.by_conn
+            .entry(posts::key(&w.conn))
+            .or_default()
+            .push(fd);
+        self.by_fd.insert(fd, w);
+        // The kernel reports an fd that is ready when added.
+        self.heat(fd);
+    }
+
+    fn remove(&mut self, fd: RawFd) -> Option<Watch<R>> {
+        let mut w = self.by_fd.remove(&fd)?;
+        let key = posts::key(&w.conn);
+        if let Some(fds) = self.by_conn.get_mut(&key) {
+            fds.retain(|&f| f != fd);
+            if fds.is_empty() {
+                self.by_conn.remove(&key);
+            }
+        }
+        unpark(&mut w);
+        Some(w)
+    }
+
+    /// The next look evaluates `fd`.
+    fn heat(&mut self, fd: RawFd) {
+        if let Some(w) = self.by_fd.get_mut(&fd)
+            && !w.hot
+        {
+            unpark(w);
+            w.hot = true;
+            self.hot.push(fd);
+        }
+    }
+
+    /// Heats the watches of the connections posted since the last look,
+    /// or every watch if posts were lost.
+    fn read_posts(&mut self) {
+        let mut keys = Vec::new();
+        if !posts::read(&mut self.posts, |k| keys.push(k)) {
+            let all: Vec<RawFd> = self.by_fd.keys().copied().collect();
+            all.into_iter().for_each(|fd| self.heat(fd));
+            return;
+        }
+        for k in keys {
+            let fds = self.by_conn.get(&k).cloned().unwrap_or_default();
+            fds.into_iter().for_each(|fd| self.heat(fd));
+        }
+    }
+}
+
+fn unpark<R: Deref<Target = Conn>>(w: &mut Watch<R>) {
+    if std::mem::take(&mut w.parked) {
+        w.conn.unpark();
+    }
 }
 
 /// The emulation state of one application epoll instance that watches
@@ -55,18 +149,18 @@ pub struct EpollSet<R> {
     /// Our private epoll, registered in `epfd` under `cookie`.
     inner: OwnedFd,
     cookie: u64,
-    watches: Mutex<Vec<Watch<R>>>,
+    watches: Mutex<Watches<R>>,
 }
 
-/// The locked watch list of an [`EpollSet`], then its signal section
+/// The locked watches of an [`EpollSet`], then its signal section
 /// (fields drop in order: unlock first).
 struct WatchesGuard<'a, R>(
-    std::sync::MutexGuard<'a, Vec<Watch<R>>>,
+    std::sync::MutexGuard<'a, Watches<R>>,
     #[allow(dead_code)] crate::signals::Critical,
 );
 
 impl<R> Deref for WatchesGuard<'_, R> {
-    type Target = Vec<Watch<R>>;
+    type Target = Watches<R>;
     fn deref(&self) -> &Self::Target {
         &self.0
     }
@@ -90,6 +184,10 @@ const EPOLLERR: u32 = libc::EPOLLERR as u32;
 const EPOLLET: u32 = libc::EPOLLET as u32;
 const EPOLLONESHOT: u32 = libc::EPOLLONESHOT as u32;
 
+/// Idle watches a wait spins on before it sleeps: the most recently
+/// active ones, where a reply is likely soon.
+const SPIN_WATCHES: usize = 64;
+
 impl<R: Deref<Target = Conn> + Clone> EpollSet<R> {
     /// Creates the private epoll and registers it in `epfd`.
     pub fn new(epfd: RawFd) -> Result<Self, Errno> {
@@ -108,11 +206,11 @@ impl<R: Deref<Target = Conn> + Clone> EpollSet<R> {
             epfd,
             inner,
             cookie,
-            watches: Mutex::new(Vec::new()),
+            watches: Mutex::new(Watches::new()),
         })
     }
 
-    /// The watch list, inside a signal section: a handler that calls
+    /// The watches, inside a signal section: a handler that calls
     /// epoll_ctl or close would otherwise wait for the lock its own thread
     /// holds. (The guard unlocks before the section ends, which runs any
     /// deferred handler.)
@@ -134,32 +232,33 @@ impl<R: Deref<Target = Conn> + Clone> EpollSet<R> {
 
     /// Forgets `fd` (its connection went plain and was dropped elsewhere).
     pub fn remove(&self, fd: RawFd) {
-        self.lock().retain(|w| w.fd != fd);
+        self.lock().remove(fd);
         let _ = epoll_ctl(self.inner.as_raw_fd(), libc::EPOLL_CTL_DEL, fd, 0, 0);
     }
 
     /// Whether `fd` is watched here.
     pub fn contains(&self, fd: RawFd) -> bool {
-        self.lock().iter().any(|w| w.fd == fd)
+        self.lock().by_fd.contains_key(&fd)
     }
 
-    /// epoll_ctl for an accelerated fd.
+    /// epoll_ctl for an accelerated fd. A watch of another connection at
+    /// `fd` is stale (the fd was closed and reused): it counts as absent.
     pub fn ctl(&self, op: i32, fd: RawFd, conn: R, events: u32, data: u64) -> Result<(), Errno> {
         let mut ws = self.lock();
-        let pos = ws.iter().position(|w| w.fd == fd);
-        match (op, pos) {
-            (libc::EPOLL_CTL_ADD, Some(_)) => Err(Errno::EXIST),
-            (libc::EPOLL_CTL_ADD, None) => {
+        let present = ws
+            .by_fd
+            .get(&fd)
+            .is_some_and(|w| std::ptr::eq(&*w.conn, &*conn));
+        let inner = self.inner.as_raw_fd();
+        match (op, present) {
+            (libc::EPOLL_CTL_ADD, true) => Err(Errno::EXIST),
+            (libc::EPOLL_CTL_ADD, false) => {
                 let kernel = Self::kernel_events(&conn, events);
-                epoll_ctl(
-                    self.inner.as_raw_fd(),
-                    libc::EPOLL_CTL_ADD,
-                    fd,
-                    kernel,
-                    fd as u64,
-                )?;
-                ws.push(Watch {
-                    fd,
+                if ws.remove(fd).is_some() {
+                    let _ = epoll_ctl(inner, libc::EPOLL_CTL_DEL, fd, 0, 0);
+                }
+                epoll_ctl(inner, libc::EPOLL_CTL_ADD, fd, kernel, fd as u64)?;
+                let w = Watch {
                     conn,
                     events,
                     data,
@@ -169,11 +268,15 @@ impl<R: Deref<Target = Conn> + Clone> EpollSet<R> {
                     last_out: u64::MAX,
                     k_in: 0,
                     k_out: 0,
-                });
+                    hot: false,
+                    parked: false,
+                    seen: 0,
+                };
+                ws.insert(fd, w);
                 Ok(())
             }
-            (libc::EPOLL_CTL_MOD, Some(i)) => {
-                let w = &mut ws[i];
+            (libc::EPOLL_CTL_MOD, true) => {
+                let w = ws.by_fd.get_mut(&fd).ok_or(Errno::NOENT)?;
                 w.events = events;
                 w.data = data;
                 w.disabled = false;
@@ -182,23 +285,18 @@ impl<R: Deref<Target = Conn> + Clone> EpollSet<R> {
                 w.last_out = u64::MAX;
                 let kernel = Self::kernel_events(&w.conn, events);
                 if kernel != w.kernel {
-                    epoll_ctl(
-                        self.inner.as_raw_fd(),
-                        libc::EPOLL_CTL_MOD,
-                        fd,
-                        kernel,
-                        fd as u64,
-                    )?;
+                    epoll_ctl(inner, libc::EPOLL_CTL_MOD, fd, kernel, fd as u64)?;
                     w.kernel = kernel;
                 }
+                ws.heat(fd);
                 Ok(())
             }
-            (libc::EPOLL_CTL_DEL, Some(i)) => {
-                ws.swap_remove(i);
-                let _ = epoll_ctl(self.inner.as_raw_fd(), libc::EPOLL_CTL_DEL, fd, 0, 0);
+            (libc::EPOLL_CTL_DEL, true) => {
+                ws.remove(fd);
+                let _ = epoll_ctl(inner, libc::EPOLL_CTL_DEL, fd, 0, 0);
                 Ok(())
             }
-            (libc::EPOLL_CTL_MOD | libc::EPOLL_CTL_DEL, None) => Err(Errno::NOENT),
+            (libc::EPOLL_CTL_MOD | libc::EPOLL_CTL_DEL, false) => Err(Errno::NOENT),
             _ => Err(Errno::INVAL),
         }
     }
@@ -237,33 +335,38 @@ impl<R: Deref<Target = Conn> + Clone> EpollSet<R> {
             return None;
         }
         if w.events & EPOLLET != 0 {
-            // An edge is progress since the last report: bytes written by the
-            // peer (or EOF) for input, bytes consumed by the peer for output.
-            let (seq_in, seq_out) = conn.progress_counters();
-            let seq_in = seq_in.wrapping_add(w.k_in);
-            let seq_out = seq_out.wrapping_add(w.k_out);
-            let mut edge = 0;
-            if ev & (IN_BITS | EPOLLRDHUP | EPOLLHUP | EPOLLERR) != 0 && seq_in != w.last_in {
-                edge |= ev & (IN_BITS | EPOLLRDHUP | EPOLLHUP | EPOLLERR);
-            }
-            if ev & OUT_BITS != 0 && seq_out != w.last_out {
-                edge |= ev & OUT_BITS;
-            }
-            if edge == 0 {
-                return None;
-            }
-            if edge & IN_BITS != 0 || ev & IN_BITS == 0 {
-                w.last_in = seq_in;
-            }
-            if edge & OUT_BITS != 0 {
-                w.last_out = seq_out;
-            }
-            ev = edge;
+            ev = Self::edge(w, ev)?;
         }
         if w.events & EPOLLONESHOT != 0 {
             w.disabled = true;
         }
         Some(ev)
+    }
+
+    /// Of the ready events `ev` of an edge-triggered watch, those with
+    /// progress since the last report: bytes written by the peer (or EOF)
+    /// for input, bytes consumed by the peer for output.
+    fn edge(w: &mut Watch<R>, ev: u32) -> Option<u32> {
+        let (seq_in, seq_out) = w.conn.progress_counters();
+        let seq_in = seq_in.wrapping_add(w.k_in);
+        let seq_out = seq_out.wrapping_add(w.k_out);
+        let mut edge = 0;
+        if ev & (IN_BITS | EPOLLRDHUP | EPOLLHUP | EPOLLERR) != 0 && seq_in != w.last_in {
+            edge |= ev & (IN_BITS | EPOLLRDHUP | EPOLLHUP | EPOLLERR);
+        }
+        if ev & OUT_BITS != 0 && seq_out != w.last_out {
+            edge |= ev & OUT_BITS;
+        }
+        if edge == 0 {
+            return None;
+        }
+        if edge & IN_BITS != 0 || ev & IN_BITS == 0 {
+            w.last_in = seq_in;
+        }
+        if edge & OUT_BITS != 0 {
+            w.last_out = seq_out;
+        }
+        Some(edge)
     }
 
     /// epoll_wait until `deadline`. `real_wait` waits on the application's
@@ -289,18 +392,18 @@ impl<R: Deref<Target = Conn> + Clone> EpollSet<R> {
         )
     }
 
-    /// Reads which accelerated fds the kernel saw activity on (doorbells,
-    /// hang-ups, plain data) and counts it for edge-triggered watches.
-    fn collect_hits(&self) -> Vec<(RawFd, PollFlags)> {
+    /// Takes the kernel's reports from our private epoll (doorbells,
+    /// hang-ups, plain data): those watches are hot now, and edge-triggered
+    /// ones count the activity. Returns what it saw, for the look.
+    fn take_hits(&self, ws: &mut Watches<R>) -> Vec<(RawFd, PollFlags)> {
         let mut evs = [libc::epoll_event { events: 0, u64: 0 }; 64];
         let got = epoll_wait(rustix::fd::AsFd::as_fd(&self.inner), &mut evs, 0).unwrap_or(0);
         let hits: Vec<(RawFd, PollFlags)> = evs[..got]
             .iter()
             .map(|e| (e.u64 as RawFd, poll_flags(e.events as i16)))
             .collect();
-        let mut ws = self.lock();
-        for (fd, f) in &hits {
-            if let Some(w) = ws.iter_mut().find(|w| w.fd == *fd) {
+        for &(fd, f) in &hits {
+            if let Some(w) = ws.by_fd.get_mut(&fd) {
                 if f.contains(PollFlags::IN) {
                     w.k_in = w.k_in.wrapping_add(1);
                 }
@@ -308,69 +411,136 @@ impl<R: Deref<Target = Conn> + Clone> EpollSet<R> {
                     w.k_out = w.k_out.wrapping_add(1);
                 }
             }
+            ws.heat(fd);
         }
         hits
     }
 
+    /// Evaluates the hot watches: reports the ready ones (at most one
+    /// event each per look), notes the idle ones, hands back to the kernel
+    /// those that went plain, and drops those whose fd no longer names
+    /// their connection.
     fn scan<L: Lookup<Ref = R>>(
         &self,
         lk: &L,
+        ws: &mut Watches<R>,
         out: &mut [libc::epoll_event],
         hits: &[(RawFd, PollFlags)],
     ) -> usize {
-        let mut ws = self.lock();
-        // Watches whose fd was closed or now names something else are gone,
-        // as the kernel drops a closed file from an epoll set. One whose
-        // connection went plain in another call (which dropped it from the
-        // table) is still the same socket: it is handed back below.
-        ws.retain(|w| {
-            lk.conn(w.fd).is_some_and(|c| std::ptr::eq(&*c, &*w.conn))
-                || (w.conn.is_plain()
-                    && w.conn.ino() != 0
-                    && socket_inode(lk.borrow(w.fd)) == Some(w.conn.ino()))
-        });
+        ws.looks += 1;
+        let look = ws.looks;
         let mut n = 0;
-        let mut i = 0;
-        while i < ws.len() && n < out.len() {
-            let hit = hits.iter().find(|(fd, _)| *fd == ws[i].fd).map(|h| h.1);
-            let mut reported = false;
-            let fd = lk.borrow(ws[i].fd);
-            if ws[i].conn.is_plain() || {
-                let ev = Self::eval(&mut ws[i], fd, hit);
-                if let Some(ev) = ev {
+        ws.idle.clear();
+        let hot = std::mem::take(&mut ws.hot);
+        let mut still = Vec::with_capacity(hot.len());
+        for fd in hot {
+            let Some(w) = ws.by_fd.get_mut(&fd) else {
+                continue;
+            };
+            if !w.hot || w.seen == look {
+                continue;
+            }
+            w.seen = look;
+            let hit = hits.iter().find(|h| h.0 == fd).map(|h| h.1);
+            match Self::look_at(lk, fd, w, hit, n == out.len()) {
+                Seen::Gone => {
+                    ws.remove(fd);
+                }
+                Seen::Disabled => w.hot = false,
+                Seen::Later => still.push(fd),
+                Seen::Idle => {
+                    ws.idle.push(fd);
+                    still.push(fd);
+                }
+                Seen::Ready(ev) => {
                     out[n] = libc::epoll_event {
                         events: ev,
-                        u64: ws[i].data,
+                        u64: w.data,
                     };
                     n += 1;
-                    reported = true;
+                    still.push(fd);
                 }
-                ws[i].conn.is_plain()
-            } {
-                // Hand the fd back to the kernel with the app's own events.
-                let mut w = ws.swap_remove(i);
-                let _ = epoll_ctl(self.inner.as_raw_fd(), libc::EPOLL_CTL_DEL, w.fd, 0, 0);
-                // This call's kernel wait is over: report the fd's readiness
-                // now, as the kernel would have (a one-shot watch that fires
-                // goes back disabled).
-                if !w.disabled && !reported && n < out.len() {
-                    let ev = Self::plain_events(fd, w.events);
-                    if ev != 0 {
+                Seen::Plain(ev) => {
+                    let w = ws.remove(fd).expect("present");
+                    if let Some(ev) = ev {
                         out[n] = libc::epoll_event {
                             events: ev,
                             u64: w.data,
                         };
                         n += 1;
-                        w.disabled = w.events & EPOLLONESHOT != 0;
                     }
+                    n += self.hand_back(lk, fd, w, ev.is_some(), &mut out[n..]);
                 }
-                let events = if w.disabled { EPOLLONESHOT } else { w.events };
-                let _ = epoll_ctl(self.epfd, libc::EPOLL_CTL_ADD, w.fd, events, w.data);
-                lk.forget(w.fd, &w.conn);
-                continue;
             }
-            i += 1;
         }
+        ws.hot.extend(still);
+        n
+    }
+
+    /// What one look makes of a hot watch (`full`: no room to report).
+    fn look_at<L: Lookup<Ref = R>>(
+        lk: &L,
+        fd: RawFd,
+        w: &mut Watch<R>,
+        hit: Option<PollFlags>,
+        full: bool,
+    ) -> Seen {
+        // Closed, or another connection now: gone, as the kernel drops a
+        // closed file. One that went plain in another call is still the
+        // same socket: it is handed back.
+        let same = lk.conn(fd).is_some_and(|c| std::ptr::eq(&*c, &*w.conn))
+            || (w.conn.is_plain()
+                && w.conn.ino() != 0
+                && socket_inode(lk.borrow(fd)) == Some(w.conn.ino()));
+        if !same {
+            return Seen::Gone;
+        }
+        if w.disabled {
+            return Seen::Disabled;
+        }
+        if full {
+            return Seen::Later;
+        }
+        let ev = if w.conn.is_plain() {
+            None
+        } else {
+            Self::eval(w, lk.borrow(fd), hit)
+        };
+        if w.conn.is_plain() {
+            return Seen::Plain(ev);
+        }
+        ev.map_or(Seen::Idle, Seen::Ready)
+    }
+
+    /// A watch whose connection went plain goes back to the application's
+    /// kernel epoll with its own events; this call's kernel wait is over,
+    /// so its readiness is reported now, as the kernel would have (a
+    /// one-shot watch that fires goes back disabled). Returns the events
+    /// written to `out` (0 or 1).
+    fn hand_back<L: Lookup<Ref = R>>(
+        &self,
+        lk: &L,
+        fd: RawFd,
+        mut w: Watch<R>,
+        reported: bool,
+        out: &mut [libc::epoll_event],
+    ) -> usize {
+        let _ = epoll_ctl(self.inner.as_raw_fd(), libc::EPOLL_CTL_DEL, fd, 0, 0);
+        let mut n = 0;
+        if !w.disabled && !reported && !out.is_empty() {
+            let ev = Self::plain_events(lk.borrow(fd), w.events);
+            if ev != 0 {
+                out[0] = libc::epoll_event {
+                    events: ev,
+                    u64: w.data,
+                };
+                n = 1;
+                w.disabled = w.events & EPOLLONESHOT != 0;
+            }
+        }
+        let events = if w.disabled { EPOLLONESHOT } else { w.events };
+        let _ = epoll_ctl(self.epfd, libc::EPOLL_CTL_ADD, fd, events, w.data);
+        lk.forget(fd, &w.conn);
         n
     }
 
@@ -389,37 +559,81 @@ impl<R: Deref<Target = Conn> + Clone> EpollSet<R> {
         ev | (k & events & EPOLLRDHUP)
     }
 
-    /// Whether some watch would report now, from ring state alone
-    /// (edge-triggered ones only on a new edge in a direction they want).
-    fn dry_ready(&self) -> bool {
+    /// Whether one of the last look's idle watches would report now, from
+    /// ring state alone (edge-triggered ones only on a new edge in a
+    /// direction they want).
+    fn idle_ready(&self) -> bool {
         let ws = self.lock();
-        ws.iter().any(|w| {
-            if w.disabled {
-                return false;
-            }
-            let (want_in, want_out) = (w.events & IN_BITS != 0, w.events & OUT_BITS != 0);
-            let et = w.events & EPOLLET != 0;
-            // Edge counters only for edge-triggered watches that are ready.
-            let edge_in = || !et || w.conn.progress_counters().0.wrapping_add(w.k_in) != w.last_in;
-            let edge_out =
-                || !et || w.conn.progress_counters().1.wrapping_add(w.k_out) != w.last_out;
-            (want_in && w.conn.quick_ready(true, false) && edge_in())
-                || (want_out && w.conn.quick_ready(false, true) && edge_out())
-        })
+        ws.idle
+            .iter()
+            .take(SPIN_WATCHES)
+            .filter_map(|fd| ws.by_fd.get(fd))
+            .any(quick_ready)
     }
 
-    /// Asks for doorbells on every watch; true if some sleep must be bounded
-    /// because a doorbell cannot reach us yet.
-    fn arm(&self) -> bool {
-        let ws = self.lock();
+    /// Asks for doorbells on the idle watches. One that a doorbell cannot
+    /// reach yet stays hot, and the sleep is bounded: true.
+    fn arm_idle(&self) -> bool {
+        let mut ws = self.lock();
+        let mut idle = std::mem::take(&mut ws.idle);
         let mut cap = false;
-        for w in ws.iter().filter(|w| !w.disabled) {
+        idle.retain(|fd| {
+            let Some(w) = ws.by_fd.get(fd) else {
+                return false;
+            };
             let (r, wr) = (w.events & IN_BITS != 0, w.events & OUT_BITS != 0);
             w.conn.arm(r, wr);
-            cap |= bell_less(&w.conn, wr);
-        }
+            let unreachable = bell_less(&w.conn, wr);
+            cap |= unreachable;
+            !unreachable
+        });
+        ws.idle = idle;
         cap
     }
+
+    /// Parks the idle watches, armed and found still idle since.
+    fn park_idle(ws: &mut Watches<R>) {
+        for fd in std::mem::take(&mut ws.idle) {
+            if let Some(w) = ws.by_fd.get_mut(&fd)
+                && w.hot
+                && !w.parked
+            {
+                w.hot = false;
+                w.parked = true;
+                w.conn.park();
+            }
+        }
+        let by_fd = &ws.by_fd;
+        ws.hot.retain(|fd| by_fd.get(fd).is_some_and(|w| w.hot));
+    }
+}
+
+/// What a look made of a hot watch.
+enum Seen {
+    /// Its fd no longer names its connection.
+    Gone,
+    /// One-shot, fired: waits for EPOLL_CTL_MOD.
+    Disabled,
+    /// Not evaluated (no room left): the next look.
+    Later,
+    Idle,
+    Ready(u32),
+    /// The connection went plain: back to the kernel, with this report.
+    Plain(Option<u32>),
+}
+
+/// Whether an idle watch would report now, from ring state alone.
+fn quick_ready<R: Deref<Target = Conn>>(w: &Watch<R>) -> bool {
+    if w.disabled {
+        return false;
+    }
+    let (want_in, want_out) = (w.events & IN_BITS != 0, w.events & OUT_BITS != 0);
+    let et = w.events & EPOLLET != 0;
+    // Edge counters only for edge-triggered watches that are ready.
+    let edge_in = || !et || w.conn.progress_counters().0.wrapping_add(w.k_in) != w.last_in;
+    let edge_out = || !et || w.conn.progress_counters().1.wrapping_add(w.k_out) != w.last_out;
+    (want_in && w.conn.quick_ready(true, false) && edge_in())
+        || (want_out && w.conn.quick_ready(false, true) && edge_out())
 }
 
 /// One epoll_wait call.
@@ -434,8 +648,9 @@ impl<L: Lookup> Waiter for EpollCall<'_, '_, L>
 where
     L::Ref: Deref<Target = Conn> + Clone,
 {
-    /// The kernel first (plain fds, our cookie), then one scan of the
-    /// watches: each watch is reported at most once per call.
+    /// The kernel first (plain fds, our cookie), then the hot watches:
+    /// each watch is reported at most once per call. A look that reports
+    /// parks the idle watches it found (armed, and still idle then).
     fn look(&mut self, sleep_ms: i32) -> Result<usize, Errno> {
         let k = (self.real_wait)(self.out, sleep_ms)?;
         let mut bells = false;
@@ -449,23 +664,41 @@ where
                 n += 1;
             }
         }
+        let mut ws = self.set.lock();
+        ws.read_posts();
         let hits = if bells {
-            self.set.collect_hits()
+            self.set.take_hits(&mut ws)
         } else {
             Vec::new()
         };
-        if n < self.out.len() {
-            n += self.set.scan(self.lk, &mut self.out[n..], &hits);
+        n += self.set.scan(self.lk, &mut ws, &mut self.out[n..], &hits);
+        if n > 0 && !ws.idle.is_empty() {
+            drop(ws);
+            self.set.arm_idle();
+            let mut ws = self.set.lock();
+            let by_fd = &ws.by_fd;
+            let idle = ws
+                .idle
+                .iter()
+                .copied()
+                .filter(|fd| by_fd.get(fd).is_some_and(|w| !quick_ready(w)))
+                .collect();
+            ws.idle = idle;
+            EpollSet::park_idle(&mut ws);
         }
         Ok(n)
     }
 
     fn ring_ready(&mut self) -> bool {
-        self.set.dry_ready()
+        self.set.idle_ready()
     }
 
     fn arm(&mut self) -> bool {
-        self.set.arm()
+        self.set.arm_idle()
+    }
+
+    fn before_sleep(&mut self) {
+        EpollSet::park_idle(&mut self.set.lock());
     }
 }
 

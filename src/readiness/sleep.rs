@@ -23,6 +23,8 @@ pub(super) trait Waiter {
     /// Asks every ring for doorbells before a sleep; true if some doorbell
     /// cannot reach us yet, so the sleep must be bounded.
     fn arm(&mut self) -> bool;
+    /// Right before a sleep: the armed descriptors stay armed.
+    fn before_sleep(&mut self) {}
 }
 
 /// Runs the wait until `deadline` (one look only if it has passed).
@@ -68,6 +70,7 @@ pub(super) fn wait(w: &mut impl Waiter, deadline: Deadline) -> Result<usize, Err
         if capped {
             t = bell_less_nap(t, &mut naps);
         }
+        w.before_sleep();
     }
 }
 

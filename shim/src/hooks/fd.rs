@@ -17,6 +17,10 @@ pub(crate) fn forget_fd(fd: c_int) {
         return;
     }
     if let Some(g) = table::remove(fd) {
+        if let Entry::Conn(c) = &*g {
+            // An epoll set drops its watch of `fd`.
+            c.changed();
+        }
         if let Entry::Conn(c) = &*g
             && c.drop_alias()
         {
