@@ -48,7 +48,9 @@ ratio is always "> 1 means tsss is better": tsss/plain for throughput,
 plain/tsss for latency.
 
 Outputs: a table on stdout, OUT/bench.csv (medians), OUT/raw.csv (every
-run), OUT/throughput.svg, OUT/rtt.svg, OUT/summary.md.
+run), OUT/throughput.svg, OUT/rtt.svg, OUT/summary.md.  The header names
+the date, CPU, kernel and glibc and the load average at the start and the
+end (a loaded machine makes every figure noisier).
 
 Any run that exits non-zero, times out, lacks a "RESULT ... ok=1" line, or
 whose preload could not be loaded is a FAILURE: its stderr is printed and
@@ -1086,14 +1088,54 @@ def target_lines(cases):
 
 
 def cpu_model():
+    """'model name' of /proc/cpuinfo, with family/model/stepping (a VM's
+    model name can be as vague as "Intel(R) Xeon(R) Processor") and the
+    hypervisor, if any."""
+    info = {}
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+                if not line.strip():
+                    break  # the first CPU is enough
+                k, _, v = line.partition(":")
+                info.setdefault(k.strip().lower(), v.strip())
     except OSError:
         pass
-    return platform.processor() or "unknown"
+    name = info.get("model name") or platform.processor() or "unknown"
+    ids = ["%s %s" % (k, info[k]) for k in ("cpu family", "model", "stepping") if k in info]
+    if ids:
+        name += " (%s)" % ", ".join(ids).replace("cpu family", "family")
+    hv = None
+    if shutil.which("lscpu"):
+        try:
+            out = subprocess.run(["lscpu"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                 universal_newlines=True, timeout=10,
+                                 env=dict(os.environ, LC_ALL="C")).stdout
+            m = re.search(r"^Hypervisor vendor:\s*(.+)$", out, re.M)
+            hv = m and m.group(1).strip()
+        except (OSError, subprocess.SubprocessError):
+            pass
+    if hv:
+        name += ", %s guest" % hv
+    elif " hypervisor" in " " + info.get("flags", ""):
+        name += ", virtual machine"
+    return name
+
+
+def loadavg():
+    """The 1, 5 and 15 minute load averages, as text."""
+    try:
+        with open("/proc/loadavg") as f:
+            return " ".join(f.read().split()[:3])
+    except OSError:
+        return "n/a"
+
+
+def glibc():
+    try:
+        return os.confstr("CS_GNU_LIBC_VERSION") or "n/a"
+    except (ValueError, OSError):
+        return "n/a"
 
 
 def write_csv(path, cases):
@@ -1213,10 +1255,16 @@ def main():
     cpu = cpu_model()
     ncpu = os.cpu_count()
     host = "kernel %s, %s, %s CPUs" % (kernel, cpu, ncpu)
-    print("tsss bench %s | %s | repeats=%d%s | lib=%s" % (
-        now.isoformat(timespec="seconds"), host, repeats,
-        " quick" if args.quick else "", "(plain only)" if args.plain_only else lib),
-        flush=True)
+    load0 = loadavg()
+    print("tsss bench, %s" % now.strftime("%Y-%m-%d %H:%M:%S %Z"))
+    print("  CPU:     %s, %s logical CPUs" % (cpu, ncpu))
+    print("  kernel:  %s (%s), %s" % (kernel, platform.machine(), glibc()))
+    print("  load:    %s (1/5/15 min averages at the start: other work on the "
+          "machine makes every figure noisier)" % load0)
+    print("  run:     repeats=%d%s, groups %s, lib=%s" % (
+        repeats, " quick" if args.quick else "",
+        ",".join(g for g in ALL_GROUPS if g in groups),
+        "(plain only)" if args.plain_only else lib), flush=True)
 
     failures = []
     skipped = []
@@ -1262,11 +1310,14 @@ def main():
             fmt(case.median("tsss", first)), first))
         sys.stderr.flush()
     elapsed = time.monotonic() - t_start
+    load1 = loadavg()
 
     table = text_table(cases)
     print()
     print(table)
     print("ratio: tsss/plain for throughput, plain/tsss for RTT; >1 means tsss is better")
+    print()
+    print("load average at the end: %s" % load1)
     print()
     tl = target_lines(cases)
     if tl:
@@ -1280,8 +1331,10 @@ def main():
     with open(os.path.join(out_dir, "summary.md"), "w") as f:
         f.write("# tsss benchmark results\n\n")
         f.write("- date: %s\n" % now.isoformat(timespec="seconds"))
-        f.write("- kernel: %s (%s)\n" % (kernel, platform.machine()))
+        f.write("- kernel: %s (%s), %s\n" % (kernel, platform.machine(), glibc()))
         f.write("- CPU: %s, %s logical CPUs\n" % (cpu, ncpu))
+        f.write("- load average (1/5/15 min): %s at the start, %s at the end\n"
+                % (load0, load1))
         f.write("- shim: %s\n" % ("(plain only)" if args.plain_only else lib))
         f.write("- pipe/file: best of 9 runs per mode (overhead measurement)\n")
         f.write("- repeats: %d per case and mode (median reported)%s\n"

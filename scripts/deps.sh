@@ -15,6 +15,8 @@ declare -A PKGS=(
     [setpriv]=util-linux
     [nginx]=nginx
     [curl]=curl
+    # bench.py's header names the hypervisor
+    [lscpu]=util-linux
 )
 missing=()
 for cmd in "${!PKGS[@]}"; do
