@@ -172,19 +172,27 @@ M_RING = ([Metric("gbps_%s" % svgplot.size_label(sz), "GB/s", True) for sz in RI
 class Case:
     """One benchmark case.  fn(runner, mode) -> {metric: value}."""
 
-    def __init__(self, group, size, metrics, fn, best_of=0):
+    def __init__(self, group, size, metrics, fn, best_of=0, reps=None, warmup=None,
+                 sel=None):
         # best_of > 0: an overhead case (pipe/file under LD_PRELOAD): run it
         # best_of times per mode and report the best run. Interference only
         # ever slows a run down, so the best run is the estimate of the
         # cost itself; medians of 5 spread +-10% here, too wide for 5%.
         self.best_of = best_of
+        # reps / warmup: this case's own repeat and warm-up counts (median
+        # of reps), instead of --repeats / --warmup
+        self.reps = reps
+        self.warmup = warmup
         self.group = group
+        # sel: the --cases group that selected this case (run time per group)
+        self.sel = sel or group
         self.size = size
         self.metrics = metrics
         self.fn = fn
         # samples[mode][metric] -> list of values
         self.samples = {m: {x.name: [] for x in metrics} for m in MODES}
         self.failed = False
+        self.secs = 0.0
 
     def label(self):
         return "%s %s" % (self.group, svgplot.size_label(self.size))
@@ -1274,7 +1282,9 @@ def main():
         # rep < 0: discarded warm-up runs (first touch of memory / page cache
         # in a fresh VM is much slower); their failures still count.
         skip = None
-        for rep in range(-args.warmup, case.best_of or repeats):
+        t_case = time.monotonic()
+        warmup = args.warmup if case.warmup is None else min(case.warmup, args.warmup)
+        for rep in range(-warmup, case.best_of or case.reps or repeats):
             if skip:
                 break
             order = modes if rep % 2 == 0 else tuple(reversed(modes))
@@ -1298,6 +1308,7 @@ def main():
                     if k in case.samples[mode]:
                         case.samples[mode][k].append(v)
                     raw.append([case.group, case.size, mode, rep, k, v])
+        case.secs = time.monotonic() - t_case
         if skip:
             skipped.append(skip)
             cases.remove(case)
@@ -1305,19 +1316,23 @@ def main():
             sys.stderr.flush()
             continue
         first = case.metrics[0].name
-        sys.stderr.write("  %-14s plain %-9s tsss %-9s %s\n" % (
-            case.label(), fmt(case.median("plain", first)),
-            fmt(case.median("tsss", first)), first))
+        vals = "plain %-9s tsss %-9s" % (fmt(case.median("plain", first)),
+                                        fmt(case.median("tsss", first)))
+        sys.stderr.write("  %-20s %s %s (%.0f s)\n" % (case.label(), vals, first, case.secs))
         sys.stderr.flush()
     elapsed = time.monotonic() - t_start
     load1 = loadavg()
+    group_secs = {}
+    for c in cases:
+        group_secs[c.sel] = group_secs.get(c.sel, 0.0) + c.secs
+    by_group = ", ".join("%s %.0f s" % (g, group_secs[g]) for g in ALL_GROUPS if g in group_secs)
 
     table = text_table(cases)
     print()
     print(table)
     print("ratio: tsss/plain for throughput, plain/tsss for RTT; >1 means tsss is better")
     print()
-    print("load average at the end: %s" % load1)
+    print("run time: %.0f s (%s); load average at the end: %s" % (elapsed, by_group, load1))
     print()
     tl = target_lines(cases)
     if tl:
@@ -1337,9 +1352,11 @@ def main():
                 % (load0, load1))
         f.write("- shim: %s\n" % ("(plain only)" if args.plain_only else lib))
         f.write("- pipe/file: best of 9 runs per mode (overhead measurement)\n")
-        f.write("- repeats: %d per case and mode (median reported)%s\n"
-                % (repeats, ", --quick" if args.quick else ""))
-        f.write("- run time: %.0f s\n\n" % elapsed)
+        f.write("- repeats: %d per case and mode (median reported)%s; own counts: %s\n"
+                % (repeats, ", --quick" if args.quick else "",
+                   ", ".join(sorted(set("%s %d" % (c.group, c.reps) for c in cases
+                                        if c.reps))) or "none"))
+        f.write("- run time: %.0f s (%s)\n\n" % (elapsed, by_group))
         f.write("ratio: tsss/plain for throughput, plain/tsss for RTT; "
                 "**> 1 means tsss is better**.\n\n")
         f.write(md_table(cases) + "\n\n")
