@@ -6,7 +6,7 @@
                              [--bin test-apps/bin] [--repeats R]
                              [--cases stream,pingpong,syscall,pipe,file,pubsub,
                                       webcache,redis,socat,ringsize,nginx,
-                                      postgres]
+                                      postgres,limit]
                              [--plain-only] [--timeout 120]
 
 Runs every case plain and with LD_PRELOAD=<lib> on BOTH client and server,
@@ -43,6 +43,12 @@ only ever inflates):
               nginx and postgres: server on the last CPU, client on CPU 0
               (unpinned, the scheduler's placement alone moves plain
               pgbench -c 1 between ~14k and ~50k tx/s from run to run)
+  * limit     the hardware limit, one mode: a naive spinning SPSC ring in
+              shared memory between two processes (test-apps/shmring,
+              256 KiB ring, no syscalls), 64 B, 4 KiB and 64 KiB messages,
+              the stream group's totals; best of 5 runs.  Its own table
+              beside the stream group's rows (tsss / limit)
+                                                 (GB/s and M msg/s)
 
 ratio is always "> 1 means tsss is better": tsss/plain for throughput,
 plain/tsss for latency.
@@ -50,7 +56,9 @@ plain/tsss for latency.
 Outputs: a table on stdout, OUT/bench.csv (medians), OUT/raw.csv (every
 run), OUT/throughput.svg, OUT/rtt.svg, OUT/summary.md.  The header names
 the date, CPU, kernel and glibc and the load average at the start and the
-end (a loaded machine makes every figure noisier).
+end (a loaded machine makes every figure noisier).  In bench.csv the rows
+of case "limit" carry the ring's value in the column `limit`, the stream
+group's medians at that size in plain and tsss, and tsss / limit as ratio.
 
 Any run that exits non-zero, times out, lacks a "RESULT ... ok=1" line, or
 whose preload could not be loaded is a FAILURE: its stderr is printed and
@@ -125,14 +133,19 @@ NGINX = {"size": 64 * M, "gets": 16}
 # pgbench -S: seconds per run, client counts (one case each)
 PGBENCH = {"seconds": 3, "clients": (1, 4)}
 
+# limit: message sizes; totals as the stream group's, also with --quick
+# (the ring moves 4 GiB in ~0.35 s); best of 5 runs (--quick: 3)
+LIMIT_SIZES = (64, 4096, 65536)
+
 ALL_GROUPS = ("stream", "pingpong", "syscall", "pipe", "file",
               "webcache", "redis", "socat", "pubsub", "ringsize",
-              "nginx", "postgres")
+              "nginx", "postgres", "limit")
 # test-app binaries each group needs
 GROUP_BINS = {"stream": ("stream",), "pingpong": ("pingpong",),
               "syscall": ("syscost",), "pipe": ("pipefile",),
               "file": ("pipefile",), "webcache": ("webcache",),
-              "pubsub": ("pubsub",), "ringsize": ("stream", "pingpong")}
+              "pubsub": ("pubsub",), "ringsize": ("stream", "pingpong"),
+              "limit": ("shmring",)}
 
 # (case, size, metric, minimum ratio) -- reported as PASS / FALL SHORT
 TARGETS = [
@@ -173,7 +186,7 @@ class Case:
     """One benchmark case.  fn(runner, mode) -> {metric: value}."""
 
     def __init__(self, group, size, metrics, fn, best_of=0, reps=None, warmup=None,
-                 sel=None):
+                 modes=None, sel=None):
         # best_of > 0: an overhead case (pipe/file under LD_PRELOAD): run it
         # best_of times per mode and report the best run. Interference only
         # ever slows a run down, so the best run is the estimate of the
@@ -183,6 +196,10 @@ class Case:
         # of reps), instead of --repeats / --warmup
         self.reps = reps
         self.warmup = warmup
+        # modes: the modes this case runs in; None: plain and tsss.
+        # ("limit",): a single-mode reference (no preload), reported in its
+        # own table (see limit_rows)
+        self.modes = modes
         self.group = group
         # sel: the --cases group that selected this case (run time per group)
         self.sel = sel or group
@@ -190,7 +207,7 @@ class Case:
         self.metrics = metrics
         self.fn = fn
         # samples[mode][metric] -> list of values
-        self.samples = {m: {x.name: [] for x in metrics} for m in MODES}
+        self.samples = {m: {x.name: [] for x in metrics} for m in MODES + ("limit",)}
         self.failed = False
         self.secs = 0.0
 
@@ -965,6 +982,20 @@ def postgres_fn(clients, seconds):
     return fn
 
 
+# ---------------------------------------------------------------------------
+# limit
+
+def shmring_fn(size, total):
+    """The hardware limit: a naive spinning SPSC ring in shared memory
+    (test-apps/shmring), the stream group's message size and total."""
+    def fn(rt, mode):
+        r = rt.run_one(mode, ["shmring", size, total])
+        if int(r.get("bytes", 0)) < total:
+            raise RunFailure("shmring: %s bytes moved, %d expected" % (r.get("bytes"), total))
+        return {"gbps": float(r["gbps"]), "mmsgs": float(r["mmsgs"])}
+    return fn
+
+
 def build_cases(quick, groups):
     div = 10 if quick else 1
     cases = []
@@ -1015,6 +1046,13 @@ def build_cases(quick, groups):
         for c in PGBENCH["clients"]:
             cases.append(Case("postgres", c, [M_TPS],
                               postgres_fn(c, max(1, PGBENCH["seconds"] // (3 if quick else 1)))))
+    if "limit" in groups:
+        for size in LIMIT_SIZES:
+            # best of: a limit, which interference only ever lowers (and
+            # two spinning processes suffer most from a third runnable one)
+            cases.append(Case("limit", size, [M_GBPS, M_MMSGS],
+                              shmring_fn(size, STREAM_TOTALS[size]), modes=("limit",),
+                              best_of=3 if quick else 5))
     # TSSS_BENCH_EXTRA: reserved for extra cases; ignored for now.
     return cases
 
@@ -1046,12 +1084,64 @@ def ratio(case, metric):
 
 def rows(cases):
     for c in cases:
+        if c.modes:  # single-mode references: limit_rows
+            continue
         for m in c.metrics:
             yield (c, m, c.median("plain", m.name), c.median("tsss", m.name),
                    ratio(c, m))
 
 
 RATIO_HDR = "ratio (>1 = tsss better)"
+
+
+def limit_rows(cases):
+    """(case, metric, limit, plain stream, tsss stream, tsss/limit,
+    plain/limit) for each limit case: the stream group's medians at the
+    same message size (None when that group did not run)."""
+    for c in cases:
+        if c.modes != ("limit",):
+            continue
+        st = next((x for x in cases if x.group == "stream" and x.size == c.size), None)
+        for m in c.metrics:
+            lim = c.median("limit", m.name)
+            p = st.median("plain", m.name) if st else None
+            t = st.median("tsss", m.name) if st else None
+            yield (c, m, lim, p, t,
+                   t / lim if t and lim else None, p / lim if p and lim else None)
+
+
+LIMIT_TITLE = ("hardware limit: a naive spinning SPSC ring in shared memory "
+               "(test-apps/shmring, 256 KiB, no syscalls), one mode, beside the "
+               "stream group at the same message size")
+LIMIT_HDR = ["size", "metric", "limit", "tsss stream", "tsss / limit", "plain stream",
+             "plain / limit"]
+
+
+def _limit_cells(r):
+    c, m, lim, p, t, tr, pr = r
+    x = lambda v: "n/a" if v is None else "%.2fx" % v  # noqa: E731
+    return [svgplot.size_label(c.size), "%s [%s]" % (m.name, m.unit), fmt(lim), fmt(t),
+            x(tr), fmt(p), x(pr)]
+
+
+def limit_text_table(cases):
+    body = [_limit_cells(r) for r in limit_rows(cases)]
+    if not body:
+        return ""
+    w = [max(len(x[i]) for x in [LIMIT_HDR] + body) for i in range(len(LIMIT_HDR))]
+    lines = ["  ".join(x[i].ljust(w[i]) if i < 2 else x[i].rjust(w[i])
+                       for i in range(len(w))) for x in [LIMIT_HDR] + body]
+    lines.insert(1, "  ".join("-" * n for n in w))
+    return LIMIT_TITLE + ":\n" + "\n".join(lines)
+
+
+def limit_md_table(cases):
+    body = [_limit_cells(r) for r in limit_rows(cases)]
+    if not body:
+        return ""
+    out = ["| " + " | ".join(LIMIT_HDR) + " |", "|---:|---|---:|---:|---:|---:|---:|"]
+    out += ["| " + " | ".join(b) + " |" for b in body]
+    return "\n".join(out)
 
 
 def text_table(cases):
@@ -1147,15 +1237,19 @@ def glibc():
 
 
 def write_csv(path, cases):
+    """Medians.  Rows of case "limit" (one mode): `limit` is the ring's
+    median, plain and tsss the stream group's at the same size, ratio
+    tsss / limit (the fraction of the hardware limit tsss reaches)."""
+    g = lambda v, f="%.6g": "" if v is None else f % v  # noqa: E731
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["case", "size", "metric", "plain", "tsss", "ratio", "repeats"])
+        w.writerow(["case", "size", "metric", "plain", "tsss", "ratio", "repeats", "limit"])
         for c, m, p, t, r in rows(cases):
             n = max(len(c.samples["plain"][m.name]), len(c.samples["tsss"][m.name]))
-            w.writerow([c.group, c.size, m.name,
-                        "" if p is None else "%.6g" % p,
-                        "" if t is None else "%.6g" % t,
-                        "" if r is None else "%.4f" % r, n])
+            w.writerow([c.group, c.size, m.name, g(p), g(t), g(r, "%.4f"), n, ""])
+        for c, m, lim, p, t, tr, _ in limit_rows(cases):
+            w.writerow([c.group, c.size, m.name, g(p), g(t), g(tr, "%.4f"),
+                        len(c.samples["limit"][m.name]), g(lim)])
 
 
 def write_raw_csv(path, raw):
@@ -1283,11 +1377,12 @@ def main():
         # in a fresh VM is much slower); their failures still count.
         skip = None
         t_case = time.monotonic()
+        cmodes = case.modes or modes
         warmup = args.warmup if case.warmup is None else min(case.warmup, args.warmup)
         for rep in range(-warmup, case.best_of or case.reps or repeats):
             if skip:
                 break
-            order = modes if rep % 2 == 0 else tuple(reversed(modes))
+            order = cmodes if rep % 2 == 0 else tuple(reversed(cmodes))
             for mode in order:
                 try:
                     vals = case.fn(runner, mode)
@@ -1316,8 +1411,11 @@ def main():
             sys.stderr.flush()
             continue
         first = case.metrics[0].name
-        vals = "plain %-9s tsss %-9s" % (fmt(case.median("plain", first)),
-                                        fmt(case.median("tsss", first)))
+        if case.modes:
+            vals = " ".join("%s %-9s" % (m, fmt(case.median(m, first))) for m in case.modes)
+        else:
+            vals = "plain %-9s tsss %-9s" % (fmt(case.median("plain", first)),
+                                            fmt(case.median("tsss", first)))
         sys.stderr.write("  %-20s %s %s (%.0f s)\n" % (case.label(), vals, first, case.secs))
         sys.stderr.flush()
     elapsed = time.monotonic() - t_start
@@ -1332,6 +1430,10 @@ def main():
     print(table)
     print("ratio: tsss/plain for throughput, plain/tsss for RTT; >1 means tsss is better")
     print()
+    lt = limit_text_table(cases)
+    if lt:
+        print(lt)
+        print()
     print("run time: %.0f s (%s); load average at the end: %s" % (elapsed, by_group, load1))
     print()
     tl = target_lines(cases)
@@ -1360,6 +1462,10 @@ def main():
         f.write("ratio: tsss/plain for throughput, plain/tsss for RTT; "
                 "**> 1 means tsss is better**.\n\n")
         f.write(md_table(cases) + "\n\n")
+        lm = limit_md_table(cases)
+        if lm:
+            f.write("## Hardware limit\n\n%s.\n\n%s\n\n" % (LIMIT_TITLE[0].upper()
+                                                             + LIMIT_TITLE[1:], lm))
         if tl:
             f.write("## Targets\n\n")
             for l in tl:
