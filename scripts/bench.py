@@ -6,7 +6,7 @@
                              [--bin test-apps/bin] [--repeats R]
                              [--cases stream,pingpong,syscall,pipe,file,pubsub,
                                       webcache,redis,socat,ringsize,nginx,
-                                      postgres,limit]
+                                      postgres,limit,startup]
                              [--plain-only] [--timeout 120]
 
 Runs every case plain and with LD_PRELOAD=<lib> on BOTH client and server,
@@ -49,6 +49,10 @@ only ever inflates):
               the stream group's totals; best of 5 runs.  Its own table
               beside the stream group's rows (tsss / limit)
                                                  (GB/s and M msg/s)
+  * startup   process start-up: a bash script running /bin/true 500 times
+              (ms per script; the tsss run preloads bash and every
+              /bin/true), and 1000 fork+exec of /bin/true from a C driver
+              (test-apps/execbench, us per exec); 10 paired runs per mode
 
 ratio is always "> 1 means tsss is better": tsss/plain for throughput,
 plain/tsss for latency.
@@ -133,18 +137,22 @@ NGINX = {"size": 64 * M, "gets": 16}
 # pgbench -S: seconds per run, client counts (one case each)
 PGBENCH = {"seconds": 3, "clients": (1, 4)}
 
+# startup: /bin/true runs per bash script, fork+execs per execbench run,
+# paired repeats per mode (median)
+STARTUP = {"script_runs": 500, "execs": 1000, "repeats": 10}
 # limit: message sizes; totals as the stream group's, also with --quick
 # (the ring moves 4 GiB in ~0.35 s); best of 5 runs (--quick: 3)
 LIMIT_SIZES = (64, 4096, 65536)
 
 ALL_GROUPS = ("stream", "pingpong", "syscall", "pipe", "file",
               "webcache", "redis", "socat", "pubsub", "ringsize",
-              "nginx", "postgres", "limit")
+              "nginx", "postgres", "limit", "startup")
 # test-app binaries each group needs
 GROUP_BINS = {"stream": ("stream",), "pingpong": ("pingpong",),
               "syscall": ("syscost",), "pipe": ("pipefile",),
               "file": ("pipefile",), "webcache": ("webcache",),
               "pubsub": ("pubsub",), "ringsize": ("stream", "pingpong"),
+              "startup": ("execbench",),
               "limit": ("shmring",)}
 
 # (case, size, metric, minimum ratio) -- reported as PASS / FALL SHORT
@@ -157,6 +165,8 @@ TARGETS = [
     ("pipe", 65536, "gbps", 0.95),
     ("file", 4096, "gbps", 0.95),
     ("file", 65536, "gbps", 0.95),
+    ("startup_bash", 500, "ms_per_script", 0.95),
+    ("startup_exec", 1000, "us_per_exec", 0.95),
 ]
 
 
@@ -176,6 +186,8 @@ M_RPS = Metric("rps", "req/s", True)
 M_RPS_P16 = Metric("rps_p16", "req/s", True)
 M_KMSGS_FWD = Metric("kmsgs_fwd", "k msg/s", True)
 M_TPS = Metric("tps", "tx/s", True)
+M_MS_SCRIPT = Metric("ms_per_script", "ms", False)
+M_US_EXEC = Metric("us_per_exec", "us", False)
 # ringsize: one metric per message size
 M_RING = ([Metric("gbps_%s" % svgplot.size_label(sz), "GB/s", True) for sz in RING_STREAM]
           + [Metric("rtt_%s_us" % svgplot.size_label(sz), "us", False)
@@ -983,7 +995,51 @@ def postgres_fn(clients, seconds):
 
 
 # ---------------------------------------------------------------------------
-# limit
+# startup, limit
+
+def _check_preloaded(rt, mode):
+    """tsss: bash and the programs it starts really map the library (a
+    check outside the timed runs)."""
+    if mode != "tsss":
+        return
+    name = os.path.basename(rt.lib)
+    p = _run(["bash", "-c", 'grep -qF -- "$1" /proc/$$/maps && grep -qF -- "$1" /proc/self/maps',
+              "check", name], rt.env(mode), 30, what="preload check")
+    if p.returncode != 0 or _preload_failed(mode, p.stderr):
+        raise RunFailure("%s is not mapped by bash or by the programs it starts "
+                         "(status %s)\n%s" % (name, p.returncode, p.stderr))
+
+
+def startup_bash_fn(runs):
+    """A bash script that runs /bin/true `runs` times: wall time (ms)."""
+    def fn(rt, mode):
+        if not shutil.which("bash") or not os.access("/bin/true", os.X_OK):
+            raise SkipCase("bash or /bin/true not installed")
+        script = os.path.join(rt.file_dir, "startup-%d.sh" % runs)
+        if not os.path.exists(script):
+            with open(script, "w") as f:
+                f.write('i=0\nwhile [ "$i" -lt %d ]; do\n    /bin/true || exit 1\n'
+                        '    i=$((i + 1))\ndone\n' % runs)
+        _check_preloaded(rt, mode)
+        env = rt.env(mode)
+        t0 = time.perf_counter()
+        p = _run(["bash", script], env, rt.timeout, what="bash %s" % script)
+        ms = (time.perf_counter() - t0) * 1e3
+        if p.returncode != 0 or _preload_failed(mode, p.stderr) or p.stderr.strip():
+            raise RunFailure("bash %s: status %s\n--- stderr ---\n%s"
+                             % (script, p.returncode, p.stderr[-3000:]))
+        return {"ms_per_script": ms}
+    return fn
+
+
+def startup_exec_fn(n):
+    """execbench: n times fork + exec of /bin/true from a C driver."""
+    def fn(rt, mode):
+        _check_preloaded(rt, mode)
+        r = rt.run_one(mode, ["execbench", n, "/bin/true"])
+        return {"us_per_exec": float(r["us_per_exec"])}
+    return fn
+
 
 def shmring_fn(size, total):
     """The hardware limit: a naive spinning SPSC ring in shared memory
@@ -1053,6 +1109,13 @@ def build_cases(quick, groups):
             cases.append(Case("limit", size, [M_GBPS, M_MMSGS],
                               shmring_fn(size, STREAM_TOTALS[size]), modes=("limit",),
                               best_of=3 if quick else 5))
+    if "startup" in groups:
+        st = STARTUP
+        reps = 4 if quick else st["repeats"]
+        cases.append(Case("startup_bash", st["script_runs"], [M_MS_SCRIPT],
+                          startup_bash_fn(st["script_runs"]), reps=reps, sel="startup"))
+        cases.append(Case("startup_exec", st["execs"], [M_US_EXEC],
+                          startup_exec_fn(st["execs"]), reps=reps, sel="startup"))
     # TSSS_BENCH_EXTRA: reserved for extra cases; ignored for now.
     return cases
 

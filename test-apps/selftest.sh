@@ -102,6 +102,11 @@ if CORRUPT_AT=4567 run $BIN/shmring 64 1M >"$D/r.out" 2>"$D/r.err"; then
 elif grep -q MISMATCH "$D/r.err"; then ok "shmring corrupt (detected: $(head -1 "$D/r.err"))"
 else bad "shmring corrupt: failed without MISMATCH"; cat "$D/r.err"; fi
 
+run $BIN/execbench 20 /bin/true >"$D/x.out" 2>"$D/x.err"
+check_out "execbench 20 /bin/true" $? "$D/x.out" "$D/x.err"
+if run $BIN/execbench 2 /bin/false >"$D/x.out" 2>"$D/x.err"; then bad "execbench /bin/false: failure NOT detected"
+else ok "execbench /bin/false fails"; fi
+
 for kind in pipe file; do
     for sz in 1 4096 65536; do
         extra=(); [ $kind = file ] && extra=("$D")
