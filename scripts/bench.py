@@ -6,7 +6,7 @@
                              [--bin test-apps/bin] [--repeats R]
                              [--cases stream,pingpong,syscall,pipe,file,pubsub,
                                       webcache,redis,socat,ringsize,nginx,
-                                      postgres,limit,startup]
+                                      postgres,limit,startup,busy,load]
                              [--plain-only] [--timeout 120]
 
 Runs every case plain and with LD_PRELOAD=<lib> on BOTH client and server,
@@ -53,6 +53,17 @@ only ever inflates):
               (ms per script; the tsss run preloads bash and every
               /bin/true), and 1000 fork+exec of /bin/true from a C driver
               (test-apps/execbench, us per exec); 10 paired runs per mode
+  * busy      a CPU-bound process (sh busy loop) pinned to every CPU during
+              each run, same in both modes: stream at 64 B, 4 KiB and
+              64 KiB (busy_stream) and the 64 B ping-pong round trip
+              (busy_pingpong); TSSS_LOG=info, a connection not accelerated
+              fails the run
+  * load      default settings, unpinned: pgbench -S with 1, 4, 16 and 64
+              clients, -j min(clients, 2) (postgres_unpinned), and 1 and 4
+              redis-benchmark processes at once (-c 50 -t set,get each,
+              the sum of their rates, geometric mean of the tests;
+              redis_procs, size column = processes); every connection must
+              be accelerated.  Also runs the busy group
 
 ratio is always "> 1 means tsss is better": tsss/plain for throughput,
 plain/tsss for latency.
@@ -137,6 +148,17 @@ NGINX = {"size": 64 * M, "gets": 16}
 # pgbench -S: seconds per run, client counts (one case each)
 PGBENCH = {"seconds": 3, "clients": (1, 4)}
 
+# load: pgbench -S unpinned (seconds per run, client counts, -j min(c, 2));
+# redis-benchmark processes at once against one server (-c, -n per process
+# and test, tests)
+LOAD_PGBENCH = {"seconds": 2, "clients": (1, 4, 16, 64), "jobs": 2}
+LOAD_REDIS = {"procs": (1, 4), "clients": 50, "n": 50000, "tests": ("set", "get")}
+# busy: a CPU-bound process on every CPU during the run.  Stream totals
+# and ping-pong iterations are small because tsss is slow here (2 vCPUs,
+# 2026-12: ~0.02-0.04 GB/s at 4 and 64 KiB, 128 MiB take ~6 s; ~8-11 ms
+# per round trip, 500 take ~5 s), plain is fast (~3 GB/s, ~20 us).
+BUSY_STREAM = {64: 16 * M, 4096: 64 * M, 65536: 128 * M}
+BUSY_PINGPONG = {64: 500}
 # startup: /bin/true runs per bash script, fork+execs per execbench run,
 # paired repeats per mode (median)
 STARTUP = {"script_runs": 500, "execs": 1000, "repeats": 10}
@@ -146,13 +168,14 @@ LIMIT_SIZES = (64, 4096, 65536)
 
 ALL_GROUPS = ("stream", "pingpong", "syscall", "pipe", "file",
               "webcache", "redis", "socat", "pubsub", "ringsize",
-              "nginx", "postgres", "limit", "startup")
+              "nginx", "postgres", "limit", "startup", "busy", "load")
 # test-app binaries each group needs
 GROUP_BINS = {"stream": ("stream",), "pingpong": ("pingpong",),
               "syscall": ("syscost",), "pipe": ("pipefile",),
               "file": ("pipefile",), "webcache": ("webcache",),
               "pubsub": ("pubsub",), "ringsize": ("stream", "pingpong"),
-              "startup": ("execbench",),
+              "busy": ("stream", "pingpong"),
+              "load": ("stream", "pingpong"), "startup": ("execbench",),
               "limit": ("shmring",)}
 
 # (case, size, metric, minimum ratio) -- reported as PASS / FALL SHORT
@@ -339,13 +362,17 @@ class Runner:
         p = _run(cmd, env, self.timeout)
         return self._check(" ".join(cmd), p.returncode, p.stdout, p.stderr, mode)
 
-    def run_pair(self, mode, server_args, client_args, sock):
+    def run_pair(self, mode, server_args, client_args, sock, extra_env=None, errs=None):
         """Start the server, wait for its socket, run the client.
-        Returns (client_result, server_result)."""
+        Returns (client_result, server_result).  extra_env: added to both
+        processes' environment; errs: a list, to which (client stderr,
+        server stderr) is appended."""
         scmd, ccmd = self.cmd(server_args), self.cmd(client_args)
         if os.path.exists(sock):
             os.unlink(sock)
-        srv = subprocess.Popen(scmd, env=self.env(mode), stdout=subprocess.PIPE,
+        env = self.env(mode)
+        env.update(extra_env or {})
+        srv = subprocess.Popen(scmd, env=env, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, universal_newlines=True)
         _live.add(srv)
         try:
@@ -360,7 +387,7 @@ class Runner:
                     raise RunFailure("server %s: socket %s did not appear within 10 s"
                                      % (" ".join(scmd), sock))
                 time.sleep(0.005)
-            cli = _run(ccmd, self.env(mode), self.timeout, what="client " + " ".join(ccmd))
+            cli = _run(ccmd, env, self.timeout, what="client " + " ".join(ccmd))
             try:
                 sout, serr = srv.communicate(timeout=30 if cli.returncode == 0 else 5)
             except subprocess.TimeoutExpired:
@@ -370,6 +397,8 @@ class Runner:
                     raise RunFailure("server %s did not exit after the client "
                                      "finished\n--- stderr ---\n%s"
                                      % (" ".join(scmd), serr))
+            if errs is not None:
+                errs.append((cli.stderr, serr))
             cres = self._check("client " + " ".join(ccmd), cli.returncode,
                                cli.stdout, cli.stderr, mode)
             sres = self._check("server " + " ".join(scmd), srv.returncode,
@@ -390,23 +419,45 @@ class Runner:
 # ---------------------------------------------------------------------------
 # cases
 
-def stream_fn(size, total):
+def _log_env(mode):
+    """TSSS_LOG=info in tsss mode: one line per connection on stderr, so
+    that a run that was not accelerated can be a failure."""
+    return {"TSSS_LOG": "info"} if mode == "tsss" else {}
+
+
+def _check_pair(mode, what, errs):
+    """run_pair's (client stderr, server stderr): both ends accelerated."""
+    if errs:
+        _check_accelerated(mode, what + " client", errs[0][0], "client", 1)
+        _check_accelerated(mode, what + " server", errs[0][1], "server", 1)
+
+
+def stream_fn(size, total, accel=False):
+    """accel: TSSS_LOG=info, the run fails unless both ends were accelerated."""
     def fn(rt, mode):
         sock = rt.sock_path()
+        errs = []
         c, s = rt.run_pair(mode, ["stream", "server", sock],
-                           ["stream", "client", sock, size, total], sock)
+                           ["stream", "client", sock, size, total], sock,
+                           extra_env=_log_env(mode) if accel else None, errs=errs)
         if c.get("bytes") != s.get("bytes"):
             raise RunFailure("stream: client bytes %s != server bytes %s"
                              % (c.get("bytes"), s.get("bytes")))
+        if accel:
+            _check_pair(mode, "stream", errs)
         return {"gbps": float(c["gbps"]), "mmsgs": float(c["mmsgs"])}
     return fn
 
 
-def pingpong_fn(size, iters):
+def pingpong_fn(size, iters, accel=False):
     def fn(rt, mode):
         sock = rt.sock_path()
+        errs = []
         c, _ = rt.run_pair(mode, ["pingpong", "server", sock],
-                           ["pingpong", "client", sock, size, iters], sock)
+                           ["pingpong", "client", sock, size, iters], sock,
+                           extra_env=_log_env(mode) if accel else None, errs=errs)
+        if accel:
+            _check_pair(mode, "pingpong", errs)
         return {"rtt_med_us": float(c["rtt_med_us"]),
                 "rtt_p99_us": float(c["rtt_p99_us"])}
     return fn
@@ -920,9 +971,13 @@ def _pg_user(cmd):
 PGBENCH_TPS_RE = re.compile(r"^tps = ([0-9.]+) \(without initial connection time\)", re.M)
 
 
-def postgres_fn(clients, seconds):
+def postgres_fn(clients, seconds, pinned=True, jobs=1):
     """pgbench -S against a server started for this run (the data directory,
-    made with initdb and pgbench -i once, is shared by both modes)."""
+    made with initdb and pgbench -i once, is shared by both modes).
+    pinned: server on the last CPU, pgbench on CPU 0 (else the scheduler
+    places them); jobs: pgbench -j (its worker threads)."""
+    pin = _pin if pinned else (lambda server: None)
+
     def fn(rt, mode):
         b = _pg_bindir()
         if not b:
@@ -954,13 +1009,13 @@ def postgres_fn(clients, seconds):
                           "-c", "synchronous_commit=off", "-c", "shared_buffers=64MB",
                           "-c", "max_connections=%d" % (clients + 10)]),
                 env=env, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                preexec_fn=_pin(True))
+                preexec_fn=pin(True))
         _live.add(srv)
         pg = [os.path.join(b, "pgbench"), "-h", d, "-U", "postgres"]
 
         def run(args, what):
             p = _run(pg + args + ["postgres"], env, rt.timeout, what=what,
-                     preexec_fn=_pin(False))
+                     preexec_fn=pin(False))
             if p.returncode != 0 or _preload_failed(mode, p.stderr):
                 raise RunFailure("%s exited with status %s\n--- stdout ---\n%s"
                                  "--- stderr ---\n%s%s"
@@ -978,7 +1033,7 @@ def postgres_fn(clients, seconds):
             if not os.path.exists(marker):  # once per bench run, not timed
                 run(["-i", "-s", "1", "-q"], "pgbench -i")
                 open(marker, "w").close()
-            p = run(["-S", "-n", "-T", str(seconds), "-c", str(clients), "-j", "1"],
+            p = run(["-S", "-n", "-T", str(seconds), "-c", str(clients), "-j", str(jobs)],
                     "pgbench -S")
             m = PGBENCH_TPS_RE.search(p.stdout)
             if not m or "number of failed transactions: 0" not in p.stdout:
@@ -995,7 +1050,136 @@ def postgres_fn(clients, seconds):
 
 
 # ---------------------------------------------------------------------------
-# startup, limit
+# load, busy, startup, limit
+
+class _Busy:
+    """A CPU-bound process (sh -c 'while :; do :; done') pinned to each CPU
+    this script may use, for the with block: started before the
+    measurement, killed after it, without the preload in both modes.  A
+    busy loop that is gone at the end makes the run a failure."""
+
+    def __init__(self, rt):
+        self.rt = rt
+        self.procs = []
+
+    def __enter__(self):
+        cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
+            else range(os.cpu_count() or 1)
+        for cpu in cpus:
+            pre = (lambda c=cpu: os.sched_setaffinity(0, {c})) \
+                if hasattr(os, "sched_setaffinity") else None
+            p = subprocess.Popen(["sh", "-c", "while :; do :; done"], env=self.rt.env("plain"),
+                                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.DEVNULL, preexec_fn=pre)
+            _live.add(p)
+            self.procs.append(p)
+        time.sleep(0.05)  # spinning before the measurement starts
+        if any(p.poll() is not None for p in self.procs):
+            self._kill()
+            raise RunFailure("a busy loop (sh -c 'while :; do :; done') did not start")
+        return self
+
+    def _kill(self):
+        for p in self.procs:
+            if p.poll() is None:
+                p.kill()
+            p.wait()
+            _live.discard(p)
+
+    def __exit__(self, exc_type, exc, tb):
+        gone = [p for p in self.procs if p.poll() is not None]
+        self._kill()
+        if gone and exc_type is None:
+            raise RunFailure("%d busy loop(s) exited during the measurement" % len(gone))
+        return False
+
+
+def busy_fn(inner):
+    """inner(rt, mode) with a busy loop on every CPU."""
+    def fn(rt, mode):
+        with _Busy(rt):
+            return inner(rt, mode)
+    return fn
+
+
+def redis_load_fn(procs, clients, n, tests):
+    """`procs` redis-benchmark processes at once (-c clients each, -n n
+    requests per test) against one redis-server; per test the sum of the
+    processes' rates, then the geometric mean over the tests.  tsss: every
+    connection must be accelerated on both sides."""
+    def fn(rt, mode):
+        tools = {t: shutil.which(t) for t in ("redis-server", "redis-benchmark", "redis-cli")}
+        missing = [t for t in ("redis-server", "redis-benchmark") if not tools[t]]
+        if missing:
+            raise SkipCase("%s not installed" % " and ".join(missing))
+        sock = rt.sock_path()
+        if os.path.exists(sock):
+            os.unlink(sock)
+        log = sock + ".log"
+        env = _server_env(rt, mode)
+        with open(log, "w") as logf:
+            srv = subprocess.Popen(
+                [tools["redis-server"], "--port", "0", "--unixsocket", sock,
+                 "--save", "", "--appendonly", "no", "--dir", rt.file_dir,
+                 "--daemonize", "no"],
+                env=env, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        _live.add(srv)
+        bench = []
+        try:
+            _wait_socket(srv, sock, "redis-server", log)
+            cmd = [tools["redis-benchmark"], "-s", sock, "-q", "-n", str(n),
+                   "-c", str(clients), "-t", ",".join(tests)]
+            for _ in range(procs):
+                p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                                     universal_newlines=True)
+                _live.add(p)
+                bench.append(p)
+            deadline = time.monotonic() + rt.timeout
+            sums = {t.upper(): 0.0 for t in tests}
+            for i, p in enumerate(bench):
+                try:
+                    out, err = p.communicate(timeout=max(1, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    raise RunFailure("redis-benchmark %d of %d: timed out after %ss\n%s"
+                                     % (i + 1, procs, rt.timeout, _read_log(log)))
+                got = parse_redis_benchmark(out)
+                if (p.returncode != 0 or _preload_failed(mode, err)
+                        or any(got.get(t, 0) <= 0 for t in sums)):
+                    raise RunFailure("redis-benchmark %d of %d exited with status %s, "
+                                     "results %s\n--- stdout ---\n%s--- stderr ---\n%s%s"
+                                     % (i + 1, procs, p.returncode, got, out[-3000:],
+                                        err[-3000:], _read_log(log)))
+                _check_accelerated(mode, "redis-benchmark %d of %d" % (i + 1, procs),
+                                   err, "client", clients)
+                for t in sums:
+                    sums[t] += got[t]
+            if srv.poll() is not None:
+                raise RunFailure("redis-server exited (status %s) during the benchmark\n%s"
+                                 % (srv.returncode, _read_log(log)))
+            if tools["redis-cli"]:
+                subprocess.run([tools["redis-cli"], "-s", sock, "shutdown", "nosave"],
+                               env=rt.env("plain"), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, timeout=10)
+            else:
+                srv.terminate()
+            _expect_exit(srv, "redis-server", "shutdown", 10, mode, log)
+            _check_accelerated(mode, "redis-server", _read_log(log, 10 ** 7), "server",
+                               procs * clients)
+        finally:
+            for p in bench + [srv]:
+                if p.poll() is None:
+                    p.kill()
+                    p.wait()
+                _live.discard(p)
+            for f in (sock, log):
+                try:
+                    os.unlink(f)
+                except OSError:
+                    pass
+        return {"rps": geomean(list(sums.values()))}
+    return fn
+
 
 def _check_preloaded(rt, mode):
     """tsss: bash and the programs it starts really map the library (a
@@ -1116,6 +1300,27 @@ def build_cases(quick, groups):
                           startup_bash_fn(st["script_runs"]), reps=reps, sel="startup"))
         cases.append(Case("startup_exec", st["execs"], [M_US_EXEC],
                           startup_exec_fn(st["execs"]), reps=reps, sel="startup"))
+    if "busy" in groups or "load" in groups:
+        for size, total in BUSY_STREAM.items():
+            t = max(size, total // div // size * size)
+            cases.append(Case("busy_stream", size, [M_GBPS, M_MMSGS],
+                              busy_fn(stream_fn(size, t, accel=True)), sel="busy"))
+        for size, iters in BUSY_PINGPONG.items():
+            cases.append(Case("busy_pingpong", size, [M_RTT_MED, M_RTT_P99],
+                              busy_fn(pingpong_fn(size, max(100, iters // (5 if quick else 1)),
+                                                  accel=True)), sel="busy"))
+    if "load" in groups:
+        lp = LOAD_PGBENCH
+        for c in lp["clients"]:
+            cases.append(Case("postgres_unpinned", c, [M_TPS],
+                              postgres_fn(c, 1 if quick else lp["seconds"], pinned=False,
+                                          jobs=min(c, lp["jobs"])), sel="load"))
+        lr = LOAD_REDIS
+        for procs in lr["procs"]:
+            cases.append(Case("redis_procs", procs, [M_RPS],
+                              redis_load_fn(procs, lr["clients"],
+                                            max(1000, lr["n"] // (5 if quick else 1)),
+                                            lr["tests"]), sel="load"))
     # TSSS_BENCH_EXTRA: reserved for extra cases; ignored for now.
     return cases
 

@@ -19,6 +19,8 @@ declare -A PKGS=(
     [lscpu]=util-linux
     # bench.py's startup group times a bash script
     [bash]=bash
+    # bench.py's busy loops (busy and load groups)
+    [sh]=dash
 )
 missing=()
 for cmd in "${!PKGS[@]}"; do
