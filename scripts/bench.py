@@ -6,7 +6,7 @@
                              [--bin test-apps/bin] [--repeats R]
                              [--cases stream,pingpong,syscall,pipe,file,pubsub,
                                       webcache,redis,socat,ringsize,nginx,
-                                      postgres,limit,startup,busy,load]
+                                      postgres,limit,startup,busy,load,conns]
                              [--plain-only] [--timeout 120]
 
 Runs every case plain and with LD_PRELOAD=<lib> on BOTH client and server,
@@ -64,6 +64,15 @@ only ever inflates):
               the sum of their rates, geometric mean of the tests;
               redis_procs, size column = processes); every connection must
               be accelerated.  Also runs the busy group
+  * conns     test-apps/connbench: a single-threaded level-triggered epoll
+              echo server with N = 10 .. 10,000 open connections (size
+              column), 10 of them active round-robin with 64 B requests:
+              round trip (median, p99), the server's CPU time per request
+              (getrusage user+sys over the measured requests), time to open
+              the N connections, connections accelerated (beyond
+              kernel.shmmni segments they stay plain, ENOSPC, by design;
+              any other plain connection, or an active one not
+              accelerated, fails the run); 3 repeats, 1 s each
 
 ratio is always "> 1 means tsss is better": tsss/plain for throughput,
 plain/tsss for latency.
@@ -95,6 +104,7 @@ import math
 import os
 import platform
 import re
+import resource
 import shutil
 import signal
 import statistics
@@ -148,6 +158,13 @@ NGINX = {"size": 64 * M, "gets": 16}
 # pgbench -S: seconds per run, client counts (one case each)
 PGBENCH = {"seconds": 3, "clients": (1, 4)}
 
+# conns: open connections (one case each), active ones, seconds of
+# measurement per run (--quick: 0.3), repeats per mode.  With tsss the
+# 10,000 row takes ~40 s per run on its own (connections beyond
+# kernel.shmmni each pay a failed shmget and tsss's orphan sweep), so it
+# has no warm-up run.
+CONNS = {"counts": (10, 100, 1000, 10000), "active": 10, "seconds": 1.0, "repeats": 3,
+         "no_warmup_from": 10000}
 # load: pgbench -S unpinned (seconds per run, client counts, -j min(c, 2));
 # redis-benchmark processes at once against one server (-c, -n per process
 # and test, tests)
@@ -168,13 +185,13 @@ LIMIT_SIZES = (64, 4096, 65536)
 
 ALL_GROUPS = ("stream", "pingpong", "syscall", "pipe", "file",
               "webcache", "redis", "socat", "pubsub", "ringsize",
-              "nginx", "postgres", "limit", "startup", "busy", "load")
+              "nginx", "postgres", "limit", "startup", "busy", "load", "conns")
 # test-app binaries each group needs
 GROUP_BINS = {"stream": ("stream",), "pingpong": ("pingpong",),
               "syscall": ("syscost",), "pipe": ("pipefile",),
               "file": ("pipefile",), "webcache": ("webcache",),
               "pubsub": ("pubsub",), "ringsize": ("stream", "pingpong"),
-              "busy": ("stream", "pingpong"),
+              "conns": ("connbench",), "busy": ("stream", "pingpong"),
               "load": ("stream", "pingpong"), "startup": ("execbench",),
               "limit": ("shmring",)}
 
@@ -209,6 +226,9 @@ M_RPS = Metric("rps", "req/s", True)
 M_RPS_P16 = Metric("rps_p16", "req/s", True)
 M_KMSGS_FWD = Metric("kmsgs_fwd", "k msg/s", True)
 M_TPS = Metric("tps", "tx/s", True)
+M_SRV_CPU = Metric("srv_cpu_us", "us CPU/req", False)
+M_SETUP = Metric("setup_s", "s", False)
+M_ACCEL = Metric("accel", "conns", True)
 M_MS_SCRIPT = Metric("ms_per_script", "ms", False)
 M_US_EXEC = Metric("us_per_exec", "us", False)
 # ringsize: one metric per message size
@@ -1050,7 +1070,87 @@ def postgres_fn(clients, seconds, pinned=True, jobs=1):
 
 
 # ---------------------------------------------------------------------------
-# load, busy, startup, limit
+# conns, load, busy, startup, limit
+
+def conns_fn(n, active, seconds):
+    """connbench: n connections open (each with one round trip), `active`
+    of them driven round-robin for `seconds`; round trip of the active
+    ones and the server's CPU time per request (getrusage, between the
+    client's start and end marks).  tsss: every connection must be
+    accelerated, or plain because the segment table is full (ENOSPC,
+    kernel.shmmni); the active ones must be accelerated."""
+    def fn(rt, mode):
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if (os.geteuid() != 0 and hard != resource.RLIM_INFINITY
+                and hard < n + 64):
+            raise SkipCase("RLIMIT_NOFILE hard limit %d: %d connections need "
+                           "%d descriptors per process (raise it, or run as root)"
+                           % (hard, n, n + 64))
+        sock = rt.sock_path()
+        if os.path.exists(sock):
+            os.unlink(sock)
+        timeout = max(rt.timeout, 300)
+        env = _server_env(rt, mode)
+        env["CONNBENCH_TIMEOUT"] = str(int(timeout))
+        log = sock + ".log"
+        with open(log, "w") as lf:  # a file: 10,000 log lines would fill a pipe
+            srv = subprocess.Popen(rt.cmd(["connbench", "server", sock]), env=env,
+                                   stdout=subprocess.PIPE, stderr=lf,
+                                   stdin=subprocess.DEVNULL, universal_newlines=True)
+        _live.add(srv)
+        try:
+            _wait_socket(srv, sock, "connbench server", log)
+            ccmd = rt.cmd(["connbench", "client", sock, n, active, "%gs" % seconds])
+            cli = _run(ccmd, env, timeout, what="connbench client %d" % n)
+            if cli.returncode != 0:  # the client's own failure first
+                srv.terminate()
+                rt._check("connbench client %d" % n, cli.returncode, cli.stdout,
+                          cli.stderr[-6000:], mode)
+            try:
+                sout, _ = srv.communicate(timeout=60)
+            except subprocess.TimeoutExpired:
+                raise RunFailure("connbench server did not exit after the client "
+                                 "(status %s)\n--- client stderr ---\n%s%s"
+                                 % (cli.returncode, cli.stderr[-3000:], _read_log(log)))
+            with open(log, errors="replace") as f:
+                slog = f.read()
+            c = rt._check("connbench client %d" % n, cli.returncode, cli.stdout,
+                          cli.stderr, mode)
+            s = rt._check("connbench server", srv.returncode, sout, slog[-4000:], mode)
+        finally:
+            if srv.poll() is None:
+                srv.kill()
+                srv.wait()
+            _live.discard(srv)
+            for f in (sock, log):
+                try:
+                    os.unlink(f)
+                except OSError:
+                    pass
+        if c.get("reqs") != s.get("reqs") or int(s.get("conns", 0)) != n:
+            raise RunFailure("connbench: client %s requests on %d connections, server "
+                             "%s requests on %s" % (c.get("reqs"), n, s.get("reqs"),
+                                                    s.get("conns")))
+        acc = 0
+        if mode == "tsss":
+            acc = slog.count("accelerated (server")
+            plain = [l for l in slog.splitlines() if ": plain: " in l]
+            # the kernel's segment table is full: plain by design
+            nospc = [l for l in plain if "cannot create segment" in l and "(os error 28)" in l]
+            other = [l for l in plain if l not in nospc]
+            if other or acc + len(nospc) != n:
+                raise RunFailure("connbench %d: %d connections accelerated, %d plain for "
+                                 "ENOSPC (kernel.shmmni), %d plain for another reason\n%s"
+                                 % (n, acc, len(nospc), len(other), "\n".join(other[:20])))
+            for fd in c.get("active_fds", "").split(","):
+                if "fd %s: accelerated (client" % fd not in cli.stderr:
+                    raise RunFailure("connbench %d: active connection (client fd %s) "
+                                     "was not accelerated\n%s" % (n, fd, cli.stderr[-3000:]))
+        return {"rtt_med_us": float(c["rtt_med_us"]), "rtt_p99_us": float(c["rtt_p99_us"]),
+                "srv_cpu_us": float(s["cpu_us_per_req"]), "setup_s": float(c["setup_s"]),
+                "accel": float(acc)}
+    return fn
+
 
 class _Busy:
     """A CPU-bound process (sh -c 'while :; do :; done') pinned to each CPU
@@ -1321,6 +1421,13 @@ def build_cases(quick, groups):
                               redis_load_fn(procs, lr["clients"],
                                             max(1000, lr["n"] // (5 if quick else 1)),
                                             lr["tests"]), sel="load"))
+    if "conns" in groups:
+        cn = CONNS
+        for n in cn["counts"]:
+            cases.append(Case("conns", n, [M_RTT_MED, M_RTT_P99, M_SRV_CPU, M_SETUP, M_ACCEL],
+                              conns_fn(n, cn["active"], 0.3 if quick else cn["seconds"]),
+                              reps=2 if quick else cn["repeats"],
+                              warmup=0 if n >= cn["no_warmup_from"] else None))
     # TSSS_BENCH_EXTRA: reserved for extra cases; ignored for now.
     return cases
 

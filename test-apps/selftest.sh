@@ -91,6 +91,10 @@ pair "echo lt --one-byte big msgs" pass $BIN/echo_server "$S" lt --one-byte --ma
 pair "echo et big msgs" pass $BIN/echo_server "$S" et --max-conns 3 -- $BIN/echo_client "$S" 3 20 1m
 pair "echo corrupt" mismatch $BIN/echo_server "$S" et --max-conns 1 -- env CORRUPT_AT=777 $BIN/echo_client "$S" 1 10 512
 
+pair "connbench 200 conns" pass $BIN/connbench server "$S" -- $BIN/connbench client "$S" 200 10 20000
+pair "connbench 50 conns 0.2s" pass $BIN/connbench server "$S" -- $BIN/connbench client "$S" 50 10 0.2s
+pair "connbench corrupt" mismatch $BIN/connbench server "$S" -- env CORRUPT_AT=33 $BIN/connbench client "$S" 20 5 1000
+
 for sz in 1 64 4096 65536 262144; do
     run $BIN/shmring $sz $((sz == 1 ? 16 : 256))M >"$D/r.out" 2>"$D/r.err"
     check_out "shmring $sz" $? "$D/r.out" "$D/r.err"
