@@ -172,8 +172,9 @@ LOAD_PGBENCH = {"seconds": 2, "clients": (1, 4, 16, 64), "jobs": 2}
 LOAD_REDIS = {"procs": (1, 4), "clients": 50, "n": 50000, "tests": ("set", "get")}
 # busy: a CPU-bound process on every CPU during the run.  Stream totals
 # and ping-pong iterations are small because tsss is slow here (2 vCPUs,
-# 2026-12: ~0.02-0.04 GB/s at 4 and 64 KiB, 128 MiB take ~6 s; ~8-11 ms
-# per round trip, 500 take ~5 s), plain is fast (~3 GB/s, ~20 us).
+# 2026-12: 0.02-0.16 GB/s at 4 and 64 KiB, 128 MiB take up to ~6 s; round
+# trips of a time slice, ~12 ms, at p99, in some runs at the median too:
+# 500 then take ~6 s), plain is fast (1-4 GB/s, ~4 us).
 BUSY_STREAM = {64: 16 * M, 4096: 64 * M, 65536: 128 * M}
 BUSY_PINGPONG = {64: 500}
 # startup: /bin/true runs per bash script, fork+execs per execbench run,
