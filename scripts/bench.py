@@ -6,7 +6,7 @@
                              [--bin test-apps/bin] [--repeats R]
                              [--cases stream,pingpong,syscall,pipe,file,pubsub,
                                       webcache,redis,socat,ringsize,nginx,
-                                      postgres]
+                                      postgres,limit,startup,busy,load,conns]
                              [--plain-only] [--timeout 120]
 
 Runs every case plain and with LD_PRELOAD=<lib> on BOTH client and server,
@@ -43,12 +43,46 @@ only ever inflates):
               nginx and postgres: server on the last CPU, client on CPU 0
               (unpinned, the scheduler's placement alone moves plain
               pgbench -c 1 between ~14k and ~50k tx/s from run to run)
+  * limit     the hardware limit, one mode: a naive spinning SPSC ring in
+              shared memory between two processes (test-apps/shmring,
+              256 KiB ring, no syscalls), 64 B, 4 KiB and 64 KiB messages,
+              the stream group's totals; best of 5 runs.  Its own table
+              beside the stream group's rows (tsss / limit)
+                                                 (GB/s and M msg/s)
+  * startup   process start-up: a bash script running /bin/true 500 times
+              (ms per script; the tsss run preloads bash and every
+              /bin/true), and 1000 fork+exec of /bin/true from a C driver
+              (test-apps/execbench, us per exec); 10 paired runs per mode
+  * busy      a CPU-bound process (sh busy loop) pinned to every CPU during
+              each run, same in both modes: stream at 64 B, 4 KiB and
+              64 KiB (busy_stream) and the 64 B ping-pong round trip
+              (busy_pingpong); TSSS_LOG=info, a connection not accelerated
+              fails the run
+  * load      default settings, unpinned: pgbench -S with 1, 4, 16 and 64
+              clients, -j min(clients, 2) (postgres_unpinned), and 1 and 4
+              redis-benchmark processes at once (-c 50 -t set,get each,
+              the sum of their rates, geometric mean of the tests;
+              redis_procs, size column = processes); every connection must
+              be accelerated.  Also runs the busy group
+  * conns     test-apps/connbench: a single-threaded level-triggered epoll
+              echo server with N = 10 .. 10,000 open connections (size
+              column), 10 of them active round-robin with 64 B requests:
+              round trip (median, p99), the server's CPU time per request
+              (getrusage user+sys over the measured requests), time to open
+              the N connections, connections accelerated (beyond
+              kernel.shmmni segments they stay plain, ENOSPC, by design;
+              any other plain connection, or an active one not
+              accelerated, fails the run); 3 repeats, 1 s each
 
 ratio is always "> 1 means tsss is better": tsss/plain for throughput,
 plain/tsss for latency.
 
 Outputs: a table on stdout, OUT/bench.csv (medians), OUT/raw.csv (every
-run), OUT/throughput.svg, OUT/rtt.svg, OUT/summary.md.
+run), OUT/throughput.svg, OUT/rtt.svg, OUT/summary.md.  The header names
+the date, CPU, kernel and glibc and the load average at the start and the
+end (a loaded machine makes every figure noisier).  In bench.csv the rows
+of case "limit" carry the ring's value in the column `limit`, the stream
+group's medians at that size in plain and tsss, and tsss / limit as ratio.
 
 Any run that exits non-zero, times out, lacks a "RESULT ... ok=1" line, or
 whose preload could not be loaded is a FAILURE: its stderr is printed and
@@ -70,6 +104,7 @@ import math
 import os
 import platform
 import re
+import resource
 import shutil
 import signal
 import statistics
@@ -123,14 +158,43 @@ NGINX = {"size": 64 * M, "gets": 16}
 # pgbench -S: seconds per run, client counts (one case each)
 PGBENCH = {"seconds": 3, "clients": (1, 4)}
 
+# conns: open connections (one case each), active ones, seconds of
+# measurement per run (--quick: 0.3), repeats per mode.  With tsss the
+# 10,000 row takes ~40 s per run on its own (connections beyond
+# kernel.shmmni each pay a failed shmget and tsss's orphan sweep), so it
+# has no warm-up run.
+CONNS = {"counts": (10, 100, 1000, 10000), "active": 10, "seconds": 1.0, "repeats": 3,
+         "no_warmup_from": 10000}
+# load: pgbench -S unpinned (seconds per run, client counts, -j min(c, 2));
+# redis-benchmark processes at once against one server (-c, -n per process
+# and test, tests)
+LOAD_PGBENCH = {"seconds": 2, "clients": (1, 4, 16, 64), "jobs": 2}
+LOAD_REDIS = {"procs": (1, 4), "clients": 50, "n": 50000, "tests": ("set", "get")}
+# busy: a CPU-bound process on every CPU during the run.  Stream totals
+# and ping-pong iterations are small because tsss is slow here (2 vCPUs,
+# 2026-12: 0.02-0.16 GB/s at 4 and 64 KiB, 128 MiB take up to ~6 s; round
+# trips of a time slice, ~12 ms, at p99, in some runs at the median too:
+# 500 then take ~6 s), plain is fast (1-4 GB/s, ~4 us).
+BUSY_STREAM = {64: 16 * M, 4096: 64 * M, 65536: 128 * M}
+BUSY_PINGPONG = {64: 500}
+# startup: /bin/true runs per bash script, fork+execs per execbench run,
+# paired repeats per mode (median)
+STARTUP = {"script_runs": 500, "execs": 1000, "repeats": 10}
+# limit: message sizes; totals as the stream group's, also with --quick
+# (the ring moves 4 GiB in ~0.35 s); best of 5 runs (--quick: 3)
+LIMIT_SIZES = (64, 4096, 65536)
+
 ALL_GROUPS = ("stream", "pingpong", "syscall", "pipe", "file",
               "webcache", "redis", "socat", "pubsub", "ringsize",
-              "nginx", "postgres")
+              "nginx", "postgres", "limit", "startup", "busy", "load", "conns")
 # test-app binaries each group needs
 GROUP_BINS = {"stream": ("stream",), "pingpong": ("pingpong",),
               "syscall": ("syscost",), "pipe": ("pipefile",),
               "file": ("pipefile",), "webcache": ("webcache",),
-              "pubsub": ("pubsub",), "ringsize": ("stream", "pingpong")}
+              "pubsub": ("pubsub",), "ringsize": ("stream", "pingpong"),
+              "conns": ("connbench",), "busy": ("stream", "pingpong"),
+              "load": ("stream", "pingpong"), "startup": ("execbench",),
+              "limit": ("shmring",)}
 
 # (case, size, metric, minimum ratio) -- reported as PASS / FALL SHORT
 TARGETS = [
@@ -142,6 +206,8 @@ TARGETS = [
     ("pipe", 65536, "gbps", 0.95),
     ("file", 4096, "gbps", 0.95),
     ("file", 65536, "gbps", 0.95),
+    ("startup_bash", 500, "ms_per_script", 0.95),
+    ("startup_exec", 1000, "us_per_exec", 0.95),
 ]
 
 
@@ -161,6 +227,11 @@ M_RPS = Metric("rps", "req/s", True)
 M_RPS_P16 = Metric("rps_p16", "req/s", True)
 M_KMSGS_FWD = Metric("kmsgs_fwd", "k msg/s", True)
 M_TPS = Metric("tps", "tx/s", True)
+M_SRV_CPU = Metric("srv_cpu_us", "us CPU/req", False)
+M_SETUP = Metric("setup_s", "s", False)
+M_ACCEL = Metric("accel", "conns", True)
+M_MS_SCRIPT = Metric("ms_per_script", "ms", False)
+M_US_EXEC = Metric("us_per_exec", "us", False)
 # ringsize: one metric per message size
 M_RING = ([Metric("gbps_%s" % svgplot.size_label(sz), "GB/s", True) for sz in RING_STREAM]
           + [Metric("rtt_%s_us" % svgplot.size_label(sz), "us", False)
@@ -170,19 +241,31 @@ M_RING = ([Metric("gbps_%s" % svgplot.size_label(sz), "GB/s", True) for sz in RI
 class Case:
     """One benchmark case.  fn(runner, mode) -> {metric: value}."""
 
-    def __init__(self, group, size, metrics, fn, best_of=0):
+    def __init__(self, group, size, metrics, fn, best_of=0, reps=None, warmup=None,
+                 modes=None, sel=None):
         # best_of > 0: an overhead case (pipe/file under LD_PRELOAD): run it
         # best_of times per mode and report the best run. Interference only
         # ever slows a run down, so the best run is the estimate of the
         # cost itself; medians of 5 spread +-10% here, too wide for 5%.
         self.best_of = best_of
+        # reps / warmup: this case's own repeat and warm-up counts (median
+        # of reps), instead of --repeats / --warmup
+        self.reps = reps
+        self.warmup = warmup
+        # modes: the modes this case runs in; None: plain and tsss.
+        # ("limit",): a single-mode reference (no preload), reported in its
+        # own table (see limit_rows)
+        self.modes = modes
         self.group = group
+        # sel: the --cases group that selected this case (run time per group)
+        self.sel = sel or group
         self.size = size
         self.metrics = metrics
         self.fn = fn
         # samples[mode][metric] -> list of values
-        self.samples = {m: {x.name: [] for x in metrics} for m in MODES}
+        self.samples = {m: {x.name: [] for x in metrics} for m in MODES + ("limit",)}
         self.failed = False
+        self.secs = 0.0
 
     def label(self):
         return "%s %s" % (self.group, svgplot.size_label(self.size))
@@ -300,13 +383,17 @@ class Runner:
         p = _run(cmd, env, self.timeout)
         return self._check(" ".join(cmd), p.returncode, p.stdout, p.stderr, mode)
 
-    def run_pair(self, mode, server_args, client_args, sock):
+    def run_pair(self, mode, server_args, client_args, sock, extra_env=None, errs=None):
         """Start the server, wait for its socket, run the client.
-        Returns (client_result, server_result)."""
+        Returns (client_result, server_result).  extra_env: added to both
+        processes' environment; errs: a list, to which (client stderr,
+        server stderr) is appended."""
         scmd, ccmd = self.cmd(server_args), self.cmd(client_args)
         if os.path.exists(sock):
             os.unlink(sock)
-        srv = subprocess.Popen(scmd, env=self.env(mode), stdout=subprocess.PIPE,
+        env = self.env(mode)
+        env.update(extra_env or {})
+        srv = subprocess.Popen(scmd, env=env, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, universal_newlines=True)
         _live.add(srv)
         try:
@@ -321,7 +408,7 @@ class Runner:
                     raise RunFailure("server %s: socket %s did not appear within 10 s"
                                      % (" ".join(scmd), sock))
                 time.sleep(0.005)
-            cli = _run(ccmd, self.env(mode), self.timeout, what="client " + " ".join(ccmd))
+            cli = _run(ccmd, env, self.timeout, what="client " + " ".join(ccmd))
             try:
                 sout, serr = srv.communicate(timeout=30 if cli.returncode == 0 else 5)
             except subprocess.TimeoutExpired:
@@ -331,6 +418,8 @@ class Runner:
                     raise RunFailure("server %s did not exit after the client "
                                      "finished\n--- stderr ---\n%s"
                                      % (" ".join(scmd), serr))
+            if errs is not None:
+                errs.append((cli.stderr, serr))
             cres = self._check("client " + " ".join(ccmd), cli.returncode,
                                cli.stdout, cli.stderr, mode)
             sres = self._check("server " + " ".join(scmd), srv.returncode,
@@ -351,23 +440,45 @@ class Runner:
 # ---------------------------------------------------------------------------
 # cases
 
-def stream_fn(size, total):
+def _log_env(mode):
+    """TSSS_LOG=info in tsss mode: one line per connection on stderr, so
+    that a run that was not accelerated can be a failure."""
+    return {"TSSS_LOG": "info"} if mode == "tsss" else {}
+
+
+def _check_pair(mode, what, errs):
+    """run_pair's (client stderr, server stderr): both ends accelerated."""
+    if errs:
+        _check_accelerated(mode, what + " client", errs[0][0], "client", 1)
+        _check_accelerated(mode, what + " server", errs[0][1], "server", 1)
+
+
+def stream_fn(size, total, accel=False):
+    """accel: TSSS_LOG=info, the run fails unless both ends were accelerated."""
     def fn(rt, mode):
         sock = rt.sock_path()
+        errs = []
         c, s = rt.run_pair(mode, ["stream", "server", sock],
-                           ["stream", "client", sock, size, total], sock)
+                           ["stream", "client", sock, size, total], sock,
+                           extra_env=_log_env(mode) if accel else None, errs=errs)
         if c.get("bytes") != s.get("bytes"):
             raise RunFailure("stream: client bytes %s != server bytes %s"
                              % (c.get("bytes"), s.get("bytes")))
+        if accel:
+            _check_pair(mode, "stream", errs)
         return {"gbps": float(c["gbps"]), "mmsgs": float(c["mmsgs"])}
     return fn
 
 
-def pingpong_fn(size, iters):
+def pingpong_fn(size, iters, accel=False):
     def fn(rt, mode):
         sock = rt.sock_path()
+        errs = []
         c, _ = rt.run_pair(mode, ["pingpong", "server", sock],
-                           ["pingpong", "client", sock, size, iters], sock)
+                           ["pingpong", "client", sock, size, iters], sock,
+                           extra_env=_log_env(mode) if accel else None, errs=errs)
+        if accel:
+            _check_pair(mode, "pingpong", errs)
         return {"rtt_med_us": float(c["rtt_med_us"]),
                 "rtt_p99_us": float(c["rtt_p99_us"])}
     return fn
@@ -881,9 +992,13 @@ def _pg_user(cmd):
 PGBENCH_TPS_RE = re.compile(r"^tps = ([0-9.]+) \(without initial connection time\)", re.M)
 
 
-def postgres_fn(clients, seconds):
+def postgres_fn(clients, seconds, pinned=True, jobs=1):
     """pgbench -S against a server started for this run (the data directory,
-    made with initdb and pgbench -i once, is shared by both modes)."""
+    made with initdb and pgbench -i once, is shared by both modes).
+    pinned: server on the last CPU, pgbench on CPU 0 (else the scheduler
+    places them); jobs: pgbench -j (its worker threads)."""
+    pin = _pin if pinned else (lambda server: None)
+
     def fn(rt, mode):
         b = _pg_bindir()
         if not b:
@@ -915,13 +1030,13 @@ def postgres_fn(clients, seconds):
                           "-c", "synchronous_commit=off", "-c", "shared_buffers=64MB",
                           "-c", "max_connections=%d" % (clients + 10)]),
                 env=env, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                preexec_fn=_pin(True))
+                preexec_fn=pin(True))
         _live.add(srv)
         pg = [os.path.join(b, "pgbench"), "-h", d, "-U", "postgres"]
 
         def run(args, what):
             p = _run(pg + args + ["postgres"], env, rt.timeout, what=what,
-                     preexec_fn=_pin(False))
+                     preexec_fn=pin(False))
             if p.returncode != 0 or _preload_failed(mode, p.stderr):
                 raise RunFailure("%s exited with status %s\n--- stdout ---\n%s"
                                  "--- stderr ---\n%s%s"
@@ -939,7 +1054,7 @@ def postgres_fn(clients, seconds):
             if not os.path.exists(marker):  # once per bench run, not timed
                 run(["-i", "-s", "1", "-q"], "pgbench -i")
                 open(marker, "w").close()
-            p = run(["-S", "-n", "-T", str(seconds), "-c", str(clients), "-j", "1"],
+            p = run(["-S", "-n", "-T", str(seconds), "-c", str(clients), "-j", str(jobs)],
                     "pgbench -S")
             m = PGBENCH_TPS_RE.search(p.stdout)
             if not m or "number of failed transactions: 0" not in p.stdout:
@@ -952,6 +1067,273 @@ def postgres_fn(clients, seconds):
         finally:
             _end_server(srv, signal.SIGQUIT)  # postgres: immediate shutdown
         return {"tps": float(m.group(1))}
+    return fn
+
+
+# ---------------------------------------------------------------------------
+# conns, load, busy, startup, limit
+
+def conns_fn(n, active, seconds):
+    """connbench: n connections open (each with one round trip), `active`
+    of them driven round-robin for `seconds`; round trip of the active
+    ones and the server's CPU time per request (getrusage, between the
+    client's start and end marks).  tsss: every connection must be
+    accelerated, or plain because the segment table is full (ENOSPC,
+    kernel.shmmni); the active ones must be accelerated."""
+    def fn(rt, mode):
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if (os.geteuid() != 0 and hard != resource.RLIM_INFINITY
+                and hard < n + 64):
+            raise SkipCase("RLIMIT_NOFILE hard limit %d: %d connections need "
+                           "%d descriptors per process (raise it, or run as root)"
+                           % (hard, n, n + 64))
+        sock = rt.sock_path()
+        if os.path.exists(sock):
+            os.unlink(sock)
+        timeout = max(rt.timeout, 300)
+        env = _server_env(rt, mode)
+        env["CONNBENCH_TIMEOUT"] = str(int(timeout))
+        log = sock + ".log"
+        with open(log, "w") as lf:  # a file: 10,000 log lines would fill a pipe
+            srv = subprocess.Popen(rt.cmd(["connbench", "server", sock]), env=env,
+                                   stdout=subprocess.PIPE, stderr=lf,
+                                   stdin=subprocess.DEVNULL, universal_newlines=True)
+        _live.add(srv)
+        try:
+            _wait_socket(srv, sock, "connbench server", log)
+            ccmd = rt.cmd(["connbench", "client", sock, n, active, "%gs" % seconds])
+            cli = _run(ccmd, env, timeout, what="connbench client %d" % n)
+            if cli.returncode != 0:  # the client's own failure first
+                srv.terminate()
+                rt._check("connbench client %d" % n, cli.returncode, cli.stdout,
+                          cli.stderr[-6000:], mode)
+            try:
+                sout, _ = srv.communicate(timeout=60)
+            except subprocess.TimeoutExpired:
+                raise RunFailure("connbench server did not exit after the client "
+                                 "(status %s)\n--- client stderr ---\n%s%s"
+                                 % (cli.returncode, cli.stderr[-3000:], _read_log(log)))
+            with open(log, errors="replace") as f:
+                slog = f.read()
+            c = rt._check("connbench client %d" % n, cli.returncode, cli.stdout,
+                          cli.stderr, mode)
+            s = rt._check("connbench server", srv.returncode, sout, slog[-4000:], mode)
+        finally:
+            if srv.poll() is None:
+                srv.kill()
+                srv.wait()
+            _live.discard(srv)
+            for f in (sock, log):
+                try:
+                    os.unlink(f)
+                except OSError:
+                    pass
+        if c.get("reqs") != s.get("reqs") or int(s.get("conns", 0)) != n:
+            raise RunFailure("connbench: client %s requests on %d connections, server "
+                             "%s requests on %s" % (c.get("reqs"), n, s.get("reqs"),
+                                                    s.get("conns")))
+        acc = 0
+        if mode == "tsss":
+            acc = slog.count("accelerated (server")
+            plain = [l for l in slog.splitlines() if ": plain: " in l]
+            # the kernel's segment table is full: plain by design
+            nospc = [l for l in plain if "cannot create segment" in l and "(os error 28)" in l]
+            other = [l for l in plain if l not in nospc]
+            if other or acc + len(nospc) != n:
+                raise RunFailure("connbench %d: %d connections accelerated, %d plain for "
+                                 "ENOSPC (kernel.shmmni), %d plain for another reason\n%s"
+                                 % (n, acc, len(nospc), len(other), "\n".join(other[:20])))
+            for fd in c.get("active_fds", "").split(","):
+                if "fd %s: accelerated (client" % fd not in cli.stderr:
+                    raise RunFailure("connbench %d: active connection (client fd %s) "
+                                     "was not accelerated\n%s" % (n, fd, cli.stderr[-3000:]))
+        return {"rtt_med_us": float(c["rtt_med_us"]), "rtt_p99_us": float(c["rtt_p99_us"]),
+                "srv_cpu_us": float(s["cpu_us_per_req"]), "setup_s": float(c["setup_s"]),
+                "accel": float(acc)}
+    return fn
+
+
+class _Busy:
+    """A CPU-bound process (sh -c 'while :; do :; done') pinned to each CPU
+    this script may use, for the with block: started before the
+    measurement, killed after it, without the preload in both modes.  A
+    busy loop that is gone at the end makes the run a failure."""
+
+    def __init__(self, rt):
+        self.rt = rt
+        self.procs = []
+
+    def __enter__(self):
+        cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
+            else range(os.cpu_count() or 1)
+        for cpu in cpus:
+            pre = (lambda c=cpu: os.sched_setaffinity(0, {c})) \
+                if hasattr(os, "sched_setaffinity") else None
+            p = subprocess.Popen(["sh", "-c", "while :; do :; done"], env=self.rt.env("plain"),
+                                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.DEVNULL, preexec_fn=pre)
+            _live.add(p)
+            self.procs.append(p)
+        time.sleep(0.05)  # spinning before the measurement starts
+        if any(p.poll() is not None for p in self.procs):
+            self._kill()
+            raise RunFailure("a busy loop (sh -c 'while :; do :; done') did not start")
+        return self
+
+    def _kill(self):
+        for p in self.procs:
+            if p.poll() is None:
+                p.kill()
+            p.wait()
+            _live.discard(p)
+
+    def __exit__(self, exc_type, exc, tb):
+        gone = [p for p in self.procs if p.poll() is not None]
+        self._kill()
+        if gone and exc_type is None:
+            raise RunFailure("%d busy loop(s) exited during the measurement" % len(gone))
+        return False
+
+
+def busy_fn(inner):
+    """inner(rt, mode) with a busy loop on every CPU."""
+    def fn(rt, mode):
+        with _Busy(rt):
+            return inner(rt, mode)
+    return fn
+
+
+def redis_load_fn(procs, clients, n, tests):
+    """`procs` redis-benchmark processes at once (-c clients each, -n n
+    requests per test) against one redis-server; per test the sum of the
+    processes' rates, then the geometric mean over the tests.  tsss: every
+    connection must be accelerated on both sides."""
+    def fn(rt, mode):
+        tools = {t: shutil.which(t) for t in ("redis-server", "redis-benchmark", "redis-cli")}
+        missing = [t for t in ("redis-server", "redis-benchmark") if not tools[t]]
+        if missing:
+            raise SkipCase("%s not installed" % " and ".join(missing))
+        sock = rt.sock_path()
+        if os.path.exists(sock):
+            os.unlink(sock)
+        log = sock + ".log"
+        env = _server_env(rt, mode)
+        with open(log, "w") as logf:
+            srv = subprocess.Popen(
+                [tools["redis-server"], "--port", "0", "--unixsocket", sock,
+                 "--save", "", "--appendonly", "no", "--dir", rt.file_dir,
+                 "--daemonize", "no"],
+                env=env, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        _live.add(srv)
+        bench = []
+        try:
+            _wait_socket(srv, sock, "redis-server", log)
+            cmd = [tools["redis-benchmark"], "-s", sock, "-q", "-n", str(n),
+                   "-c", str(clients), "-t", ",".join(tests)]
+            for _ in range(procs):
+                p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                                     universal_newlines=True)
+                _live.add(p)
+                bench.append(p)
+            deadline = time.monotonic() + rt.timeout
+            sums = {t.upper(): 0.0 for t in tests}
+            for i, p in enumerate(bench):
+                try:
+                    out, err = p.communicate(timeout=max(1, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    raise RunFailure("redis-benchmark %d of %d: timed out after %ss\n%s"
+                                     % (i + 1, procs, rt.timeout, _read_log(log)))
+                got = parse_redis_benchmark(out)
+                if (p.returncode != 0 or _preload_failed(mode, err)
+                        or any(got.get(t, 0) <= 0 for t in sums)):
+                    raise RunFailure("redis-benchmark %d of %d exited with status %s, "
+                                     "results %s\n--- stdout ---\n%s--- stderr ---\n%s%s"
+                                     % (i + 1, procs, p.returncode, got, out[-3000:],
+                                        err[-3000:], _read_log(log)))
+                _check_accelerated(mode, "redis-benchmark %d of %d" % (i + 1, procs),
+                                   err, "client", clients)
+                for t in sums:
+                    sums[t] += got[t]
+            if srv.poll() is not None:
+                raise RunFailure("redis-server exited (status %s) during the benchmark\n%s"
+                                 % (srv.returncode, _read_log(log)))
+            if tools["redis-cli"]:
+                subprocess.run([tools["redis-cli"], "-s", sock, "shutdown", "nosave"],
+                               env=rt.env("plain"), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, timeout=10)
+            else:
+                srv.terminate()
+            _expect_exit(srv, "redis-server", "shutdown", 10, mode, log)
+            _check_accelerated(mode, "redis-server", _read_log(log, 10 ** 7), "server",
+                               procs * clients)
+        finally:
+            for p in bench + [srv]:
+                if p.poll() is None:
+                    p.kill()
+                    p.wait()
+                _live.discard(p)
+            for f in (sock, log):
+                try:
+                    os.unlink(f)
+                except OSError:
+                    pass
+        return {"rps": geomean(list(sums.values()))}
+    return fn
+
+
+def _check_preloaded(rt, mode):
+    """tsss: bash and the programs it starts really map the library (a
+    check outside the timed runs)."""
+    if mode != "tsss":
+        return
+    name = os.path.basename(rt.lib)
+    p = _run(["bash", "-c", 'grep -qF -- "$1" /proc/$$/maps && grep -qF -- "$1" /proc/self/maps',
+              "check", name], rt.env(mode), 30, what="preload check")
+    if p.returncode != 0 or _preload_failed(mode, p.stderr):
+        raise RunFailure("%s is not mapped by bash or by the programs it starts "
+                         "(status %s)\n%s" % (name, p.returncode, p.stderr))
+
+
+def startup_bash_fn(runs):
+    """A bash script that runs /bin/true `runs` times: wall time (ms)."""
+    def fn(rt, mode):
+        if not shutil.which("bash") or not os.access("/bin/true", os.X_OK):
+            raise SkipCase("bash or /bin/true not installed")
+        script = os.path.join(rt.file_dir, "startup-%d.sh" % runs)
+        if not os.path.exists(script):
+            with open(script, "w") as f:
+                f.write('i=0\nwhile [ "$i" -lt %d ]; do\n    /bin/true || exit 1\n'
+                        '    i=$((i + 1))\ndone\n' % runs)
+        _check_preloaded(rt, mode)
+        env = rt.env(mode)
+        t0 = time.perf_counter()
+        p = _run(["bash", script], env, rt.timeout, what="bash %s" % script)
+        ms = (time.perf_counter() - t0) * 1e3
+        if p.returncode != 0 or _preload_failed(mode, p.stderr) or p.stderr.strip():
+            raise RunFailure("bash %s: status %s\n--- stderr ---\n%s"
+                             % (script, p.returncode, p.stderr[-3000:]))
+        return {"ms_per_script": ms}
+    return fn
+
+
+def startup_exec_fn(n):
+    """execbench: n times fork + exec of /bin/true from a C driver."""
+    def fn(rt, mode):
+        _check_preloaded(rt, mode)
+        r = rt.run_one(mode, ["execbench", n, "/bin/true"])
+        return {"us_per_exec": float(r["us_per_exec"])}
+    return fn
+
+
+def shmring_fn(size, total):
+    """The hardware limit: a naive spinning SPSC ring in shared memory
+    (test-apps/shmring), the stream group's message size and total."""
+    def fn(rt, mode):
+        r = rt.run_one(mode, ["shmring", size, total])
+        if int(r.get("bytes", 0)) < total:
+            raise RunFailure("shmring: %s bytes moved, %d expected" % (r.get("bytes"), total))
+        return {"gbps": float(r["gbps"]), "mmsgs": float(r["mmsgs"])}
     return fn
 
 
@@ -1005,6 +1387,48 @@ def build_cases(quick, groups):
         for c in PGBENCH["clients"]:
             cases.append(Case("postgres", c, [M_TPS],
                               postgres_fn(c, max(1, PGBENCH["seconds"] // (3 if quick else 1)))))
+    if "limit" in groups:
+        for size in LIMIT_SIZES:
+            # best of: a limit, which interference only ever lowers (and
+            # two spinning processes suffer most from a third runnable one)
+            cases.append(Case("limit", size, [M_GBPS, M_MMSGS],
+                              shmring_fn(size, STREAM_TOTALS[size]), modes=("limit",),
+                              best_of=3 if quick else 5))
+    if "startup" in groups:
+        st = STARTUP
+        reps = 4 if quick else st["repeats"]
+        cases.append(Case("startup_bash", st["script_runs"], [M_MS_SCRIPT],
+                          startup_bash_fn(st["script_runs"]), reps=reps, sel="startup"))
+        cases.append(Case("startup_exec", st["execs"], [M_US_EXEC],
+                          startup_exec_fn(st["execs"]), reps=reps, sel="startup"))
+    if "busy" in groups or "load" in groups:
+        for size, total in BUSY_STREAM.items():
+            t = max(size, total // div // size * size)
+            cases.append(Case("busy_stream", size, [M_GBPS, M_MMSGS],
+                              busy_fn(stream_fn(size, t, accel=True)), sel="busy"))
+        for size, iters in BUSY_PINGPONG.items():
+            cases.append(Case("busy_pingpong", size, [M_RTT_MED, M_RTT_P99],
+                              busy_fn(pingpong_fn(size, max(100, iters // (5 if quick else 1)),
+                                                  accel=True)), sel="busy"))
+    if "load" in groups:
+        lp = LOAD_PGBENCH
+        for c in lp["clients"]:
+            cases.append(Case("postgres_unpinned", c, [M_TPS],
+                              postgres_fn(c, 1 if quick else lp["seconds"], pinned=False,
+                                          jobs=min(c, lp["jobs"])), sel="load"))
+        lr = LOAD_REDIS
+        for procs in lr["procs"]:
+            cases.append(Case("redis_procs", procs, [M_RPS],
+                              redis_load_fn(procs, lr["clients"],
+                                            max(1000, lr["n"] // (5 if quick else 1)),
+                                            lr["tests"]), sel="load"))
+    if "conns" in groups:
+        cn = CONNS
+        for n in cn["counts"]:
+            cases.append(Case("conns", n, [M_RTT_MED, M_RTT_P99, M_SRV_CPU, M_SETUP, M_ACCEL],
+                              conns_fn(n, cn["active"], 0.3 if quick else cn["seconds"]),
+                              reps=2 if quick else cn["repeats"],
+                              warmup=0 if n >= cn["no_warmup_from"] else None))
     # TSSS_BENCH_EXTRA: reserved for extra cases; ignored for now.
     return cases
 
@@ -1036,12 +1460,64 @@ def ratio(case, metric):
 
 def rows(cases):
     for c in cases:
+        if c.modes:  # single-mode references: limit_rows
+            continue
         for m in c.metrics:
             yield (c, m, c.median("plain", m.name), c.median("tsss", m.name),
                    ratio(c, m))
 
 
 RATIO_HDR = "ratio (>1 = tsss better)"
+
+
+def limit_rows(cases):
+    """(case, metric, limit, plain stream, tsss stream, tsss/limit,
+    plain/limit) for each limit case: the stream group's medians at the
+    same message size (None when that group did not run)."""
+    for c in cases:
+        if c.modes != ("limit",):
+            continue
+        st = next((x for x in cases if x.group == "stream" and x.size == c.size), None)
+        for m in c.metrics:
+            lim = c.median("limit", m.name)
+            p = st.median("plain", m.name) if st else None
+            t = st.median("tsss", m.name) if st else None
+            yield (c, m, lim, p, t,
+                   t / lim if t and lim else None, p / lim if p and lim else None)
+
+
+LIMIT_TITLE = ("hardware limit: a naive spinning SPSC ring in shared memory "
+               "(test-apps/shmring, 256 KiB, no syscalls), one mode, beside the "
+               "stream group at the same message size")
+LIMIT_HDR = ["size", "metric", "limit", "tsss stream", "tsss / limit", "plain stream",
+             "plain / limit"]
+
+
+def _limit_cells(r):
+    c, m, lim, p, t, tr, pr = r
+    x = lambda v: "n/a" if v is None else "%.2fx" % v  # noqa: E731
+    return [svgplot.size_label(c.size), "%s [%s]" % (m.name, m.unit), fmt(lim), fmt(t),
+            x(tr), fmt(p), x(pr)]
+
+
+def limit_text_table(cases):
+    body = [_limit_cells(r) for r in limit_rows(cases)]
+    if not body:
+        return ""
+    w = [max(len(x[i]) for x in [LIMIT_HDR] + body) for i in range(len(LIMIT_HDR))]
+    lines = ["  ".join(x[i].ljust(w[i]) if i < 2 else x[i].rjust(w[i])
+                       for i in range(len(w))) for x in [LIMIT_HDR] + body]
+    lines.insert(1, "  ".join("-" * n for n in w))
+    return LIMIT_TITLE + ":\n" + "\n".join(lines)
+
+
+def limit_md_table(cases):
+    body = [_limit_cells(r) for r in limit_rows(cases)]
+    if not body:
+        return ""
+    out = ["| " + " | ".join(LIMIT_HDR) + " |", "|---:|---|---:|---:|---:|---:|---:|"]
+    out += ["| " + " | ".join(b) + " |" for b in body]
+    return "\n".join(out)
 
 
 def text_table(cases):
@@ -1086,26 +1562,70 @@ def target_lines(cases):
 
 
 def cpu_model():
+    """'model name' of /proc/cpuinfo, with family/model/stepping (a VM's
+    model name can be as vague as "Intel(R) Xeon(R) Processor") and the
+    hypervisor, if any."""
+    info = {}
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+                if not line.strip():
+                    break  # the first CPU is enough
+                k, _, v = line.partition(":")
+                info.setdefault(k.strip().lower(), v.strip())
     except OSError:
         pass
-    return platform.processor() or "unknown"
+    name = info.get("model name") or platform.processor() or "unknown"
+    ids = ["%s %s" % (k, info[k]) for k in ("cpu family", "model", "stepping") if k in info]
+    if ids:
+        name += " (%s)" % ", ".join(ids).replace("cpu family", "family")
+    hv = None
+    if shutil.which("lscpu"):
+        try:
+            out = subprocess.run(["lscpu"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                 universal_newlines=True, timeout=10,
+                                 env=dict(os.environ, LC_ALL="C")).stdout
+            m = re.search(r"^Hypervisor vendor:\s*(.+)$", out, re.M)
+            hv = m and m.group(1).strip()
+        except (OSError, subprocess.SubprocessError):
+            pass
+    if hv:
+        name += ", %s guest" % hv
+    elif " hypervisor" in " " + info.get("flags", ""):
+        name += ", virtual machine"
+    return name
+
+
+def loadavg():
+    """The 1, 5 and 15 minute load averages, as text."""
+    try:
+        with open("/proc/loadavg") as f:
+            return " ".join(f.read().split()[:3])
+    except OSError:
+        return "n/a"
+
+
+def glibc():
+    try:
+        return os.confstr("CS_GNU_LIBC_VERSION") or "n/a"
+    except (ValueError, OSError):
+        return "n/a"
 
 
 def write_csv(path, cases):
+    """Medians.  Rows of case "limit" (one mode): `limit` is the ring's
+    median, plain and tsss the stream group's at the same size, ratio
+    tsss / limit (the fraction of the hardware limit tsss reaches)."""
+    g = lambda v, f="%.6g": "" if v is None else f % v  # noqa: E731
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["case", "size", "metric", "plain", "tsss", "ratio", "repeats"])
+        w.writerow(["case", "size", "metric", "plain", "tsss", "ratio", "repeats", "limit"])
         for c, m, p, t, r in rows(cases):
             n = max(len(c.samples["plain"][m.name]), len(c.samples["tsss"][m.name]))
-            w.writerow([c.group, c.size, m.name,
-                        "" if p is None else "%.6g" % p,
-                        "" if t is None else "%.6g" % t,
-                        "" if r is None else "%.4f" % r, n])
+            w.writerow([c.group, c.size, m.name, g(p), g(t), g(r, "%.4f"), n, ""])
+        for c, m, lim, p, t, tr, _ in limit_rows(cases):
+            w.writerow([c.group, c.size, m.name, g(p), g(t), g(tr, "%.4f"),
+                        len(c.samples["limit"][m.name]), g(lim)])
 
 
 def write_raw_csv(path, raw):
@@ -1213,10 +1733,16 @@ def main():
     cpu = cpu_model()
     ncpu = os.cpu_count()
     host = "kernel %s, %s, %s CPUs" % (kernel, cpu, ncpu)
-    print("tsss bench %s | %s | repeats=%d%s | lib=%s" % (
-        now.isoformat(timespec="seconds"), host, repeats,
-        " quick" if args.quick else "", "(plain only)" if args.plain_only else lib),
-        flush=True)
+    load0 = loadavg()
+    print("tsss bench, %s" % now.strftime("%Y-%m-%d %H:%M:%S %Z"))
+    print("  CPU:     %s, %s logical CPUs" % (cpu, ncpu))
+    print("  kernel:  %s (%s), %s" % (kernel, platform.machine(), glibc()))
+    print("  load:    %s (1/5/15 min averages at the start: other work on the "
+          "machine makes every figure noisier)" % load0)
+    print("  run:     repeats=%d%s, groups %s, lib=%s" % (
+        repeats, " quick" if args.quick else "",
+        ",".join(g for g in ALL_GROUPS if g in groups),
+        "(plain only)" if args.plain_only else lib), flush=True)
 
     failures = []
     skipped = []
@@ -1226,10 +1752,13 @@ def main():
         # rep < 0: discarded warm-up runs (first touch of memory / page cache
         # in a fresh VM is much slower); their failures still count.
         skip = None
-        for rep in range(-args.warmup, case.best_of or repeats):
+        t_case = time.monotonic()
+        cmodes = case.modes or modes
+        warmup = args.warmup if case.warmup is None else min(case.warmup, args.warmup)
+        for rep in range(-warmup, case.best_of or case.reps or repeats):
             if skip:
                 break
-            order = modes if rep % 2 == 0 else tuple(reversed(modes))
+            order = cmodes if rep % 2 == 0 else tuple(reversed(cmodes))
             for mode in order:
                 try:
                     vals = case.fn(runner, mode)
@@ -1250,6 +1779,7 @@ def main():
                     if k in case.samples[mode]:
                         case.samples[mode][k].append(v)
                     raw.append([case.group, case.size, mode, rep, k, v])
+        case.secs = time.monotonic() - t_case
         if skip:
             skipped.append(skip)
             cases.remove(case)
@@ -1257,16 +1787,30 @@ def main():
             sys.stderr.flush()
             continue
         first = case.metrics[0].name
-        sys.stderr.write("  %-14s plain %-9s tsss %-9s %s\n" % (
-            case.label(), fmt(case.median("plain", first)),
-            fmt(case.median("tsss", first)), first))
+        if case.modes:
+            vals = " ".join("%s %-9s" % (m, fmt(case.median(m, first))) for m in case.modes)
+        else:
+            vals = "plain %-9s tsss %-9s" % (fmt(case.median("plain", first)),
+                                            fmt(case.median("tsss", first)))
+        sys.stderr.write("  %-20s %s %s (%.0f s)\n" % (case.label(), vals, first, case.secs))
         sys.stderr.flush()
     elapsed = time.monotonic() - t_start
+    load1 = loadavg()
+    group_secs = {}
+    for c in cases:
+        group_secs[c.sel] = group_secs.get(c.sel, 0.0) + c.secs
+    by_group = ", ".join("%s %.0f s" % (g, group_secs[g]) for g in ALL_GROUPS if g in group_secs)
 
     table = text_table(cases)
     print()
     print(table)
     print("ratio: tsss/plain for throughput, plain/tsss for RTT; >1 means tsss is better")
+    print()
+    lt = limit_text_table(cases)
+    if lt:
+        print(lt)
+        print()
+    print("run time: %.0f s (%s); load average at the end: %s" % (elapsed, by_group, load1))
     print()
     tl = target_lines(cases)
     if tl:
@@ -1280,16 +1824,24 @@ def main():
     with open(os.path.join(out_dir, "summary.md"), "w") as f:
         f.write("# tsss benchmark results\n\n")
         f.write("- date: %s\n" % now.isoformat(timespec="seconds"))
-        f.write("- kernel: %s (%s)\n" % (kernel, platform.machine()))
+        f.write("- kernel: %s (%s), %s\n" % (kernel, platform.machine(), glibc()))
         f.write("- CPU: %s, %s logical CPUs\n" % (cpu, ncpu))
+        f.write("- load average (1/5/15 min): %s at the start, %s at the end\n"
+                % (load0, load1))
         f.write("- shim: %s\n" % ("(plain only)" if args.plain_only else lib))
         f.write("- pipe/file: best of 9 runs per mode (overhead measurement)\n")
-        f.write("- repeats: %d per case and mode (median reported)%s\n"
-                % (repeats, ", --quick" if args.quick else ""))
-        f.write("- run time: %.0f s\n\n" % elapsed)
+        f.write("- repeats: %d per case and mode (median reported)%s; own counts: %s\n"
+                % (repeats, ", --quick" if args.quick else "",
+                   ", ".join(sorted(set("%s %d" % (c.group, c.reps) for c in cases
+                                        if c.reps))) or "none"))
+        f.write("- run time: %.0f s (%s)\n\n" % (elapsed, by_group))
         f.write("ratio: tsss/plain for throughput, plain/tsss for RTT; "
                 "**> 1 means tsss is better**.\n\n")
         f.write(md_table(cases) + "\n\n")
+        lm = limit_md_table(cases)
+        if lm:
+            f.write("## Hardware limit\n\n%s.\n\n%s\n\n" % (LIMIT_TITLE[0].upper()
+                                                             + LIMIT_TITLE[1:], lm))
         if tl:
             f.write("## Targets\n\n")
             for l in tl:

@@ -91,6 +91,26 @@ pair "echo lt --one-byte big msgs" pass $BIN/echo_server "$S" lt --one-byte --ma
 pair "echo et big msgs" pass $BIN/echo_server "$S" et --max-conns 3 -- $BIN/echo_client "$S" 3 20 1m
 pair "echo corrupt" mismatch $BIN/echo_server "$S" et --max-conns 1 -- env CORRUPT_AT=777 $BIN/echo_client "$S" 1 10 512
 
+pair "connbench 200 conns" pass $BIN/connbench server "$S" -- $BIN/connbench client "$S" 200 10 20000
+pair "connbench 50 conns 0.2s" pass $BIN/connbench server "$S" -- $BIN/connbench client "$S" 50 10 0.2s
+pair "connbench corrupt" mismatch $BIN/connbench server "$S" -- env CORRUPT_AT=33 $BIN/connbench client "$S" 20 5 1000
+
+for sz in 1 64 4096 65536 262144; do
+    run $BIN/shmring $sz $((sz == 1 ? 16 : 256))M >"$D/r.out" 2>"$D/r.err"
+    check_out "shmring $sz" $? "$D/r.out" "$D/r.err"
+done
+run $BIN/shmring 100 64M 4K >"$D/r.out" 2>"$D/r.err"
+check_out "shmring 100 (4K ring)" $? "$D/r.out" "$D/r.err"
+if CORRUPT_AT=4567 run $BIN/shmring 64 1M >"$D/r.out" 2>"$D/r.err"; then
+    bad "shmring corrupt: corruption NOT detected"
+elif grep -q MISMATCH "$D/r.err"; then ok "shmring corrupt (detected: $(head -1 "$D/r.err"))"
+else bad "shmring corrupt: failed without MISMATCH"; cat "$D/r.err"; fi
+
+run $BIN/execbench 20 /bin/true >"$D/x.out" 2>"$D/x.err"
+check_out "execbench 20 /bin/true" $? "$D/x.out" "$D/x.err"
+if run $BIN/execbench 2 /bin/false >"$D/x.out" 2>"$D/x.err"; then bad "execbench /bin/false: failure NOT detected"
+else ok "execbench /bin/false fails"; fi
+
 for kind in pipe file; do
     for sz in 1 4096 65536; do
         extra=(); [ $kind = file ] && extra=("$D")
