@@ -26,6 +26,7 @@ mod negotiate;
 pub mod posts;
 mod query;
 mod rx;
+pub mod spin;
 pub mod state;
 #[cfg(test)]
 mod tests;
@@ -158,8 +159,8 @@ pub struct Conn {
     aliases: AtomicU32,
     /// This process has given up its share (its last descriptor closed).
     closed: AtomicBool,
-    /// Current spin budget in ns (see [`Conn::spin`]).
-    spin_budget: AtomicU64,
+    /// Whether a wait spins first, from what its spins found.
+    spin: spin::SpinPolicy,
     /// The socket's inode: names the connection across dup2 and exec.
     ino: AtomicU64,
     /// Epoll watches of this process parked on us (see [`posts`]).
@@ -308,30 +309,15 @@ impl Conn {
             full_at: AtomicU64::new(0),
             aliases: AtomicU32::new(1),
             closed: AtomicBool::new(false),
-            spin_budget: AtomicU64::new(u64::MAX),
+            spin: spin::SpinPolicy::default(),
             ino: AtomicU64::new(rustix::fs::fstat(fd).map_or(0, |st| st.st_ino)),
             parked: AtomicU32::new(0),
         })
     }
 
-    /// Spins before a blocking wait, adaptively: a spin that ended in
-    /// sleep anyway halves this connection's budget, one that caught the
-    /// event doubles it (up to TSSS_SPIN_US). Round trips keep spinning;
-    /// idle or oversubscribed connections stop burning CPU others need.
-    /// The budget never falls below a sixteenth: at zero no spin could
-    /// ever catch an event again, and a connection that idled once would
-    /// pay a sleep and a wake-up on every later round trip.
-    fn spin(&self, ready: impl FnMut() -> bool) -> bool {
-        let max = config::spin_ns();
-        let cur = self.spin_budget.load(Relaxed).min(max);
-        let caught = spin_until(cur, ready);
-        let next = if caught {
-            cur.saturating_mul(2).max(1000).min(max)
-        } else {
-            (cur / 2).max(max / 16)
-        };
-        self.spin_budget.store(next, Relaxed);
-        caught
+    /// The connection's spin policy (for poll and epoll waits).
+    pub fn spin_policy(&self) -> &spin::SpinPolicy {
+        &self.spin
     }
 
     fn sb(&self) -> &SideBlock {
@@ -556,25 +542,4 @@ fn marker_holds(m: &AtomicU64, pos: impl FnOnce() -> u64) -> bool {
 /// kernel does: the partial count, the error left for the next call.
 fn partial(done: usize, e: Errno) -> Result<usize, Errno> {
     if done > 0 { Ok(done) } else { Err(e) }
-}
-
-/// Spins until `ready`, for at most `budget` ns (a per-connection value
-/// adapted by the caller: see [`Conn::spin`]); true if it became ready.
-fn spin_until(budget: u64, mut ready: impl FnMut() -> bool) -> bool {
-    if budget == 0 {
-        return ready();
-    }
-    let start = now_ns();
-    let backoff = crossbeam_utils::Backoff::new();
-    loop {
-        for _ in 0..16 {
-            if ready() {
-                return true;
-            }
-            backoff.snooze();
-        }
-        if now_ns() - start >= budget {
-            return false;
-        }
-    }
 }

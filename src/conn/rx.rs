@@ -3,8 +3,9 @@
 //! ECONNRESET, SO_RCVTIMEO, EINTR).
 
 use super::anc::{CarrierRecv, discard_carrier};
+use super::spin::{Spun, spin_until};
 use super::state::Phase;
-use super::{Conn, Outcome, RecvOpts, RxGuard, partial, spin_until};
+use super::{Conn, Outcome, RecvOpts, RxGuard, partial};
 use crate::shm::layout::CARRIER;
 use crate::shm::protocol::{self, WriterEnd};
 use crate::shm::ring::{DstCursor, Ring};
@@ -339,7 +340,7 @@ impl Conn {
         let seg = self.seg();
         if let (true, Some(seg)) = (ring_phase, seg) {
             let ring = self.rx_ring(seg);
-            if self.spin(|| self.rx_quick_ready(&ring)) {
+            if self.spin.spin(|| self.rx_quick_ready(&ring)) {
                 return Ok(());
             }
             protocol::announce_waiting(&ring.flags().reader_waiting);
@@ -367,7 +368,7 @@ impl Conn {
     /// that give it 100 ms; ones that never come are a broken peer, not a
     /// reason to spin.
     fn wait_carrier_data(&self, ring: &Ring<'_>) -> Result<(), Errno> {
-        if spin_until(20_000, || self.rx_quick_ready(ring)) {
+        if spin_until(20_000, || self.rx_quick_ready(ring)) == Spun::Caught {
             return Ok(());
         }
         for i in 0..200 {

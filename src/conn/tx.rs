@@ -428,7 +428,7 @@ impl Conn {
         }
         // Spin first: a fast reader usually frees room within it, and then
         // this wait costs no syscall at all.
-        if self.spin(|| self.tx_quick_ready(ring)) {
+        if self.spin.spin(|| self.tx_quick_ready(ring)) {
             return Ok(());
         }
         let end = *sndtimeo.get_or_insert_with(|| {

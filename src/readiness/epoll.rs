@@ -11,6 +11,7 @@
 use super::Lookup;
 use super::poll::bell_less;
 use super::sleep::{self, Waiter};
+use crate::conn::spin::Spun;
 use crate::conn::{Conn, posts};
 use crate::os::fd::socket_inode;
 use crate::os::poll::{epoll_create, epoll_ctl, epoll_wait, kernel_view, poll_flags};
@@ -387,6 +388,7 @@ impl<R: Deref<Target = Conn> + Clone> EpollSet<R> {
                 lk,
                 out,
                 real_wait,
+                spinner: None,
             },
             deadline,
         )
@@ -642,6 +644,8 @@ struct EpollCall<'a, 'w, L: Lookup> {
     lk: &'a L,
     out: &'a mut [libc::epoll_event],
     real_wait: &'a mut RealWait<'w>,
+    /// The connection whose spin policy the current spin follows.
+    spinner: Option<L::Ref>,
 }
 
 impl<L: Lookup> Waiter for EpollCall<'_, '_, L>
@@ -691,6 +695,25 @@ where
 
     fn ring_ready(&mut self) -> bool {
         self.set.idle_ready()
+    }
+
+    /// The most recently active idle watch's connection decides.
+    fn spin_budget(&mut self) -> u64 {
+        let ws = self.set.lock();
+        self.spinner = ws
+            .idle
+            .first()
+            .and_then(|fd| ws.by_fd.get(fd))
+            .map(|w| w.conn.clone());
+        self.spinner
+            .as_ref()
+            .map_or(0, |c| c.spin_policy().budget())
+    }
+
+    fn spun(&mut self, budget: u64, how: Spun) {
+        if let Some(c) = self.spinner.take() {
+            c.spin_policy().learn(budget, how);
+        }
     }
 
     fn arm(&mut self) -> bool {

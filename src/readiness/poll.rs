@@ -2,6 +2,7 @@
 
 use super::Lookup;
 use super::sleep::{self, Waiter};
+use crate::conn::spin::Spun;
 use crate::conn::{Conn, Ready};
 use crate::os::poll::{poll_flags, ppoll};
 use crate::os::time::Deadline;
@@ -143,6 +144,20 @@ impl<L: Lookup> Waiter for PollCall<'_, L> {
             }
         }
         Ok(n)
+    }
+
+    fn spin_budget(&mut self) -> u64 {
+        self.conns
+            .iter()
+            .flatten()
+            .next()
+            .map_or(0, |c| c.spin_policy().budget())
+    }
+
+    fn spun(&mut self, budget: u64, how: Spun) {
+        if let Some(c) = self.conns.iter().flatten().next() {
+            c.spin_policy().learn(budget, how);
+        }
     }
 
     fn ring_ready(&mut self) -> bool {

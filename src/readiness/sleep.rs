@@ -2,8 +2,8 @@
 //! for doorbells, look again, sleep in the kernel; until something is
 //! ready or the deadline passes.
 
-use crate::config;
-use crate::os::time::{Deadline, now_ns};
+use crate::conn::spin::{Spun, spin_until};
+use crate::os::time::Deadline;
 use rustix::io::Errno;
 
 /// A sleep is capped at this when a doorbell cannot reach us; each
@@ -25,36 +25,40 @@ pub(super) trait Waiter {
     fn arm(&mut self) -> bool;
     /// Right before a sleep: the armed descriptors stay armed.
     fn before_sleep(&mut self) {}
+    /// How long to spin on the rings before arming (ns): the spin policy
+    /// of the connection most likely to answer.
+    fn spin_budget(&mut self) -> u64;
+    /// How that spin ended.
+    fn spun(&mut self, budget: u64, how: Spun);
 }
 
 /// Runs the wait until `deadline` (one look only if it has passed).
 pub(super) fn wait(w: &mut impl Waiter, deadline: Deadline) -> Result<usize, Errno> {
-    let spin_end = now_ns() + config::spin_ns();
     // The first look never sleeps.
     let mut t = 0;
     // Cleared when the rings promised an event the full look did not
     // confirm; then we stop trusting them and sleep.
     let mut trust = true;
+    // One spin per call: after a sleep, the kernel woke us for a reason.
+    let mut spun = false;
     let mut naps = 0;
     loop {
         let n = w.look(t)?;
         if n > 0 || deadline.expired() {
             return Ok(n);
         }
-        // Spin, then yield: a peer sharing our core must get to run.
-        let backoff = crossbeam_utils::Backoff::new();
-        let mut spun = false;
-        while trust && now_ns() < spin_end {
-            if w.ring_ready() {
-                spun = true;
-                break;
+        if trust && !spun {
+            spun = true;
+            let budget = w.spin_budget();
+            if budget > 0 {
+                let how = spin_until(budget, || w.ring_ready());
+                w.spun(budget, how);
+                if how == Spun::Caught || (how == Spun::Preempted && w.ring_ready()) {
+                    t = 0;
+                    trust = false;
+                    continue;
+                }
             }
-            backoff.snooze();
-        }
-        if spun {
-            t = 0;
-            trust = false;
-            continue;
         }
         let capped = w.arm();
         if trust && w.ring_ready() {
