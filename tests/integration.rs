@@ -1600,3 +1600,70 @@ fn epoll_sees_changes_of_the_programs_own_making() {
         assert_eq!(count(&p.stderr(), "accelerated ("), 2, "{}", p.report());
     }
 }
+
+/// 200 redis-benchmark clients in 4 processes at once against one epoll
+/// server: more idle watches than a wait spins on. Arming them for
+/// doorbells and then re-checking only the first 64 parked the rest with
+/// a request in the ring that no doorbell would announce: the benchmarks
+/// hung (in most runs of two rounds).
+#[test]
+fn redis_four_benchmarks_at_once() {
+    for cmd in ["redis-server", "redis-benchmark"] {
+        assert!(have_cmd(cmd), "{cmd} is not installed: run `make deps`");
+    }
+    let d = TempDir::new("redis4");
+    let sock = d.sock("redis.sock");
+    let dir = d.0.to_string_lossy().into_owned();
+    let args = [
+        "--port",
+        "0",
+        "--unixsocket",
+        &sock,
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--daemonize",
+        "no",
+        "--logfile",
+        "",
+        "--dir",
+        &dir,
+    ];
+    let mut s = Proc::spawn(&Spec::new("redis-server", "redis-server", &args).preload(true));
+    wait_for_path(Path::new(&sock), &mut s);
+    for round in 0..2 {
+        let mut bench: Vec<Proc> = (0..4)
+            .map(|i| {
+                Proc::spawn(
+                    &Spec::new(
+                        &format!("redis-benchmark-{round}-{i}"),
+                        "redis-benchmark",
+                        &[
+                            "-s", &sock, "-c", "50", "-n", "20000", "-t", "set,get", "-q",
+                        ],
+                    )
+                    .preload(true),
+                )
+            })
+            .collect();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let hung: Vec<String> = bench
+            .iter_mut()
+            .filter_map(|b| (!b.wait_until(deadline)).then(|| b.spec.name.clone()))
+            .collect();
+        for b in &mut bench {
+            b.kill();
+        }
+        let all: Vec<&Proc> = bench.iter().collect();
+        assert!(
+            hung.is_empty(),
+            "{hung:?} did not finish in 60 s\n{}",
+            reports(&all)
+        );
+        for b in &bench {
+            assert!(b.success(), "{} failed\n{}", b.spec.name, reports(&all));
+        }
+    }
+    s.kill();
+}

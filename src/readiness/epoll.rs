@@ -10,7 +10,7 @@
 
 use super::Lookup;
 use super::poll::bell_less;
-use super::sleep::{self, Waiter};
+use super::sleep::{self, Armed, Waiter};
 use crate::conn::spin::Spun;
 use crate::conn::{Conn, posts};
 use crate::os::fd::socket_inode;
@@ -62,8 +62,6 @@ struct Watches<R> {
     by_conn: HashMap<usize, Vec<RawFd>>,
     /// The hot watches' fds, each at least once (see [`Watch::hot`]).
     hot: Vec<RawFd>,
-    /// Found idle by the last look: to spin on, then to arm and park.
-    idle: Vec<RawFd>,
     /// Looks so far.
     looks: u64,
     /// Where this set is on the board of posts.
@@ -76,7 +74,6 @@ impl<R: Deref<Target = Conn>> Watches<R> {
             by_fd: HashMap::new(),
             by_conn: HashMap::new(),
             hot: Vec::new(),
-            idle: Vec::new(),
             looks: 0,
             posts: posts::cursor(),
         }
@@ -389,6 +386,7 @@ impl<R: Deref<Target = Conn> + Clone> EpollSet<R> {
                 out,
                 real_wait,
                 spinner: None,
+                idle: Vec::new(),
             },
             deadline,
         )
@@ -419,7 +417,8 @@ impl<R: Deref<Target = Conn> + Clone> EpollSet<R> {
     }
 
     /// Evaluates the hot watches: reports the ready ones (at most one
-    /// event each per look), notes the idle ones, hands back to the kernel
+    /// event each per look), notes the idle ones in `idle` (with this
+    /// look's number), hands back to the kernel
     /// those that went plain, and drops those whose fd no longer names
     /// their connection.
     fn scan<L: Lookup<Ref = R>>(
@@ -428,11 +427,12 @@ impl<R: Deref<Target = Conn> + Clone> EpollSet<R> {
         ws: &mut Watches<R>,
         out: &mut [libc::epoll_event],
         hits: &[(RawFd, PollFlags)],
+        idle: &mut Vec<(RawFd, u64)>,
     ) -> usize {
         ws.looks += 1;
         let look = ws.looks;
         let mut n = 0;
-        ws.idle.clear();
+        idle.clear();
         let hot = std::mem::take(&mut ws.hot);
         let mut still = Vec::with_capacity(hot.len());
         for fd in hot {
@@ -451,7 +451,7 @@ impl<R: Deref<Target = Conn> + Clone> EpollSet<R> {
                 Seen::Disabled => w.hot = false,
                 Seen::Later => still.push(fd),
                 Seen::Idle => {
-                    ws.idle.push(fd);
+                    idle.push((fd, look));
                     still.push(fd);
                 }
                 Seen::Ready(ev) => {
@@ -564,41 +564,51 @@ impl<R: Deref<Target = Conn> + Clone> EpollSet<R> {
     /// Whether one of the last look's idle watches would report now, from
     /// ring state alone (edge-triggered ones only on a new edge in a
     /// direction they want).
-    fn idle_ready(&self) -> bool {
+    fn idle_ready(&self, idle: &[(RawFd, u64)]) -> bool {
         let ws = self.lock();
-        ws.idle
-            .iter()
+        idle.iter()
             .take(SPIN_WATCHES)
-            .filter_map(|fd| ws.by_fd.get(fd))
+            .filter_map(|(fd, _)| ws.by_fd.get(fd))
             .any(quick_ready)
     }
 
-    /// Asks for doorbells on the idle watches. One that a doorbell cannot
-    /// reach yet stays hot, and the sleep is bounded: true.
-    fn arm_idle(&self) -> bool {
-        let mut ws = self.lock();
-        let mut idle = std::mem::take(&mut ws.idle);
-        let mut cap = false;
-        idle.retain(|fd| {
+    /// Asks for doorbells on the idle watches, then looks at each once
+    /// more. Those that a doorbell cannot reach yet (capped: the sleep is
+    /// bounded) and those ready already (no doorbell will come for them)
+    /// leave `idle` and stay hot; the rest may be parked.
+    fn arm_idle(&self, idle: &mut Vec<(RawFd, u64)>) -> Armed {
+        let ws = self.lock();
+        let (mut capped, mut ready) = (false, false);
+        for (fd, _) in idle.iter() {
+            if let Some(w) = ws.by_fd.get(fd) {
+                let (r, wr) = (w.events & IN_BITS != 0, w.events & OUT_BITS != 0);
+                w.conn.arm(r, wr);
+            }
+        }
+        idle.retain(|(fd, _)| {
             let Some(w) = ws.by_fd.get(fd) else {
                 return false;
             };
-            let (r, wr) = (w.events & IN_BITS != 0, w.events & OUT_BITS != 0);
-            w.conn.arm(r, wr);
-            let unreachable = bell_less(&w.conn, wr);
-            cap |= unreachable;
-            !unreachable
+            let unreachable = bell_less(&w.conn, w.events & OUT_BITS != 0);
+            let now = quick_ready(w);
+            capped |= unreachable;
+            ready |= now;
+            !unreachable && !now
         });
-        ws.idle = idle;
-        cap
+        Armed { capped, ready }
     }
 
-    /// Parks the idle watches, armed and found still idle since.
-    fn park_idle(ws: &mut Watches<R>) {
-        for fd in std::mem::take(&mut ws.idle) {
+    /// Parks the idle watches, armed and found still idle since. One that
+    /// another look evaluated meanwhile (another thread's epoll_wait) may
+    /// have used up its doorbell: it stays hot.
+    fn park_idle(&self, idle: &mut Vec<(RawFd, u64)>) {
+        let mut guard = self.lock();
+        let ws = &mut *guard;
+        for (fd, look) in idle.drain(..) {
             if let Some(w) = ws.by_fd.get_mut(&fd)
                 && w.hot
                 && !w.parked
+                && w.seen == look
             {
                 w.hot = false;
                 w.parked = true;
@@ -646,6 +656,8 @@ struct EpollCall<'a, 'w, L: Lookup> {
     real_wait: &'a mut RealWait<'w>,
     /// The connection whose spin policy the current spin follows.
     spinner: Option<L::Ref>,
+    /// The watches the last look found idle, with its number.
+    idle: Vec<(RawFd, u64)>,
 }
 
 impl<L: Lookup> Waiter for EpollCall<'_, '_, L>
@@ -675,35 +687,28 @@ where
         } else {
             Vec::new()
         };
-        n += self.set.scan(self.lk, &mut ws, &mut self.out[n..], &hits);
-        if n > 0 && !ws.idle.is_empty() {
-            drop(ws);
-            self.set.arm_idle();
-            let mut ws = self.set.lock();
-            let by_fd = &ws.by_fd;
-            let idle = ws
-                .idle
-                .iter()
-                .copied()
-                .filter(|fd| by_fd.get(fd).is_some_and(|w| !quick_ready(w)))
-                .collect();
-            ws.idle = idle;
-            EpollSet::park_idle(&mut ws);
+        n += self
+            .set
+            .scan(self.lk, &mut ws, &mut self.out[n..], &hits, &mut self.idle);
+        drop(ws);
+        if n > 0 && !self.idle.is_empty() {
+            self.set.arm_idle(&mut self.idle);
+            self.set.park_idle(&mut self.idle);
         }
         Ok(n)
     }
 
     fn ring_ready(&mut self) -> bool {
-        self.set.idle_ready()
+        self.set.idle_ready(&self.idle)
     }
 
     /// The most recently active idle watch's connection decides.
     fn spin_budget(&mut self) -> u64 {
         let ws = self.set.lock();
-        self.spinner = ws
+        self.spinner = self
             .idle
             .first()
-            .and_then(|fd| ws.by_fd.get(fd))
+            .and_then(|(fd, _)| ws.by_fd.get(fd))
             .map(|w| w.conn.clone());
         self.spinner
             .as_ref()
@@ -716,12 +721,12 @@ where
         }
     }
 
-    fn arm(&mut self) -> bool {
-        self.set.arm_idle()
+    fn arm(&mut self) -> Armed {
+        self.set.arm_idle(&mut self.idle)
     }
 
     fn before_sleep(&mut self) {
-        EpollSet::park_idle(&mut self.set.lock());
+        self.set.park_idle(&mut self.idle);
     }
 }
 

@@ -1,7 +1,7 @@
 //! poll(2) and select(2) over sets that hold accelerated fds.
 
 use super::Lookup;
-use super::sleep::{self, Waiter};
+use super::sleep::{self, Armed, Waiter};
 use crate::conn::spin::Spun;
 use crate::conn::{Conn, Ready};
 use crate::os::poll::{poll_flags, ppoll};
@@ -170,7 +170,7 @@ impl<L: Lookup> Waiter for PollCall<'_, L> {
     }
 
     /// Asks for doorbells, and sets the events the next sleep waits for.
-    fn arm(&mut self) -> bool {
+    fn arm(&mut self) -> Armed {
         let mut capped = false;
         for ((kp, p), c) in self.k.iter_mut().zip(self.fds.iter()).zip(&self.conns) {
             kp.revents = 0;
@@ -182,7 +182,10 @@ impl<L: Lookup> Waiter for PollCall<'_, L> {
                 capped |= bell_less(c, w);
             }
         }
-        capped
+        Armed {
+            capped,
+            ready: self.ring_ready(),
+        }
     }
 }
 

@@ -12,6 +12,14 @@ use rustix::io::Errno;
 const BELL_LESS_NAP_MS: i32 = 5;
 const BELL_LESS_NAP_MAX_MS: i32 = 80;
 
+/// What arming found.
+pub(super) struct Armed {
+    /// Some doorbell cannot reach us yet: the sleep must be bounded.
+    pub capped: bool,
+    /// Some armed ring is ready already.
+    pub ready: bool,
+}
+
 /// One readiness call's view of its descriptors.
 pub(super) trait Waiter {
     /// Sleeps in the kernel for up to `sleep_ms` (0: not at all; -1: no
@@ -20,9 +28,10 @@ pub(super) trait Waiter {
     fn look(&mut self, sleep_ms: i32) -> Result<usize, Errno>;
     /// Whether a ring promises an event, from shared memory alone.
     fn ring_ready(&mut self) -> bool;
-    /// Asks every ring for doorbells before a sleep; true if some doorbell
-    /// cannot reach us yet, so the sleep must be bounded.
-    fn arm(&mut self) -> bool;
+    /// Asks every ring for doorbells before a sleep, then looks at each
+    /// ring it armed once more: an event that came before the request
+    /// rings no doorbell.
+    fn arm(&mut self) -> Armed;
     /// Right before a sleep: the armed descriptors stay armed.
     fn before_sleep(&mut self) {}
     /// How long to spin on the rings before arming (ns): the spin policy
@@ -60,8 +69,8 @@ pub(super) fn wait(w: &mut impl Waiter, deadline: Deadline) -> Result<usize, Err
                 }
             }
         }
-        let capped = w.arm();
-        if trust && w.ring_ready() {
+        let armed = w.arm();
+        if trust && armed.ready {
             t = 0;
             trust = false;
             continue;
@@ -71,7 +80,9 @@ pub(super) fn wait(w: &mut impl Waiter, deadline: Deadline) -> Result<usize, Err
         if t == 0 {
             return Ok(0);
         }
-        if capped {
+        // Ready rings that a look did not confirm: no doorbell will come
+        // for them, so the sleep is bounded too.
+        if armed.capped || armed.ready {
             t = bell_less_nap(t, &mut naps);
         }
         w.before_sleep();
