@@ -1671,3 +1671,27 @@ fn redis_four_benchmarks_at_once() {
     }
     s.kill();
 }
+
+/// Every process under the preload maps what the library needs: only libc
+/// (and the loader). libgcc_s cost each process one more object and a
+/// constructor that executes CPUID a dozen times (shim/build.rs).
+#[test]
+fn library_needs_only_libc() {
+    let out = Command::new("readelf")
+        .args(["-d", &lib().to_string_lossy()])
+        .output()
+        .expect("readelf (binutils) runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let needed: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("(NEEDED)"))
+        .filter_map(|l| l.split('[').nth(1)?.split(']').next())
+        .collect();
+    assert!(
+        !needed.is_empty()
+            && needed
+                .iter()
+                .all(|n| n.starts_with("libc.so") || n.starts_with("ld-linux")),
+        "libtsss.so needs {needed:?}"
+    );
+}
