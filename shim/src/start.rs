@@ -5,11 +5,28 @@ use crate::hooks::{exec, process};
 use crate::real;
 use tsss_core::config::Config;
 
+/// A variable's value, allocating only when it is set: most processes set
+/// no TSSS_* variable, and a small one may never call malloc otherwise.
+fn getenv(name: &str) -> Option<String> {
+    let mut buf = [0u8; 64];
+    let n = name.len().min(buf.len() - 1);
+    buf[..n].copy_from_slice(&name.as_bytes()[..n]);
+    // SAFETY: a NUL-terminated name; the constructor runs before main, on
+    // the only thread, so nothing changes the environment meanwhile.
+    let v = unsafe { libc::getenv(buf.as_ptr().cast()) };
+    // SAFETY: getenv returns null or a C string of the environment.
+    (!v.is_null()).then(|| {
+        unsafe { std::ffi::CStr::from_ptr(v) }
+            .to_string_lossy()
+            .into_owned()
+    })
+}
+
 /// Runs at load time, before main: reads TSSS_* and resolves the real
 /// functions so no hook has to call dlsym (which may allocate) later.
 #[ctor::ctor(unsafe)]
 fn init() {
-    let cfg = Config::from_lookup(|k| std::env::var(k).ok());
+    let cfg = Config::from_lookup(getenv);
     cfg.install();
     for w in &cfg.warnings {
         tsss_core::log::emit(format_args!("{w}"));

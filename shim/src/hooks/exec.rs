@@ -293,6 +293,13 @@ pub unsafe fn exec_with(
 /// In the constructor of a new image: adopts the connections the previous
 /// one handed over.
 pub fn adopt_inherited() {
+    // Checked without allocating: most new images inherit nothing.
+    let mut name = [0u8; 32];
+    name[..VAR.len()].copy_from_slice(VAR.as_bytes());
+    // SAFETY: a NUL-terminated name; before main, on the only thread.
+    if unsafe { libc::getenv(name.as_ptr().cast()) }.is_null() {
+        return;
+    }
     let Some(v) = std::env::var_os(VAR) else {
         return;
     };
