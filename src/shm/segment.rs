@@ -67,7 +67,9 @@ impl Segment {
         let size = HDR_SIZE + cap_c2s + cap_s2c;
         let id = match sys::create(size) {
             // Orphans may be what fills the table: collect them, once more.
-            Err(Errno::NOSPC) if sweep_orphans() > 0 => sys::create(size)?,
+            Err(Errno::NOSPC) if full_table_sweep_due() && sweep_orphans() > 0 => {
+                sys::create(size)?
+            }
             r => r?,
         };
         // Attach and mark for removal back to back: a segment nobody has
@@ -188,6 +190,20 @@ impl Drop for Segment {
         // SAFETY: attached by us; the owner (Conn) is gone, so are all borrows.
         unsafe { sys::detach(self.base.as_ptr()) };
     }
+}
+
+/// Whether a full segment table may be swept for orphans now: at most once
+/// a second per process. A sweep reads /proc/sysvipc/shm, about 150 bytes
+/// per segment (600 KiB at the default shmmni of 4096), and a server past
+/// the limit meets a full table at every accept: sweeping each time cost
+/// 6-10 ms per connection.
+fn full_table_sweep_due() -> bool {
+    use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    let now = crate::os::time::now_ns();
+    let last = LAST.load(Relaxed);
+    (last == 0 || now.saturating_sub(last) >= 1_000_000_000)
+        && LAST.compare_exchange(last, now, Relaxed, Relaxed).is_ok()
 }
 
 /// Removes segments that a tsss process created and was killed before it
