@@ -14,12 +14,12 @@ fn getenv(name: &str) -> Option<String> {
     // SAFETY: a NUL-terminated name; the constructor runs before main, on
     // the only thread, so nothing changes the environment meanwhile.
     let v = unsafe { libc::getenv(buf.as_ptr().cast()) };
-    // SAFETY: getenv returns null or a C string of the environment.
-    (!v.is_null()).then(|| {
-        unsafe { std::ffi::CStr::from_ptr(v) }
-            .to_string_lossy()
-            .into_owned()
-    })
+    if v.is_null() {
+        return None;
+    }
+    // SAFETY: getenv returned a C string of the environment.
+    let c = unsafe { std::ffi::CStr::from_ptr(v) };
+    Some(c.to_string_lossy().into_owned())
 }
 
 /// Runs at load time, before main: reads TSSS_* and resolves the real
