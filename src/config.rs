@@ -20,6 +20,10 @@ pub struct Config {
     pub log_level: u8,
     pub ring_size: usize,
     pub spin_us: u64,
+    /// `TSSS_REGISTRY`: list connections for `tsss stat` (default on).
+    pub registry: bool,
+    /// `XDG_RUNTIME_DIR`: where the registry lives when set.
+    pub runtime_dir: Option<String>,
     /// Messages about values that were ignored.
     pub warnings: Vec<String>,
 }
@@ -67,11 +71,23 @@ impl Config {
                 }
             },
         };
+        let registry = match get("TSSS_REGISTRY").as_deref() {
+            None | Some("" | "1" | "on" | "yes" | "true") => true,
+            Some("0" | "off" | "no" | "false") => false,
+            Some(v) => {
+                warnings.push(format!(
+                    "TSSS_REGISTRY={v} not understood (on, off); using on"
+                ));
+                true
+            }
+        };
         Config {
             disabled,
             log_level,
             ring_size,
             spin_us,
+            registry,
+            runtime_dir: get("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()),
             warnings,
         }
     }
@@ -82,6 +98,8 @@ impl Config {
         LOG_LEVEL.store(self.log_level, Relaxed);
         RING_SIZE.store(self.ring_size, Relaxed);
         SPIN_NS.store(self.spin_us * 1000, Relaxed);
+        #[cfg(not(loom))]
+        crate::registry::configure(self.registry, self.runtime_dir.as_deref());
     }
 }
 
@@ -141,6 +159,14 @@ mod tests {
         assert!(c.disabled);
         assert_eq!((c.log_level, c.ring_size, c.spin_us), (2, 1 << 20, 0));
         assert!(!cfg(&[("TSSS_DISABLE", "0")]).disabled);
+        assert!(c.registry);
+        assert!(!cfg(&[("TSSS_REGISTRY", "off")]).registry);
+        assert_eq!(
+            cfg(&[("XDG_RUNTIME_DIR", "/run/user/7")])
+                .runtime_dir
+                .as_deref(),
+            Some("/run/user/7")
+        );
     }
 
     #[test]
