@@ -7,7 +7,7 @@
 //! file whose lock is free belongs to a dead process and is swept (by
 //! `tsss stat`, and by the next process that registers). Byte counters are
 //! not kept here: the rings' monotonic indices count every byte, and
-//! `tsss stat` reads them from the segment.
+//! `tsss stat` reads them from the segment ([`crate::shm::peek`]).
 //!
 //! # API (the shim and `conn` call these, and nothing else)
 //! - [`configure`]: at load time, from the environment (no syscall);
