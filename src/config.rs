@@ -21,9 +21,9 @@ pub struct Config {
     pub ring_size: usize,
     pub spin_us: u64,
     /// `TSSS_REGISTRY`: list connections for `tsss stat` (default on).
+    /// Where the registry goes (`XDG_RUNTIME_DIR`) is read by the shim's
+    /// constructor without allocating (see `registry::configure`).
     pub registry: bool,
-    /// `XDG_RUNTIME_DIR`: where the registry lives when set.
-    pub runtime_dir: Option<String>,
     /// Messages about values that were ignored.
     pub warnings: Vec<String>,
 }
@@ -87,7 +87,6 @@ impl Config {
             ring_size,
             spin_us,
             registry,
-            runtime_dir: get("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()),
             warnings,
         }
     }
@@ -98,8 +97,6 @@ impl Config {
         LOG_LEVEL.store(self.log_level, Relaxed);
         RING_SIZE.store(self.ring_size, Relaxed);
         SPIN_NS.store(self.spin_us * 1000, Relaxed);
-        #[cfg(not(loom))]
-        crate::registry::configure(self.registry, self.runtime_dir.as_deref());
     }
 }
 
@@ -161,12 +158,6 @@ mod tests {
         assert!(!cfg(&[("TSSS_DISABLE", "0")]).disabled);
         assert!(c.registry);
         assert!(!cfg(&[("TSSS_REGISTRY", "off")]).registry);
-        assert_eq!(
-            cfg(&[("XDG_RUNTIME_DIR", "/run/user/7")])
-                .runtime_dir
-                .as_deref(),
-            Some("/run/user/7")
-        );
     }
 
     #[test]

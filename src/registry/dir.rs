@@ -38,10 +38,10 @@ pub(super) fn open(runtime_dir: Option<&[u8]>, create: bool) -> Option<OwnedFd> 
     let dirflags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
     let opened = match runtime_dir {
         Some(xdg) => {
-            let xdg = core::str::from_utf8(xdg).unwrap_or("");
-            let _ = write!(path, "{xdg}/{XDG_SUBDIR}");
+            path.push_bytes(xdg);
+            let _ = write!(path, "/{XDG_SUBDIR}");
             let mut base = FixedBuf::<512>::new();
-            let _ = base.write_str(xdg);
+            base.push_bytes(xdg);
             // XDG_RUNTIME_DIR is the user's own setting: followed as given.
             rustix::fs::open(
                 base.as_cstr(),

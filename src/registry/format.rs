@@ -352,14 +352,20 @@ impl<const N: usize> FixedBuf<N> {
     pub(super) fn as_cstr(&self) -> &CStr {
         CStr::from_bytes_until_nul(&self.buf).unwrap_or(c"")
     }
+
+    /// Appends raw bytes (a path need not be UTF-8), truncating as
+    /// `write_str` does.
+    pub(super) fn push_bytes(&mut self, b: &[u8]) {
+        let n = b.len().min(N - 1 - self.len);
+        self.buf[self.len..self.len + n].copy_from_slice(&b[..n]);
+        self.len += n;
+    }
 }
 
 impl<const N: usize> Write for FixedBuf<N> {
     /// Truncates (keeping room for the NUL) rather than failing.
     fn write_str(&mut self, s: &str) -> fmt::Result {
-        let n = s.len().min(N - 1 - self.len);
-        self.buf[self.len..self.len + n].copy_from_slice(&s.as_bytes()[..n]);
-        self.len += n;
+        self.push_bytes(s.as_bytes());
         Ok(())
     }
 }

@@ -101,7 +101,9 @@ const READY: u8 = 2;
 const FAILED: u8 = 3;
 
 static ENABLED: AtomicBool = AtomicBool::new(false);
-static RUNTIME_DIR: OnceLock<Box<[u8]>> = OnceLock::new();
+/// `XDG_RUNTIME_DIR` as it was at load time, kept without allocating.
+static RUNTIME_DIR: OnceLock<format::FixedBuf<RUNTIME_DIR_MAX>> = OnceLock::new();
+const RUNTIME_DIR_MAX: usize = 400;
 static STATE: AtomicU8 = AtomicU8::new(IDLE);
 /// Our file's descriptor while READY, else -1, and the file it names
 /// (device, inode): a number the program closed behind our back and
@@ -117,11 +119,18 @@ static CREATED_NS: AtomicU64 = AtomicU64::new(0);
 static SWEPT: AtomicBool = AtomicBool::new(false);
 static ZERO_ENTRY: [u8; ENTRY_SIZE] = [0; ENTRY_SIZE];
 
-/// Sets the registry up from the environment at load time: `enabled`
-/// (`TSSS_REGISTRY`, default on) and `XDG_RUNTIME_DIR`. No syscall.
-pub fn configure(enabled: bool, runtime_dir: Option<&str>) {
-    if let Some(d) = runtime_dir.filter(|d| d.starts_with('/') && d.len() < 400) {
-        let _ = RUNTIME_DIR.set(d.as_bytes().into());
+/// Sets the registry up from the environment at load time (the shim's
+/// constructor, before it adopts connections across exec): `enabled`
+/// (`TSSS_REGISTRY`, default on) and `XDG_RUNTIME_DIR` (an absolute path,
+/// else ignored). No syscall, no allocation: most processes of a session
+/// have `XDG_RUNTIME_DIR` set, and most never make a connection.
+pub fn configure(enabled: bool, runtime_dir: Option<&[u8]>) {
+    if let Some(d) =
+        runtime_dir.filter(|d| d.starts_with(b"/") && d.len() < RUNTIME_DIR_MAX && !d.contains(&0))
+    {
+        let mut b = format::FixedBuf::new();
+        b.push_bytes(d);
+        let _ = RUNTIME_DIR.set(b);
     }
     ENABLED.store(enabled, Relaxed);
 }
@@ -132,7 +141,7 @@ pub fn enabled() -> bool {
 }
 
 fn runtime_dir() -> Option<&'static [u8]> {
-    RUNTIME_DIR.get().map(|d| &**d)
+    RUNTIME_DIR.get().map(|d| &d.buf[..d.len])
 }
 
 /// A new connection on `fd` (connect, accept), as `ev` says: its entry,
