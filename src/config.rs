@@ -20,6 +20,10 @@ pub struct Config {
     pub log_level: u8,
     pub ring_size: usize,
     pub spin_us: u64,
+    /// `TSSS_REGISTRY`: list connections for `tsss stat` (default on).
+    /// Where the registry goes (`XDG_RUNTIME_DIR`) is read by the shim's
+    /// constructor without allocating (see `registry::configure`).
+    pub registry: bool,
     /// Messages about values that were ignored.
     pub warnings: Vec<String>,
 }
@@ -67,11 +71,22 @@ impl Config {
                 }
             },
         };
+        let registry = match get("TSSS_REGISTRY").as_deref() {
+            None | Some("" | "1" | "on" | "yes" | "true") => true,
+            Some("0" | "off" | "no" | "false") => false,
+            Some(v) => {
+                warnings.push(format!(
+                    "TSSS_REGISTRY={v} not understood (on, off); using on"
+                ));
+                true
+            }
+        };
         Config {
             disabled,
             log_level,
             ring_size,
             spin_us,
+            registry,
             warnings,
         }
     }
@@ -141,6 +156,8 @@ mod tests {
         assert!(c.disabled);
         assert_eq!((c.log_level, c.ring_size, c.spin_us), (2, 1 << 20, 0));
         assert!(!cfg(&[("TSSS_DISABLE", "0")]).disabled);
+        assert!(c.registry);
+        assert!(!cfg(&[("TSSS_REGISTRY", "off")]).registry);
     }
 
     #[test]

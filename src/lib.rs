@@ -8,6 +8,7 @@
 //! - [`shm`]: the segment, its rings and flag-word protocol, the side block;
 //! - [`conn`]: negotiation and kernel stream semantics on top of the rings;
 //! - [`readiness`]: poll/select/epoll emulation for accelerated sockets;
+//! - [`registry`]: the per-process file of live connections `tsss stat` reads;
 //! - [`signals`]: handlers deferred while a thread holds a connection lock;
 //! - [`os`]: every system call, errno kept, timeouts as [`os::time::Deadline`].
 //!
@@ -24,6 +25,8 @@ pub mod conn;
 pub mod os;
 #[cfg(not(loom))]
 pub mod readiness;
+#[cfg(not(loom))]
+pub mod registry;
 pub mod shm;
 #[cfg(not(loom))]
 pub mod signals;

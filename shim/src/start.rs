@@ -3,11 +3,11 @@
 
 use crate::hooks::{exec, process};
 use crate::real;
+use std::ffi::CStr;
 use tsss_core::config::Config;
 
-/// A variable's value, allocating only when it is set: most processes set
-/// no TSSS_* variable, and a small one may never call malloc otherwise.
-fn getenv(name: &str) -> Option<String> {
+/// A variable's value as the environment holds it, without allocating.
+fn env(name: &str) -> Option<&'static CStr> {
     let mut buf = [0u8; 64];
     let n = name.len().min(buf.len() - 1);
     buf[..n].copy_from_slice(&name.as_bytes()[..n]);
@@ -17,9 +17,15 @@ fn getenv(name: &str) -> Option<String> {
     if v.is_null() {
         return None;
     }
-    // SAFETY: getenv returned a C string of the environment.
-    let c = unsafe { std::ffi::CStr::from_ptr(v) };
-    Some(c.to_string_lossy().into_owned())
+    // SAFETY: getenv returned a C string of the environment, which stays
+    // as it is while the constructor runs (callers copy what they keep).
+    Some(unsafe { CStr::from_ptr(v) })
+}
+
+/// A variable's value, allocating only when it is set: most processes set
+/// no TSSS_* variable, and a small one may never call malloc otherwise.
+fn getenv(name: &str) -> Option<String> {
+    env(name).map(|c| c.to_string_lossy().into_owned())
 }
 
 /// Runs at load time, before main: reads TSSS_* and resolves the real
@@ -43,6 +49,9 @@ fn init() {
         return;
     }
     tsss_core::os::proc::set_cached_pid();
+    // Where the registry goes, copied without allocating (most sessions
+    // set XDG_RUNTIME_DIR); before the adoption, which registers again.
+    tsss_core::registry::configure(cfg.registry, env("XDG_RUNTIME_DIR").map(CStr::to_bytes));
     exec::adopt_inherited();
     // SAFETY: registering plain function pointers: run in the parent just
     // before fork, and in the child just after.

@@ -12,7 +12,8 @@
 //! The rooms: [`state`] (the phase), `negotiate` (HELLO, confirm, switch,
 //! exec), `bells` (doorbells and wake-ups), `rx` and `tx` (the stream),
 //! `anc` (ancillary data), `close` (shutdown, close, exit, the peer's end),
-//! `query` (readiness, ioctl and sockopt answers), `handover` (exec).
+//! `query` (readiness, ioctl and sockopt answers), `handover` (exec),
+//! `listing` (what the registry says of it, for `tsss stat`).
 //!
 //! Every entry point takes the descriptor the application used, as a
 //! `BorrowedFd` made at the FFI edge: with dup() a connection has several,
@@ -22,6 +23,7 @@ mod anc;
 mod bells;
 mod close;
 mod handover;
+mod listing;
 mod negotiate;
 pub mod posts;
 mod query;
@@ -34,9 +36,9 @@ mod tx;
 
 pub use anc::{CarrierRecv, CarrierSend, ControlRecv, NameFrom};
 pub use bells::wake_space_sleepers;
+pub use listing::plain_from_start;
 pub use query::Ready;
 
-use crate::config;
 use crate::os::time::now_ns;
 use crate::shm::layout::Dir;
 use crate::shm::ring::{Consumer, Producer, Ring};
@@ -44,6 +46,7 @@ use crate::shm::segment::Segment;
 use crate::shm::side::{ShmGuard, Side, SideBlock};
 use crate::sync::Ordering::{AcqRel, Acquire, Relaxed, Release};
 use crate::wire;
+use crate::{config, registry};
 use rustix::fd::{AsRawFd, BorrowedFd, RawFd};
 use rustix::io::Errno;
 use state::Phase;
@@ -445,6 +448,7 @@ impl Conn {
     fn go_plain(&self, why: core::fmt::Arguments<'_>) {
         self.set_phase(Phase::Plain);
         crate::log!(crate::log::INFO, "fd {}: plain: {}", self.fd, why);
+        self.listed(registry::Event::FellBack(self.role, why));
     }
 
     /// The peer corrupted the shared header: every call fails from now on.

@@ -76,6 +76,7 @@ impl Conn {
         let _ = self.seg.set(seg);
         rx.plain_read = 0;
         self.set_phase(Phase::Attached);
+        self.listed_attached();
         crate::log!(
             crate::log::DEBUG,
             "fd {}: attached shmid {}; waiting for the server to confirm",
@@ -176,6 +177,7 @@ impl Conn {
                     seg.cap(Dir::ClientToServer) >> 10,
                     seg.cap(Dir::ServerToClient) >> 10
                 );
+                self.listed_accelerated();
                 true
             }
             Some(Negotiation::Withdrawn) => {
@@ -219,6 +221,7 @@ impl Conn {
                     self.fd,
                     seg.shmid()
                 );
+                self.listed_accelerated();
             }
         }
         self.phase() == Phase::Attached

@@ -11,6 +11,7 @@
 
 pub mod errno;
 pub mod fd;
+pub mod lock;
 pub mod net;
 pub mod page;
 pub mod poll;

@@ -105,3 +105,16 @@ pub fn all_handlers_restart() -> bool {
     }
     true
 }
+
+/// This thread's name (`comm`: at most 15 bytes and a NUL), without
+/// allocating: prctl(PR_GET_NAME) into a fixed buffer (rustix's
+/// `thread::name` returns a CString, and a fork child made by `_Fork` may
+/// not allocate).
+pub fn thread_name() -> [u8; 16] {
+    let mut buf = [0u8; 16];
+    errno_kept(|| {
+        // SAFETY: PR_GET_NAME writes at most 16 bytes into buf.
+        unsafe { libc::prctl(libc::PR_GET_NAME, buf.as_mut_ptr()) }
+    });
+    buf
+}

@@ -11,6 +11,15 @@ pub fn now_ns() -> u64 {
     t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
 }
 
+/// Wall clock (CLOCK_REALTIME) in nanoseconds since the epoch (vDSO, no
+/// syscall): when a connection began, as another process can read it.
+pub fn realtime_ns() -> u64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::Realtime);
+    (t.tv_sec as u64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(t.tv_nsec as u64)
+}
+
 /// When a wait ends: a CLOCK_MONOTONIC instant, or never.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Deadline(Option<u64>);

@@ -306,6 +306,8 @@ pub fn adopt_inherited() {
     // SAFETY: the constructor runs before main, on the only thread.
     unsafe { std::env::remove_var(VAR) };
     let socks = open_sockets();
+    // The connections this image adopted, for the registry.
+    let mut adopted = Vec::new();
     for entry in v.as_bytes().split(|&b| b == b';') {
         let Some(eq) = entry.iter().position(|&b| b == b'=') else {
             continue;
@@ -323,9 +325,12 @@ pub fn adopt_inherited() {
             .map(|&(_, fd)| fd)
             .collect();
         let Some(&first) = fds.first() else { continue };
-        // SAFETY: an open socket of this new image, found just above.
-        match Conn::adopt(unsafe { crate::abi::fd(first) }, &line) {
+        // SAFETY: an open socket of this new image, found just above,
+        // open for the constructor's run.
+        let bfd = unsafe { crate::abi::fd(first) };
+        match Conn::adopt(bfd, &line) {
             Ok(c) => {
+                adopted.push((bfd, c.registry_event()));
                 let Some(g) = table::insert(first, Entry::Conn(c)) else {
                     continue;
                 };
@@ -347,6 +352,8 @@ pub fn adopt_inherited() {
             ),
         }
     }
+    // This image registers again, with what it adopted.
+    tsss_core::registry::after_exec(&adopted);
 }
 
 /// # Safety

@@ -7,6 +7,7 @@ use crate::real;
 use crate::table::{self, Entry};
 use libc::{c_int, c_ulong};
 use rustix::fd::RawFd;
+use tsss_core::registry;
 
 /// Forgets `fd` before the kernel closes it: the connection ends (for
 /// this process) when its last descriptor goes. Runs while `fd` still
@@ -64,6 +65,11 @@ fn dup_onto(old: c_int, new: c_int, call: impl FnOnce() -> c_int) -> c_int {
     }
     let r = call();
     if r >= 0 {
+        if old != new {
+            // What `new` named is gone: its registry entry too (one load
+            // if it had none).
+            registry::forget(new);
+        }
         alias_fd(old, r);
     }
     r
@@ -71,6 +77,8 @@ fn dup_onto(old: c_int, new: c_int, call: impl FnOnce() -> c_int) -> c_int {
 
 hook! {
     fn close(fd: c_int) -> c_int {
+        // The registry entry goes with the descriptor (one load if none).
+        registry::forget(fd);
         forget_fd(fd);
         Real
     }
@@ -103,6 +111,7 @@ hook! {
     fn close_range(first: libc::c_uint, last: libc::c_uint, flags: c_int) -> c_int {
         // CLOSE_RANGE_CLOEXEC only marks descriptors; nothing closes now.
         if flags & libc::CLOSE_RANGE_CLOEXEC as c_int == 0 && first <= last {
+            registry::forget_range(first, last);
             for fd in table::fds_in(first, last) {
                 forget_fd(fd);
             }
@@ -114,6 +123,7 @@ hook! {
 hook! {
     fn closefrom(low: c_int) -> () {
         if let Ok(first) = u32::try_from(low) {
+            registry::forget_range(first, u32::MAX);
             for fd in table::fds_in(first, u32::MAX) {
                 forget_fd(fd);
             }

@@ -9,9 +9,11 @@ pub(crate) extern "C" fn before_fork() {
 }
 
 /// The pid cache (`os::proc::cached_pid`, also the ShmLock holder's id) is
-/// the child's own from here on.
+/// the child's own from here on, and so is its registry file.
 pub(crate) extern "C" fn in_fork_child() {
     tsss_core::os::proc::set_cached_pid();
+    // The child lists its inherited connections in a file of its own.
+    tsss_core::registry::after_fork();
 }
 
 /// exit() (or a return from main): the peers' writes to us fail from now

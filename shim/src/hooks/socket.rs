@@ -7,8 +7,10 @@ use crate::real;
 use crate::table::{self, Entry};
 use libc::{c_int, sockaddr, socklen_t};
 use rustix::fd::BorrowedFd;
-use tsss_core::conn::Conn;
+use std::borrow::Cow;
+use tsss_core::conn::{Conn, Role, plain_from_start};
 use tsss_core::log::{DEBUG, INFO};
+use tsss_core::registry::{self, Event};
 use tsss_core::{log, wire};
 
 hook! {
@@ -24,14 +26,15 @@ hook! {
 }
 
 /// Whether `fd` can carry the marker, by cheap checks made before any
-/// state is built: a stream socket, unbound (`Some(false)`) or bound to a
-/// marker by an earlier connect that failed (`Some(true)`).
-fn markable(fd: BorrowedFd<'_>, raw: c_int) -> Option<bool> {
+/// state is built: a stream socket, unbound (`Ok(false)`) or bound to a
+/// marker by an earlier connect that failed (`Ok(true)`). `Err(Some(why))`:
+/// a stream socket that stays plain (for the registry).
+fn markable(fd: BorrowedFd<'_>, raw: c_int) -> Result<bool, Option<&'static str>> {
     if !matches!(
         rustix::net::sockopt::socket_type(fd),
         Ok(rustix::net::SocketType::STREAM)
     ) {
-        return None;
+        return Err(None);
     }
     let (mut ss, mut len) = storage();
     // SAFETY: our own buffer.
@@ -43,19 +46,17 @@ fn markable(fd: BorrowedFd<'_>, raw: c_int) -> Option<bool> {
         )
     } != 0
     {
-        return None;
+        return Err(None);
     }
     if is_marker(&ss, len).is_some() {
-        return Some(true);
+        return Ok(true);
     }
     if len as usize > SUN_OFF {
-        log!(
-            INFO,
-            "fd {raw}: plain: the application bound this socket itself"
-        );
-        return None;
+        const WHY: &str = "the application bound this socket itself";
+        log!(INFO, "fd {raw}: plain: {WHY}");
+        return Err(Some(WHY));
     }
-    Some(false)
+    Ok(false)
 }
 
 /// Binds a [`markable`] unbound socket to a fresh marker address. True if
@@ -95,21 +96,36 @@ hook! {
         // would hand HELLO to the program (out of descriptors, for one).
         let mut conn = None;
         let mut marked = false;
-        if let Some(retry) = markable(bfd, fd) {
-            let nb = rustix::fs::fcntl_getfl(bfd)
-                .is_ok_and(|f| f.contains(rustix::fs::OFlags::NONBLOCK));
-            conn = Conn::client(bfd, nb)
-                .map_err(|why| log!(INFO, "fd {fd}: plain: {why}"))
-                .ok();
-            marked = conn.is_some() && (retry || bind_marker(bfd, fd));
+        // Why a stream socket that connects stays plain (logged already).
+        let mut plain: Option<Cow<'static, str>> = None;
+        match markable(bfd, fd) {
+            Ok(retry) => {
+                let nb = rustix::fs::fcntl_getfl(bfd)
+                    .is_ok_and(|f| f.contains(rustix::fs::OFlags::NONBLOCK));
+                conn = Conn::client(bfd, nb)
+                    .map_err(|why| {
+                        log!(INFO, "fd {fd}: plain: {why}");
+                        plain = Some(why.into());
+                    })
+                    .ok();
+                marked = conn.is_some() && (retry || bind_marker(bfd, fd));
+                if conn.is_some() && !marked {
+                    plain = Some("cannot bind the marker address".into());
+                }
+            }
+            Err(why) => plain = why.map(Into::into),
         }
         // SAFETY: the caller's arguments.
         let r = unsafe { real::connect(fd, addr, len) };
         let e = errno();
-        if let (true, Some(c)) = (marked && (r == 0 || e == libc::EINPROGRESS), conn) {
+        let connected = r == 0 || e == libc::EINPROGRESS;
+        if let (true, Some(c)) = (marked && connected, conn) {
+            c.list(bfd);
             drop(table::insert(fd, Entry::Conn(c)));
             log!(DEBUG, "fd {fd}: connected with the tsss marker; waiting for the server's offer");
             super::epoll::adopt_registration(fd);
+        } else if let (true, Some(why)) = (connected, plain) {
+            registry::connection_event(bfd, Event::Plain(Role::Client, format_args!("{why}")));
         }
         set_errno(if r == 0 { saved } else { e });
         Done(r)
@@ -119,27 +135,35 @@ hook! {
 /// Server: the peer carries the marker of protocol `version`: offer it a
 /// segment (or log why not).
 fn offer(nfd: c_int, version: u16, flags: c_int) {
-    if version != wire::PROTO_VERSION {
-        log!(
-            INFO,
-            "fd {nfd}: plain: client speaks tsss protocol {version}, we speak {}",
-            wire::PROTO_VERSION
-        );
-        return;
-    }
     // SAFETY: accept just returned this descriptor to the caller, whose
     // call is being served.
     let bfd = unsafe { abi::fd(nfd) };
+    if version != wire::PROTO_VERSION {
+        return plain_from_start(
+            bfd,
+            Role::Server,
+            format_args!(
+                "client speaks tsss protocol {version}, we speak {}",
+                wire::PROTO_VERSION
+            ),
+        );
+    }
     let uid = match rustix::net::sockopt::socket_peercred(bfd) {
         Ok(c) => c.uid.as_raw(),
         Err(e) => {
-            log!(INFO, "fd {nfd}: plain: cannot read peer credentials: {e}");
-            return;
+            return plain_from_start(
+                bfd,
+                Role::Server,
+                format_args!("cannot read peer credentials: {e}"),
+            );
         }
     };
     match Conn::server(bfd, flags & libc::SOCK_NONBLOCK != 0, uid) {
-        Ok(c) => drop(table::insert(nfd, Entry::Conn(c))),
-        Err(why) => log!(INFO, "fd {nfd}: plain: {why}"),
+        Ok(c) => {
+            c.list(bfd);
+            drop(table::insert(nfd, Entry::Conn(c)));
+        }
+        Err(why) => plain_from_start(bfd, Role::Server, format_args!("{why}")),
     }
 }
 
@@ -169,16 +193,19 @@ unsafe fn do_accept(fd: c_int, addr: *mut sockaddr, alen: *mut socklen_t, flags:
         // Without tsss the client would be unnamed.
         out_len = size_of::<libc::sa_family_t>() as socklen_t;
         offer(nfd, v, flags);
-    } else if ss.ss_family == libc::AF_UNIX as libc::sa_family_t && log::enabled(INFO) {
+    } else if ss.ss_family == libc::AF_UNIX as libc::sa_family_t
+        && (log::enabled(INFO) || registry::enabled())
+    {
         // SAFETY: accept just returned this descriptor.
         let bfd = unsafe { abi::fd(nfd) };
         if matches!(
             rustix::net::sockopt::socket_type(bfd),
             Ok(rustix::net::SocketType::STREAM)
         ) {
-            log!(
-                INFO,
-                "fd {nfd}: plain: client does not run tsss (no marker address)"
+            plain_from_start(
+                bfd,
+                Role::Server,
+                format_args!("client does not run tsss (no marker address)"),
             );
         }
     }
