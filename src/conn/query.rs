@@ -52,7 +52,13 @@ impl Conn {
         {
             self.progress_rx(fd, &mut rx);
             if self.sb().rx_ring.load(Relaxed) && self.phase() != Phase::Plain {
-                self.drain_bells(fd);
+                // One look suffices unless the socket says the peer is
+                // gone: then also its EOF or reset behind the doorbells.
+                if k.intersects(PollFlags::HUP | PollFlags::RDHUP | PollFlags::ERR) {
+                    self.drain_bells(fd);
+                } else {
+                    self.take_bells_once(fd);
+                }
             }
         }
         if let Some(mut tx) = self.try_lock_tx() {

@@ -109,19 +109,30 @@ impl<L: Lookup> PollCall<'_, L> {
 impl<L: Lookup> Waiter for PollCall<'_, L> {
     /// Sleeps on the sleep events (see `arm`), then one zero-timeout
     /// kernel poll for the plain fds and ring state for accelerated ones.
+    ///
+    /// After a sleep, a set of connections whose both directions run over
+    /// the ring needs no second poll: the sleep's own revents are the
+    /// kernel's view of all that matters for them (doorbells, hang-ups).
     fn look(&mut self, sleep_ms: i32) -> Result<usize, Errno> {
-        if sleep_ms != 0 {
+        let slept = sleep_ms != 0;
+        if slept {
             ppoll(&mut self.k, sleep_ms, self.mask)?;
         }
-        for (kp, (p, c)) in self.k.iter_mut().zip(self.fds.iter().zip(&self.conns)) {
-            kp.revents = 0;
-            kp.events = if c.is_some() {
-                (p::IN | p::OUT | p::RDHUP) as i16
-            } else {
-                p.events
-            };
+        let rings_only = self
+            .conns
+            .iter()
+            .all(|c| c.as_ref().is_some_and(|c| !c.needs_kernel()));
+        if !(rings_only && slept) {
+            for (kp, (p, c)) in self.k.iter_mut().zip(self.fds.iter().zip(&self.conns)) {
+                kp.revents = 0;
+                kp.events = if c.is_some() {
+                    (p::IN | p::OUT | p::RDHUP) as i16
+                } else {
+                    p.events
+                };
+            }
+            crate::os::poll::poll(&mut self.k, 0)?;
         }
-        crate::os::poll::poll(&mut self.k, 0)?;
         let mut n = 0;
         for i in 0..self.fds.len() {
             let kr = self.k[i].revents;
