@@ -61,7 +61,10 @@ impl Conn {
                 }
             }
         }
-        if let Some(mut tx) = self.try_lock_tx() {
+        // Our switch, once made, has nothing more to do: no lock then.
+        if !self.sb().tx_ring.load(Relaxed)
+            && let Some(mut tx) = self.try_lock_tx()
+        {
             self.progress_tx(fd, &mut tx);
         }
         let after = self.negotiation_snapshot();
