@@ -1695,3 +1695,81 @@ fn library_needs_only_libc() {
         "libtsss.so needs {needed:?}"
     );
 }
+
+/// Echoes every connection, one thread each.
+const PY_ECHO_MANY: &str = r#"
+import socket, sys, threading, time
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.bind(sys.argv[1]); s.listen(8)
+def serve(c):
+    while True:
+        b = c.recv(65536)
+        if not b:
+            break
+        if b.endswith(b"!"):
+            time.sleep(0.02)  # the client must sleep, and a doorbell wake it
+        c.sendall(b)
+    c.close()
+while True:
+    c, _ = s.accept()
+    threading.Thread(target=serve, args=(c,), daemon=True).start()
+"#;
+
+/// Deletes and re-adds its socket around every request, as redis's event
+/// loop does; then closes it, and the next connection gets the same fd.
+const PY_EPOLL_READD: &str = r#"
+import select, socket, sys, time
+ep = select.epoll()
+for conn in range(3):
+    c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    c.connect(sys.argv[1])
+    for i in range(300):
+        m = b"%d:%d" % (conn, i) + (b"!" if i % 10 == 5 else b"")
+        c.sendall(m)
+        if i % 50 == 0:
+            time.sleep(0.01)  # the reply arrives while not watched
+        ep.register(c.fileno(), select.EPOLLIN)
+        ev = ep.poll(-1)
+        assert ev == [(c.fileno(), select.EPOLLIN)], (conn, i, ev)
+        got = b""
+        while len(got) < len(m):
+            got += c.recv(64)
+        assert got == m, (got, m)
+        ep.unregister(c.fileno())
+    print("FD", c.fileno(), flush=True)
+    c.close()
+print("RESULT role=client ok=1", flush=True)
+"#;
+
+/// An emulated epoll keeps the private registration of a deleted socket
+/// for its re-adding (no system call then): re-adding it must still
+/// report what arrived, and a new socket on the same fd number must not be
+/// taken for the old one (its registration would be missing: a hang).
+#[test]
+fn epoll_delete_and_readd_around_every_request() {
+    let d = TempDir::new("readd");
+    let sock = d.sock("s");
+    let server = write_script(&d, "server.py", PY_ECHO_MANY);
+    let client = write_script(&d, "client.py", PY_EPOLL_READD);
+    let mut s = Proc::spawn(&Spec::new("server", python(), &[&server, &sock]).preload(true));
+    wait_for_path(Path::new(&sock), &mut s);
+    let c = run_one(
+        &Spec::new("client", python(), &[&client, &sock]).preload(true),
+        T20,
+    );
+    s.kill();
+    assert_ok(&[&c]);
+    let out = c.stdout();
+    let fds: Vec<&str> = out.lines().filter(|l| l.starts_with("FD ")).collect();
+    assert!(
+        fds.len() == 3 && fds.iter().all(|l| *l == fds[0]),
+        "the connections did not reuse one fd: {fds:?}\n{}",
+        reports(&[&s, &c])
+    );
+    assert_eq!(
+        count(&c.stderr(), "accelerated (client"),
+        3,
+        "{}",
+        reports(&[&s, &c])
+    );
+}

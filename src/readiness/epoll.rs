@@ -20,6 +20,8 @@ use rustix::event::PollFlags;
 use rustix::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use rustix::io::Errno;
 use std::collections::HashMap;
+
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::FixedState>;
 use std::ops::Deref;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicI32, Ordering::Relaxed};
@@ -57,25 +59,35 @@ struct Watch<R> {
 /// The watches of a set, indexed by fd, and which of them may be ready:
 /// a wait costs O(ready), not O(watched).
 struct Watches<R> {
-    by_fd: HashMap<RawFd, Watch<R>>,
+    by_fd: FastMap<RawFd, Watch<R>>,
     /// The fds watching each connection (by `posts::key`).
-    by_conn: HashMap<usize, Vec<RawFd>>,
+    by_conn: FastMap<usize, Vec<RawFd>>,
     /// The hot watches' fds, each at least once (see [`Watch::hot`]).
     hot: Vec<RawFd>,
     /// Looks so far.
     looks: u64,
     /// Where this set is on the board of posts.
     posts: u64,
+    /// Deleted watches whose registration in the private epoll was kept:
+    /// fd -> (connection key, socket inode, kernel events). Event loops
+    /// such as redis's delete and re-add a socket around every request;
+    /// re-adding the same socket then costs no system call. Nothing is
+    /// held: the key and the inode together say it is the same socket.
+    retired: FastMap<RawFd, (usize, u64, u32)>,
 }
+
+/// Retired registrations kept at most (more are deleted for real).
+const RETIRED_MAX: usize = 4096;
 
 impl<R: Deref<Target = Conn>> Watches<R> {
     fn new() -> Self {
         Watches {
-            by_fd: HashMap::new(),
-            by_conn: HashMap::new(),
+            by_fd: FastMap::default(),
+            by_conn: FastMap::default(),
             hot: Vec::new(),
             looks: 0,
             posts: posts::cursor(),
+            retired: FastMap::default(),
         }
     }
 
@@ -230,8 +242,19 @@ impl<R: Deref<Target = Conn> + Clone> EpollSet<R> {
 
     /// Forgets `fd` (its connection went plain and was dropped elsewhere).
     pub fn remove(&self, fd: RawFd) {
-        self.lock().remove(fd);
+        let mut ws = self.lock();
+        ws.remove(fd);
+        ws.retired.remove(&fd);
         let _ = epoll_ctl(self.inner.as_raw_fd(), libc::EPOLL_CTL_DEL, fd, 0, 0);
+    }
+
+    /// `fd` is handed to the kernel's epoll as a plain socket: a
+    /// registration kept for it in ours goes (it would wake us for
+    /// nothing at each of its bytes).
+    pub fn drop_retired(&self, fd: RawFd) {
+        if self.lock().retired.remove(&fd).is_some() {
+            let _ = epoll_ctl(self.inner.as_raw_fd(), libc::EPOLL_CTL_DEL, fd, 0, 0);
+        }
     }
 
     /// Whether `fd` is watched here.
@@ -252,10 +275,21 @@ impl<R: Deref<Target = Conn> + Clone> EpollSet<R> {
             (libc::EPOLL_CTL_ADD, true) => Err(Errno::EXIST),
             (libc::EPOLL_CTL_ADD, false) => {
                 let kernel = Self::kernel_events(&conn, events);
-                if ws.remove(fd).is_some() {
-                    let _ = epoll_ctl(inner, libc::EPOLL_CTL_DEL, fd, 0, 0);
+                let same = (posts::key(&conn), conn.ino());
+                match ws.retired.remove(&fd) {
+                    // Still registered: only its events may differ.
+                    Some((key, ino, k)) if (key, ino) == same && ino != 0 => {
+                        if k != kernel {
+                            epoll_ctl(inner, libc::EPOLL_CTL_MOD, fd, kernel, fd as u64)?;
+                        }
+                    }
+                    stale => {
+                        if ws.remove(fd).is_some() || stale.is_some() {
+                            let _ = epoll_ctl(inner, libc::EPOLL_CTL_DEL, fd, 0, 0);
+                        }
+                        epoll_ctl(inner, libc::EPOLL_CTL_ADD, fd, kernel, fd as u64)?;
+                    }
                 }
-                epoll_ctl(inner, libc::EPOLL_CTL_ADD, fd, kernel, fd as u64)?;
                 let w = Watch {
                     conn,
                     events,
@@ -290,7 +324,14 @@ impl<R: Deref<Target = Conn> + Clone> EpollSet<R> {
                 Ok(())
             }
             (libc::EPOLL_CTL_DEL, true) => {
-                ws.remove(fd);
+                if let Some(w) = ws.remove(fd) {
+                    let ino = w.conn.ino();
+                    if ws.retired.len() < RETIRED_MAX && ino != 0 {
+                        // A doorbell for it now only wakes us for nothing.
+                        ws.retired.insert(fd, (posts::key(&w.conn), ino, w.kernel));
+                        return Ok(());
+                    }
+                }
                 let _ = epoll_ctl(inner, libc::EPOLL_CTL_DEL, fd, 0, 0);
                 Ok(())
             }

@@ -124,6 +124,7 @@ unsafe fn epoll_ctl_inner(
         let g = set?;
         let Entry::Epoll(s) = &*g else { return None };
         if !s.contains(fd) {
+            s.drop_retired(fd);
             return None;
         }
         return Some(match op {
