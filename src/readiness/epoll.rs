@@ -8,6 +8,8 @@
 //! cookie. Level-triggered, edge-triggered and one-shot watches are
 //! emulated from ring state and progress counters.
 
+mod watches;
+
 use super::Lookup;
 use super::poll::bell_less;
 use super::sleep::{self, Armed, Waiter};
@@ -19,133 +21,13 @@ use crate::os::time::Deadline;
 use rustix::event::PollFlags;
 use rustix::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use rustix::io::Errno;
-use std::collections::HashMap;
-
-type FastMap<K, V> = HashMap<K, V, foldhash::fast::FixedState>;
 use std::ops::Deref;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicI32, Ordering::Relaxed};
+use watches::{RETIRED_MAX, Watch, Watches};
 
 /// The application's own epoll_wait: fills a buffer, with a timeout in ms.
 pub type RealWait<'a> = dyn FnMut(&mut [libc::epoll_event], i32) -> Result<usize, Errno> + 'a;
-
-/// One accelerated fd in an [`EpollSet`].
-struct Watch<R> {
-    conn: R,
-    /// The application's events and data.
-    events: u32,
-    data: u64,
-    /// Events registered for the fd in our private epoll.
-    kernel: u32,
-    /// One-shot watch that fired and awaits EPOLL_CTL_MOD.
-    disabled: bool,
-    /// Edge-triggered state: progress counters when last reported.
-    last_in: u64,
-    last_out: u64,
-    /// Kernel activity counters for directions that are still plain.
-    k_in: u64,
-    k_out: u64,
-    /// In the hot list: every look evaluates it. A look that finds it idle
-    /// asks the peer for doorbells and parks it; then it costs nothing
-    /// until a doorbell, a hang-up or plain data makes the kernel report
-    /// it, or our own process posts a change (`conn::posts`).
-    hot: bool,
-    /// Parked: counted in the connection's parked watches.
-    parked: bool,
-    /// The look that last evaluated it (one report per look).
-    seen: u64,
-}
-
-/// The watches of a set, indexed by fd, and which of them may be ready:
-/// a wait costs O(ready), not O(watched).
-struct Watches<R> {
-    by_fd: FastMap<RawFd, Watch<R>>,
-    /// The fds watching each connection (by `posts::key`).
-    by_conn: FastMap<usize, Vec<RawFd>>,
-    /// The hot watches' fds, each at least once (see [`Watch::hot`]).
-    hot: Vec<RawFd>,
-    /// Looks so far.
-    looks: u64,
-    /// Where this set is on the board of posts.
-    posts: u64,
-    /// Deleted watches whose registration in the private epoll was kept:
-    /// fd -> (connection key, socket inode, kernel events). Event loops
-    /// such as redis's delete and re-add a socket around every request;
-    /// re-adding the same socket then costs no system call. Nothing is
-    /// held: the key and the inode together say it is the same socket.
-    retired: FastMap<RawFd, (usize, u64, u32)>,
-}
-
-/// Retired registrations kept at most (more are deleted for real).
-const RETIRED_MAX: usize = 4096;
-
-impl<R: Deref<Target = Conn>> Watches<R> {
-    fn new() -> Self {
-        Watches {
-            by_fd: FastMap::default(),
-            by_conn: FastMap::default(),
-            hot: Vec::new(),
-            looks: 0,
-            posts: posts::cursor(),
-            retired: FastMap::default(),
-        }
-    }
-
-    fn insert(&mut self, fd: RawFd, w: Watch<R>) {
-        self.by_conn
-            .entry(posts::key(&w.conn))
-            .or_default()
-            .push(fd);
-        self.by_fd.insert(fd, w);
-        // The kernel reports an fd that is ready when added.
-        self.heat(fd);
-    }
-
-    fn remove(&mut self, fd: RawFd) -> Option<Watch<R>> {
-        let mut w = self.by_fd.remove(&fd)?;
-        let key = posts::key(&w.conn);
-        if let Some(fds) = self.by_conn.get_mut(&key) {
-            fds.retain(|&f| f != fd);
-            if fds.is_empty() {
-                self.by_conn.remove(&key);
-            }
-        }
-        unpark(&mut w);
-        Some(w)
-    }
-
-    /// The next look evaluates `fd`.
-    fn heat(&mut self, fd: RawFd) {
-        if let Some(w) = self.by_fd.get_mut(&fd)
-            && !w.hot
-        {
-            unpark(w);
-            w.hot = true;
-            self.hot.push(fd);
-        }
-    }
-
-    /// Heats the watches of the connections posted since the last look,
-    /// or every watch if posts were lost.
-    fn read_posts(&mut self) {
-        let mut keys = Vec::new();
-        if !posts::read(&mut self.posts, |k| keys.push(k)) {
-            let all: Vec<RawFd> = self.by_fd.keys().copied().collect();
-            all.into_iter().for_each(|fd| self.heat(fd));
-            return;
-        }
-        for k in keys {
-            let fds = self.by_conn.get(&k).cloned().unwrap_or_default();
-            fds.into_iter().for_each(|fd| self.heat(fd));
-        }
-    }
-}
-
-fn unpark<R: Deref<Target = Conn>>(w: &mut Watch<R>) {
-    if std::mem::take(&mut w.parked) {
-        w.conn.unpark();
-    }
-}
 
 /// The emulation state of one application epoll instance that watches
 /// accelerated fds.
