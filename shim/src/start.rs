@@ -7,7 +7,7 @@ use std::ffi::CStr;
 use tsss_core::config::Config;
 
 /// A variable's value as the environment holds it, without allocating.
-fn env(name: &str) -> Option<&'static CStr> {
+pub(crate) fn env(name: &str) -> Option<&'static CStr> {
     let mut buf = [0u8; 64];
     let n = name.len().min(buf.len() - 1);
     buf[..n].copy_from_slice(&name.as_bytes()[..n]);

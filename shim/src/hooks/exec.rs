@@ -293,14 +293,8 @@ pub unsafe fn exec_with(
 /// In the constructor of a new image: adopts the connections the previous
 /// one handed over.
 pub fn adopt_inherited() {
-    // Checked without allocating: most new images inherit nothing.
-    let mut name = [0u8; 32];
-    name[..VAR.len()].copy_from_slice(VAR.as_bytes());
-    // SAFETY: a NUL-terminated name; before main, on the only thread.
-    if unsafe { libc::getenv(name.as_ptr().cast()) }.is_null() {
-        return;
-    }
-    let Some(v) = std::env::var_os(VAR) else {
+    // Looked up without allocating: most new images inherit nothing.
+    let Some(v) = crate::start::env(VAR).map(|c| c.to_bytes().to_vec()) else {
         return;
     };
     // SAFETY: the constructor runs before main, on the only thread.
@@ -308,7 +302,7 @@ pub fn adopt_inherited() {
     let socks = open_sockets();
     // The connections this image adopted, for the registry.
     let mut adopted = Vec::new();
-    for entry in v.as_bytes().split(|&b| b == b';') {
+    for entry in v.split(|&b| b == b';') {
         let Some(eq) = entry.iter().position(|&b| b == b'=') else {
             continue;
         };
