@@ -318,6 +318,24 @@ impl<'r> Consumer<'r, '_> {
     }
 }
 
+/// Moves a cursor's (buffer, offset) position `n` bytes on, over buffers
+/// whose lengths `len` gives; true if it stopped inside a buffer (false:
+/// at a buffer boundary).
+#[inline]
+fn step(idx: &mut usize, off: &mut usize, mut n: usize, len: impl Fn(usize) -> usize) -> bool {
+    while n > 0 {
+        let left = len(*idx) - *off;
+        if n < left {
+            *off += n;
+            return true;
+        }
+        n -= left;
+        *idx += 1;
+        *off = 0;
+    }
+    false
+}
+
 /// Reads from a list of caller buffers in order.
 pub struct SrcCursor<'s, 'b> {
     bufs: &'s [IoSlice<'b>],
@@ -361,17 +379,11 @@ impl<'s, 'b> SrcCursor<'s, 'b> {
         &[]
     }
 
-    pub fn advance(&mut self, mut n: usize) {
+    pub fn advance(&mut self, n: usize) {
         self.remaining -= n;
-        while n > 0 {
-            let left = self.bufs[self.idx].len() - self.off;
-            if n < left {
-                self.off += n;
-                return;
-            }
-            n -= left;
-            self.idx += 1;
-            self.off = 0;
+        let bufs = self.bufs;
+        if step(&mut self.idx, &mut self.off, n, |i| bufs[i].len()) {
+            return;
         }
         while self.idx < self.bufs.len() && self.bufs[self.idx].len() == self.off {
             self.idx += 1;
@@ -455,19 +467,11 @@ impl<'s, 'b> DstCursor<'s, 'b> {
     }
 
     /// Records that `n` bytes were written at the cursor by someone else.
-    pub fn advance(&mut self, mut n: usize) {
+    pub fn advance(&mut self, n: usize) {
         self.remaining -= n;
         self.filled += n;
-        while n > 0 {
-            let left = self.bufs[self.idx].len() - self.off;
-            if n < left {
-                self.off += n;
-                return;
-            }
-            n -= left;
-            self.idx += 1;
-            self.off = 0;
-        }
+        let bufs = &*self.bufs;
+        step(&mut self.idx, &mut self.off, n, |i| bufs[i].len());
     }
 
     /// Copies `n` readable bytes at `src`; returns how many fit.
