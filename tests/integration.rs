@@ -935,22 +935,7 @@ fn redis_cli_large_value() {
         &Spec::new(
             "redis-server",
             "redis-server",
-            &[
-                "--port",
-                "0",
-                "--unixsocket",
-                &sock,
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--daemonize",
-                "no",
-                "--logfile",
-                "",
-                "--dir",
-                &dir,
-            ],
+            &redis_server_args(&sock, &dir),
         )
         .preload(true),
     );
@@ -1618,22 +1603,7 @@ fn redis_four_benchmarks_at_once() {
     let d = TempDir::new("redis4");
     let sock = d.sock("redis.sock");
     let dir = d.0.to_string_lossy().into_owned();
-    let args = [
-        "--port",
-        "0",
-        "--unixsocket",
-        &sock,
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-        "--daemonize",
-        "no",
-        "--logfile",
-        "",
-        "--dir",
-        &dir,
-    ];
+    let args = redis_server_args(&sock, &dir);
     let mut s = Proc::spawn(&Spec::new("redis-server", "redis-server", &args).preload(true));
     wait_for_path(Path::new(&sock), &mut s);
     for round in 0..2 {

@@ -94,22 +94,7 @@ fn redis_server(name: &str, sock: &str, dir: &Path, xdg: &Path, with_tsss: bool)
         "redis-server is not installed: run `make deps`"
     );
     let dir = dir.to_string_lossy();
-    let args = [
-        "--port",
-        "0",
-        "--unixsocket",
-        sock,
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-        "--daemonize",
-        "no",
-        "--logfile",
-        "",
-        "--dir",
-        &dir,
-    ];
+    let args = redis_server_args(sock, &dir);
     let spec = if with_tsss {
         let mut a = vec!["run", "--", "redis-server"];
         a.extend(args);

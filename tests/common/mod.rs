@@ -726,3 +726,24 @@ pub fn run_one(spec: &Spec, timeout: Duration) -> Proc {
 pub fn stdout_bytes(p: &Proc) -> Vec<u8> {
     p.out.lock().unwrap().clone()
 }
+
+/// redis-server's arguments for a test: a Unix socket only, nothing saved,
+/// its files in `dir`, in the foreground, logging to stdout.
+pub fn redis_server_args<'a>(sock: &'a str, dir: &'a str) -> [&'a str; 14] {
+    [
+        "--port",
+        "0",
+        "--unixsocket",
+        sock,
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--daemonize",
+        "no",
+        "--logfile",
+        "",
+        "--dir",
+        dir,
+    ]
+}
