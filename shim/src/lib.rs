@@ -17,11 +17,3 @@ mod hooks;
 mod real;
 mod start;
 mod table;
-
-/// Whether we run in a vfork child, in our parent's memory: it skips the
-/// fork handlers, so the cached pid is its parent's, and it must not touch
-/// the fd table, which is its parent's too. One syscall: call only when an
-/// accelerated fd is involved.
-pub(crate) fn in_vfork_child() -> bool {
-    tsss_core::os::proc::getpid() != tsss_core::os::proc::cached_pid()
-}

@@ -25,6 +25,14 @@ pub fn cached_pid() -> i32 {
     }
 }
 
+/// Whether we run in a vfork child, in our parent's memory: it skips the
+/// fork handlers, so the cached pid is its parent's, and it must not touch
+/// the parent's state (the fd table, the registry). One syscall: call only
+/// when a connection is involved.
+pub fn in_vfork_child() -> bool {
+    getpid() != cached_pid()
+}
+
 /// getpid(2), a real syscall.
 pub fn getpid() -> i32 {
     rustix::process::getpid().as_raw_nonzero().get()

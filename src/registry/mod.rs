@@ -164,7 +164,7 @@ pub fn connection_event(fd: BorrowedFd<'_>, ev: Event<'_>) {
     }
     // Nowhere to list it (the directory is not ours): not even the socket
     // calls that describe it.
-    if STATE.load(Relaxed) == FAILED || in_vfork_child() {
+    if STATE.load(Relaxed) == FAILED || proc::in_vfork_child() {
         return;
     }
     let now = realtime_ns();
@@ -183,7 +183,7 @@ pub fn changed(fd: RawFd, ev: Event<'_>) {
         return;
     }
     let slot = fd as usize;
-    if BITS[slot / 64].load(Relaxed) & bit(slot) == 0 || in_vfork_child() {
+    if BITS[slot / 64].load(Relaxed) & bit(slot) == 0 || proc::in_vfork_child() {
         return;
     }
     let Some(mut r) = read_slot(slot).filter(|r| r.role == ev.role()) else {
@@ -222,7 +222,7 @@ pub fn forget(fd: RawFd) {
     }
     if fd == FILE.load(Relaxed) {
         // (A vfork child's close of it closes its own copy only.)
-        if !in_vfork_child() {
+        if !proc::in_vfork_child() {
             lost();
         }
         return;
@@ -233,7 +233,7 @@ pub fn forget(fd: RawFd) {
     }
     // A vfork child has its own descriptors but our memory: its closes
     // are not ours.
-    if in_vfork_child() {
+    if proc::in_vfork_child() {
         return;
     }
     BITS[slot / 64].fetch_and(!bit(slot), SeqCst);
@@ -248,7 +248,7 @@ pub fn forget(fd: RawFd) {
 pub fn forget_range(first: u32, last: u32) {
     let f = FILE.load(Relaxed);
     if f >= 0 && (first..=last).contains(&(f as u32)) {
-        if in_vfork_child() {
+        if proc::in_vfork_child() {
             return;
         }
         lost();
@@ -294,7 +294,7 @@ pub fn after_fork() {
 /// under the same pid: an entry for the same connection keeps its start
 /// time and address from there.
 pub fn after_exec(adopted: &[(BorrowedFd<'_>, Event<'_>)]) {
-    if !enabled() || adopted.is_empty() || in_vfork_child() {
+    if !enabled() || adopted.is_empty() || proc::in_vfork_child() {
         return;
     }
     // Read what the previous image wrote before registering truncates it.
@@ -355,10 +355,6 @@ fn slot_offset(slot: usize) -> u64 {
 
 /// A vfork child shares our memory (and this registry's state) but not
 /// our descriptors: it must change nothing here.
-fn in_vfork_child() -> bool {
-    proc::getpid() != proc::cached_pid()
-}
-
 /// Our file, if registered and still ours. One the program closed behind
 /// our back (a raw close syscall) is lost: the next event registers again.
 fn file() -> Option<RawFd> {

@@ -269,7 +269,7 @@ pub unsafe fn exec_with(
         end_connections(&conns, "exec", t);
         return exec(envp);
     }
-    let handover = handover_text(&conns, crate::in_vfork_child());
+    let handover = handover_text(&conns, tsss_core::os::proc::in_vfork_child());
     // SAFETY: per the caller.
     let env = unsafe { build_env(envp, &handover) };
     let mut ptrs: Vec<*const c_char> = env.iter().map(|c| c.as_ptr()).collect();

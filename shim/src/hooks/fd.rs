@@ -14,21 +14,18 @@ use tsss_core::registry;
 /// names the socket, since ending may ring the peer's doorbell on it.
 pub(crate) fn forget_fd(fd: c_int) {
     // A vfork child's close must not change its parent's table.
-    if table::get(fd).is_none() || crate::in_vfork_child() {
+    if table::get(fd).is_none() || tsss_core::os::proc::in_vfork_child() {
         return;
     }
-    if let Some(g) = table::remove(fd) {
-        if let Entry::Conn(c) = &*g {
-            // An epoll set drops its watch of `fd`.
-            c.changed();
-        }
-        if let Entry::Conn(c) = &*g
-            && c.drop_alias()
-        {
+    if let Some(g) = table::remove(fd)
+        && let Entry::Conn(c) = &*g
+    {
+        // An epoll set drops its watch of `fd`.
+        c.changed();
+        if c.drop_alias() {
             // SAFETY: the descriptor of the close being served, still open.
             c.close(unsafe { abi::fd(fd) });
         }
-        drop(g);
     }
 }
 
@@ -37,7 +34,9 @@ fn alias_fd(old: c_int, new: c_int) {
     if new < 0 || old == new {
         return;
     }
-    if (table::get(old).is_some() || table::get(new).is_some()) && crate::in_vfork_child() {
+    if (table::get(old).is_some() || table::get(new).is_some())
+        && tsss_core::os::proc::in_vfork_child()
+    {
         return;
     }
     match table::get(old) {

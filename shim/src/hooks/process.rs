@@ -1,7 +1,8 @@
 //! Process ends and _Fork: connections are told of them (fork and exit
 //! handlers proper are registered in lib.rs).
 
-use crate::{abi, in_vfork_child, real, table};
+use crate::{abi, real, table};
+use tsss_core::os::proc::in_vfork_child;
 
 /// A child about to be forked will share every connection.
 pub(crate) extern "C" fn before_fork() {
