@@ -76,11 +76,12 @@ impl Conn {
         self.take_bells(fd, true);
     }
 
-    /// [`drain_bells`](Self::drain_bells) for the hot paths (a wake-up, a
-    /// read at an empty ring): one look, so two system calls for a
+    /// [`drain_bells`](Self::drain_bells) for a poll/epoll wake-up whose
+    /// kernel view shows no hang-up: one look, so two system calls for a
     /// doorbell, not three. What a short peek did not show (a doorbell
-    /// since, an EOF behind the ones taken) stays on the socket, which
-    /// the next poll or blocking peek reports at once.
+    /// since) stays on the socket, which the next poll reports at once.
+    /// A read at an empty ring keeps the thorough look: its EAGAIN must not
+    /// hide a killed peer's end.
     pub(super) fn take_bells_once(&self, fd: BorrowedFd<'_>) {
         self.take_bells(fd, false);
     }
