@@ -185,6 +185,7 @@ impl<R: Deref<Target = Conn> + Clone> EpollSet<R> {
                     hot: false,
                     parked: false,
                     seen: 0,
+                    hit: None,
                 };
                 ws.insert(fd, w);
                 Ok(())
@@ -316,16 +317,15 @@ impl<R: Deref<Target = Conn> + Clone> EpollSet<R> {
     }
 
     /// Takes the kernel's reports from our private epoll (doorbells,
-    /// hang-ups, plain data): those watches are hot now, and edge-triggered
-    /// ones count the activity. Returns what it saw, for the look.
-    fn take_hits(&self, ws: &mut Watches<R>) -> Vec<(RawFd, PollFlags)> {
+    /// hang-ups, plain data): those watches are hot now, edge-triggered
+    /// ones count the activity, and each keeps its report for the next
+    /// look.
+    fn take_hits(&self, ws: &mut Watches<R>) {
         let mut evs = [libc::epoll_event { events: 0, u64: 0 }; 64];
         let got = epoll_wait(rustix::fd::AsFd::as_fd(&self.inner), &mut evs, 0).unwrap_or(0);
-        let hits: Vec<(RawFd, PollFlags)> = evs[..got]
-            .iter()
-            .map(|e| (e.u64 as RawFd, poll_flags(e.events as i16)))
-            .collect();
-        for &(fd, f) in &hits {
+        let next_look = ws.looks + 1;
+        for e in &evs[..got] {
+            let (fd, f) = (e.u64 as RawFd, poll_flags(e.events as i16));
             if let Some(w) = ws.by_fd.get_mut(&fd) {
                 if f.contains(PollFlags::IN) {
                     w.k_in = w.k_in.wrapping_add(1);
@@ -333,10 +333,10 @@ impl<R: Deref<Target = Conn> + Clone> EpollSet<R> {
                 if f.contains(PollFlags::OUT) {
                     w.k_out = w.k_out.wrapping_add(1);
                 }
+                w.hit = Some((f, next_look));
             }
             ws.heat(fd);
         }
-        hits
     }
 
     /// Evaluates the hot watches: reports the ready ones (at most one
@@ -349,7 +349,6 @@ impl<R: Deref<Target = Conn> + Clone> EpollSet<R> {
         lk: &L,
         ws: &mut Watches<R>,
         out: &mut [libc::epoll_event],
-        hits: &[(RawFd, PollFlags)],
         idle: &mut Vec<(RawFd, u64)>,
     ) -> usize {
         ws.looks += 1;
@@ -366,7 +365,7 @@ impl<R: Deref<Target = Conn> + Clone> EpollSet<R> {
                 continue;
             }
             w.seen = look;
-            let hit = hits.iter().find(|h| h.0 == fd).map(|h| h.1);
+            let hit = w.hit.take().filter(|h| h.1 == look).map(|h| h.0);
             match Self::look_at(lk, fd, w, hit, n == out.len()) {
                 Seen::Gone => {
                     ws.remove(fd);
@@ -605,14 +604,12 @@ where
         }
         let mut ws = self.set.lock();
         ws.read_posts();
-        let hits = if bells {
-            self.set.take_hits(&mut ws)
-        } else {
-            Vec::new()
-        };
+        if bells {
+            self.set.take_hits(&mut ws);
+        }
         n += self
             .set
-            .scan(self.lk, &mut ws, &mut self.out[n..], &hits, &mut self.idle);
+            .scan(self.lk, &mut ws, &mut self.out[n..], &mut self.idle);
         drop(ws);
         if n > 0 && !self.idle.is_empty() {
             self.set.arm_idle(&mut self.idle);

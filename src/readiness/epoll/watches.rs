@@ -2,6 +2,7 @@
 //! O(ready), not O(watched) (docs/DESIGN.md, "epoll: O(ready)").
 
 use crate::conn::{Conn, posts};
+use rustix::event::PollFlags;
 use rustix::fd::RawFd;
 use std::collections::HashMap;
 use std::ops::Deref;
@@ -33,6 +34,8 @@ pub(super) struct Watch<R> {
     pub(super) parked: bool,
     /// The look that last evaluated it (one report per look).
     pub(super) seen: u64,
+    /// What the private epoll reported for it, and for which look.
+    pub(super) hit: Option<(PollFlags, u64)>,
 }
 
 /// The watches of a set, indexed by fd, and which of them may be ready:
