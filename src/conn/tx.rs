@@ -215,15 +215,16 @@ impl Conn {
                 return Err(Errno::AGAIN);
             }
             // Never sleep holding the lock: a signal handler (or another
-            // thread) writing to this socket would wait for us.
+            // thread) writing to this socket would wait for us. The reader
+            // frees records as it reads, and then wakes a sleeping writer
+            // (`space_bell`), as it does when it frees room.
             drop(tx);
-            if room {
-                // Only the record queue is full: the reader frees it as it
-                // reads; no doorbell covers that, so nap briefly.
-                std::thread::sleep(std::time::Duration::from_micros(50));
-            } else {
-                self.wait_tx(fd, &ring, sndtimeo)?;
-            }
+            let want = src.remaining().min(ATOMIC_WRITE.min(ring.capacity() / 2));
+            self.wait_tx(fd, &ring, sndtimeo, || {
+                let used = anc.head.load(Relaxed).wrapping_sub(anc.tail.load(Acquire));
+                (used < ANC_SLOTS as u64 && ring.writable().map_or(true, |n| n >= want))
+                    || self.tx_peer_ended(&ring)
+            })?;
             tx = self.lock_tx();
         }
         // The carrier wakes a reader sleeping on the socket: it answers the
@@ -327,7 +328,7 @@ impl Conn {
                 return partial(sent, Errno::AGAIN);
             }
             drop(tx);
-            if let Err(e) = self.wait_tx(fd, ring, sndtimeo) {
+            if let Err(e) = self.wait_tx(fd, ring, sndtimeo, || self.tx_quick_ready(ring)) {
                 return self.fail(e, sent, sigpipe);
             }
             tx = self.lock_tx();
@@ -406,14 +407,18 @@ impl Conn {
     }
 
     fn tx_quick_ready(&self, ring: &Ring<'_>) -> bool {
-        ring.writable().map_or(true, |n| n >= ring.capacity() / 2)
-            || protocol::reader_end(ring.flags()) != ReaderEnd::Open
-            || self.sb().sock_eof.load(Relaxed)
+        ring.writable().map_or(true, |n| n >= ring.capacity() / 2) || self.tx_peer_ended(ring)
     }
 
-    /// Blocks until the ring has room (half of it), the peer is gone, or a
-    /// signal interrupts, on a shared futex with a bounded nap so that a
-    /// killed peer is noticed.
+    /// The reader is gone or going: a waiting writer must look again (to
+    /// find EPIPE).
+    fn tx_peer_ended(&self, ring: &Ring<'_>) -> bool {
+        protocol::reader_end(ring.flags()) != ReaderEnd::Open || self.sb().sock_eof.load(Relaxed)
+    }
+
+    /// Blocks until `ready` (room in the ring, or in its record queue; or
+    /// the peer is gone) or a signal interrupts, on a shared futex with a
+    /// bounded nap so that a killed peer is noticed.
     ///
     /// `sndtimeo` holds SO_SNDTIMEO's end once known (read on the first wait
     /// of a call, so the fast path never pays for it); past it: EAGAIN.
@@ -422,13 +427,14 @@ impl Conn {
         fd: BorrowedFd<'_>,
         ring: &Ring<'_>,
         sndtimeo: &mut Option<Deadline>,
+        ready: impl Fn() -> bool,
     ) -> Result<(), Errno> {
         if sndtimeo.is_some_and(|d| d.expired()) {
             return Err(Errno::AGAIN);
         }
         // Spin first: a fast reader usually frees room within it, and then
         // this wait costs no syscall at all.
-        if self.spin.spin(|| self.tx_quick_ready(ring)) {
+        if self.spin.spin(&ready) {
             return Ok(());
         }
         let end = *sndtimeo.get_or_insert_with(|| {
@@ -443,7 +449,7 @@ impl Conn {
         let f = ring.flags();
         let seq = protocol::space_seq(f);
         protocol::announce_waiting(&f.writer_sleeping);
-        if self.tx_quick_ready(ring) {
+        if ready() {
             return Ok(());
         }
         let left = end
