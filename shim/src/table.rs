@@ -282,6 +282,13 @@ impl ConnRef {
     pub fn new(g: Guard) -> Option<ConnRef> {
         matches!(&*g, Entry::Conn(_)).then_some(ConnRef(g))
     }
+
+    /// Whether `fd` still names this entry: one load, no count taken. Our
+    /// own count keeps the node from being recycled meanwhile, so a slot
+    /// that holds it holds this very entry.
+    pub fn named_by(&self, fd: i32) -> bool {
+        slot(fd, false).is_some_and(|s| ptr::eq(s.load(Acquire), self.0.0))
+    }
 }
 
 impl Deref for ConnRef {

@@ -412,10 +412,9 @@ impl<R: Deref<Target = Conn> + Clone> EpollSet<R> {
         // Closed, or another connection now: gone, as the kernel drops a
         // closed file. One that went plain in another call is still the
         // same socket: it is handed back.
-        let same = lk.conn(fd).is_some_and(|c| std::ptr::eq(&*c, &*w.conn))
-            || (w.conn.is_plain()
-                && w.conn.ino() != 0
-                && socket_inode(lk.borrow(fd)) == Some(w.conn.ino()));
+        let plain = w.conn.is_plain();
+        let same = lk.names(fd, &w.conn)
+            || (plain && w.conn.ino() != 0 && socket_inode(lk.borrow(fd)) == Some(w.conn.ino()));
         if !same {
             return Seen::Gone;
         }
@@ -425,12 +424,12 @@ impl<R: Deref<Target = Conn> + Clone> EpollSet<R> {
         if full {
             return Seen::Later;
         }
-        let ev = if w.conn.is_plain() {
-            None
-        } else {
-            Self::eval(w, lk.borrow(fd), hit)
-        };
+        if plain {
+            return Seen::Plain(None);
+        }
+        let ev = Self::eval(w, lk.borrow(fd), hit);
         if w.conn.is_plain() {
+            // Went plain in this evaluation.
             return Seen::Plain(ev);
         }
         ev.map_or(Seen::Idle, Seen::Ready)

@@ -22,6 +22,11 @@ use std::ops::Deref;
 pub trait Lookup {
     type Ref: Deref<Target = Conn> + Clone;
     fn conn(&self, fd: RawFd) -> Option<Self::Ref>;
+    /// Whether `fd` still names `conn` (an epoll watch's check at each
+    /// look; the shim answers without taking a reference).
+    fn names(&self, fd: RawFd, conn: &Self::Ref) -> bool {
+        self.conn(fd).is_some_and(|c| std::ptr::eq(&*c, &**conn))
+    }
     /// The connection went plain: stop treating `fd` specially.
     fn forget(&self, fd: RawFd, conn: &Conn);
     /// `fd`, one of the descriptors the application handed to the call

@@ -45,6 +45,9 @@ impl Lookup for Shim {
     fn conn(&self, fd: RawFd) -> Option<ConnRef> {
         ConnRef::new(table::get(fd)?)
     }
+    fn names(&self, fd: RawFd, conn: &ConnRef) -> bool {
+        conn.named_by(fd)
+    }
     fn forget(&self, fd: RawFd, conn: &Conn) {
         table::remove_conn(fd, conn);
     }
