@@ -12,7 +12,7 @@ mod watches;
 
 use super::Lookup;
 use super::poll::bell_less;
-use super::sleep::{self, Armed, Waiter};
+use super::sleep::{self, Armed, Look, Waiter};
 use crate::conn::spin::Spun;
 use crate::conn::{Conn, posts};
 use crate::os::fd::socket_inode;
@@ -585,11 +585,15 @@ impl<L: Lookup> Waiter for EpollCall<'_, '_, L>
 where
     L::Ref: Deref<Target = Conn> + Clone,
 {
-    /// The kernel first (plain fds, our cookie), then the hot watches:
+    /// The kernel first (plain fds, our cookie; unless `Rings`), then the
+    /// hot watches:
     /// each watch is reported at most once per call. A look that reports
     /// parks the idle watches it found (armed, and still idle then).
-    fn look(&mut self, sleep_ms: i32) -> Result<usize, Errno> {
-        let k = (self.real_wait)(self.out, sleep_ms)?;
+    fn look(&mut self, how: Look) -> Result<usize, Errno> {
+        let k = match how {
+            Look::Rings => 0,
+            Look::Kernel(ms) => (self.real_wait)(self.out, ms)?,
+        };
         let mut bells = false;
         let mut n = 0;
         for i in 0..k {
