@@ -8,12 +8,13 @@
 //! cookie. Level-triggered, edge-triggered and one-shot watches are
 //! emulated from ring state and progress counters.
 
+mod call;
+mod migrate;
 mod watches;
 
 use super::Lookup;
 use super::poll::bell_less;
-use super::sleep::{self, Armed, Look, Waiter};
-use crate::conn::spin::Spun;
+use super::sleep::{self, Armed};
 use crate::conn::{Conn, posts};
 use crate::os::fd::socket_inode;
 use crate::os::poll::{epoll_create, epoll_ctl, epoll_wait, kernel_view, poll_flags};
@@ -23,7 +24,9 @@ use rustix::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use rustix::io::Errno;
 use std::ops::Deref;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicI32, Ordering::Relaxed};
+
+use call::{EpollCall, quick_ready};
+pub use migrate::{epoll_registration, note_epoll_add, registration_before_connect};
 use watches::{RETIRED_MAX, Watch, Watches};
 
 /// The application's own epoll_wait: fills a buffer, with a timeout in ms.
@@ -553,177 +556,4 @@ enum Seen {
     Ready(u32),
     /// The connection went plain: back to the kernel, with this report.
     Plain(Option<u32>),
-}
-
-/// Whether an idle watch would report now, from ring state alone.
-fn quick_ready<R: Deref<Target = Conn>>(w: &Watch<R>) -> bool {
-    if w.disabled {
-        return false;
-    }
-    let (want_in, want_out) = (w.events & IN_BITS != 0, w.events & OUT_BITS != 0);
-    let et = w.events & EPOLLET != 0;
-    // Edge counters only for edge-triggered watches that are ready.
-    let edge_in = || !et || w.conn.progress_counters().0.wrapping_add(w.k_in) != w.last_in;
-    let edge_out = || !et || w.conn.progress_counters().1.wrapping_add(w.k_out) != w.last_out;
-    (want_in && w.conn.quick_ready(true, false) && edge_in())
-        || (want_out && w.conn.quick_ready(false, true) && edge_out())
-}
-
-/// One epoll_wait call.
-struct EpollCall<'a, 'w, L: Lookup> {
-    set: &'a EpollSet<L::Ref>,
-    lk: &'a L,
-    out: &'a mut [libc::epoll_event],
-    real_wait: &'a mut RealWait<'w>,
-    /// The connection whose spin policy the current spin follows.
-    spinner: Option<L::Ref>,
-    /// The watches the last look found idle, with its number.
-    idle: Vec<(RawFd, u64)>,
-}
-
-impl<L: Lookup> Waiter for EpollCall<'_, '_, L>
-where
-    L::Ref: Deref<Target = Conn> + Clone,
-{
-    /// The kernel first (plain fds, our cookie; unless `Rings`), then the
-    /// hot watches:
-    /// each watch is reported at most once per call. A look that reports
-    /// parks the idle watches it found (armed, and still idle then).
-    fn look(&mut self, how: Look) -> Result<usize, Errno> {
-        let k = match how {
-            Look::Rings => 0,
-            Look::Kernel(ms) => (self.real_wait)(self.out, ms)?,
-        };
-        let mut bells = false;
-        let mut n = 0;
-        for i in 0..k {
-            let ev = self.out[i];
-            if ev.u64 == self.set.cookie {
-                bells = true;
-            } else {
-                self.out[n] = ev;
-                n += 1;
-            }
-        }
-        let mut ws = self.set.lock();
-        ws.read_posts();
-        if bells {
-            self.set.take_hits(&mut ws);
-        }
-        n += self
-            .set
-            .scan(self.lk, &mut ws, &mut self.out[n..], &mut self.idle);
-        drop(ws);
-        if n > 0 && !self.idle.is_empty() {
-            self.set.arm_idle(&mut self.idle);
-            self.set.park_idle(&mut self.idle);
-        }
-        Ok(n)
-    }
-
-    fn ring_ready(&mut self) -> bool {
-        self.set.idle_ready(&self.idle)
-    }
-
-    /// The most recently active idle watch's connection decides.
-    fn spin_budget(&mut self) -> u64 {
-        let ws = self.set.lock();
-        self.spinner = self
-            .idle
-            .first()
-            .and_then(|(fd, _)| ws.by_fd.get(fd))
-            .map(|w| w.conn.clone());
-        self.spinner
-            .as_ref()
-            .map_or(0, |c| c.spin_policy().budget())
-    }
-
-    fn spun(&mut self, budget: u64, how: Spun) {
-        if let Some(c) = self.spinner.take() {
-            c.spin_policy().learn(budget, how);
-        }
-    }
-
-    fn arm(&mut self) -> Armed {
-        self.set.arm_idle(&mut self.idle)
-    }
-
-    fn before_sleep(&mut self) {
-        self.set.park_idle(&mut self.idle);
-    }
-}
-
-impl<R: Deref<Target = Conn> + Clone> EpollSet<R> {
-    /// Moves `fd`, registered in the application's kernel epoll `epfd`
-    /// before it was accelerated, into this emulation (at the program's
-    /// next EPOLL_CTL_MOD, or at connect).
-    pub fn migrate(&self, fd: RawFd, conn: R, events: u32, data: u64) -> Result<(), Errno> {
-        epoll_ctl(self.epfd, libc::EPOLL_CTL_DEL, fd, 0, 0)?;
-        self.ctl(libc::EPOLL_CTL_ADD, fd, conn, events, data)
-    }
-}
-
-/// The epoll (+1) each fd was last added to, whatever it was then: a socket
-/// added before it connected is registered on the bare socket, where ring
-/// data never shows; connect moves it into the emulation (nginx does this
-/// for its upstreams). Only a hint: the kernel's fdinfo is read to confirm.
-static EPOLL_HINT: [AtomicI32; 65536] = [const { AtomicI32::new(0) }; 65536];
-
-/// EPOLL_CTL_ADD of `fd` to `epfd` (whatever `fd` is now).
-pub fn note_epoll_add(epfd: RawFd, fd: RawFd) {
-    if let Some(h) = usize::try_from(fd).ok().and_then(|i| EPOLL_HINT.get(i)) {
-        h.store(epfd + 1, Relaxed);
-    }
-}
-
-/// After `fd` became a connection: the epoll it was added to before, and
-/// its events and data there, as that epoll's fdinfo says.
-pub fn registration_before_connect(fd: RawFd) -> Option<(RawFd, u32, u64)> {
-    let h = usize::try_from(fd).ok().and_then(|i| EPOLL_HINT.get(i))?;
-    let epfd = h.swap(0, Relaxed) - 1;
-    if epfd < 0 {
-        return None;
-    }
-    let path = std::ffi::CString::new(format!("/proc/self/fdinfo/{epfd}")).ok()?;
-    let text = crate::os::proc::read_small_file(&path).ok()?;
-    let (events, data) = epoll_registration(&String::from_utf8_lossy(&text), fd)?;
-    Some((epfd, events, data))
-}
-
-/// The events and data `fd` is registered with in a kernel epoll, from that
-/// epoll's `/proc/self/fdinfo` text (`tfd: FD events: HEX data: HEX ...`).
-/// For a socket the program added to an epoll before it connected.
-pub fn epoll_registration(fdinfo: &str, fd: i32) -> Option<(u32, u64)> {
-    for l in fdinfo.lines() {
-        let mut w = l.split_whitespace();
-        if w.next() != Some("tfd:") || w.next().and_then(|v| v.parse::<i32>().ok()) != Some(fd) {
-            continue;
-        }
-        let (mut events, mut data) = (None, None);
-        while let Some(k) = w.next() {
-            match k {
-                "events:" => events = w.next().and_then(|v| u32::from_str_radix(v, 16).ok()),
-                "data:" => data = w.next().and_then(|v| u64::from_str_radix(v, 16).ok()),
-                _ => {}
-            }
-        }
-        return Some((events?, data?));
-    }
-    None
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn epoll_registration_from_fdinfo() {
-        let text = "pos:\t0\nflags:\t02000002\nmnt_id:\t17\nino:\t1038\n\
-                    tfd:        4 events: 80000019 data:                4  pos:0 ino:1eb119 sdev:9\n\
-                    tfd:       12 events:       1d data:     7f00deadbeef  pos:0 ino:1 sdev:9\n";
-        assert_eq!(epoll_registration(text, 4), Some((0x8000_0019, 4)));
-        assert_eq!(epoll_registration(text, 12), Some((0x1d, 0x7f00_dead_beef)));
-        assert_eq!(epoll_registration(text, 1), None);
-        assert_eq!(epoll_registration("tfd: 3 events: zz data: 1", 3), None);
-    }
 }

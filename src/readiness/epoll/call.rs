@@ -1,0 +1,110 @@
+//! One emulated epoll_wait call: the [`Waiter`] that `sleep::wait` drives
+//! over an [`EpollSet`]'s watches.
+
+use super::watches::Watch;
+use super::{EPOLLET, EpollSet, IN_BITS, OUT_BITS, RealWait};
+use crate::conn::Conn;
+use crate::conn::spin::Spun;
+use crate::readiness::Lookup;
+use crate::readiness::sleep::{Armed, Look, Waiter};
+use rustix::fd::RawFd;
+use rustix::io::Errno;
+use std::ops::Deref;
+
+/// Whether an idle watch would report now, from ring state alone.
+pub(super) fn quick_ready<R: Deref<Target = Conn>>(w: &Watch<R>) -> bool {
+    if w.disabled {
+        return false;
+    }
+    let (want_in, want_out) = (w.events & IN_BITS != 0, w.events & OUT_BITS != 0);
+    let et = w.events & EPOLLET != 0;
+    // Edge counters only for edge-triggered watches that are ready.
+    let edge_in = || !et || w.conn.progress_counters().0.wrapping_add(w.k_in) != w.last_in;
+    let edge_out = || !et || w.conn.progress_counters().1.wrapping_add(w.k_out) != w.last_out;
+    (want_in && w.conn.quick_ready(true, false) && edge_in())
+        || (want_out && w.conn.quick_ready(false, true) && edge_out())
+}
+
+/// One epoll_wait call.
+pub(super) struct EpollCall<'a, 'w, L: Lookup> {
+    pub(super) set: &'a EpollSet<L::Ref>,
+    pub(super) lk: &'a L,
+    pub(super) out: &'a mut [libc::epoll_event],
+    pub(super) real_wait: &'a mut RealWait<'w>,
+    /// The connection whose spin policy the current spin follows.
+    pub(super) spinner: Option<L::Ref>,
+    /// The watches the last look found idle, with its number.
+    pub(super) idle: Vec<(RawFd, u64)>,
+}
+
+impl<L: Lookup> Waiter for EpollCall<'_, '_, L>
+where
+    L::Ref: Deref<Target = Conn> + Clone,
+{
+    /// The kernel first (plain fds, our cookie; unless `Rings`), then the
+    /// hot watches:
+    /// each watch is reported at most once per call. A look that reports
+    /// parks the idle watches it found (armed, and still idle then).
+    fn look(&mut self, how: Look) -> Result<usize, Errno> {
+        let k = match how {
+            Look::Rings => 0,
+            Look::Kernel(ms) => (self.real_wait)(self.out, ms)?,
+        };
+        let mut bells = false;
+        let mut n = 0;
+        for i in 0..k {
+            let ev = self.out[i];
+            if ev.u64 == self.set.cookie {
+                bells = true;
+            } else {
+                self.out[n] = ev;
+                n += 1;
+            }
+        }
+        let mut ws = self.set.lock();
+        ws.read_posts();
+        if bells {
+            self.set.take_hits(&mut ws);
+        }
+        n += self
+            .set
+            .scan(self.lk, &mut ws, &mut self.out[n..], &mut self.idle);
+        drop(ws);
+        if n > 0 && !self.idle.is_empty() {
+            self.set.arm_idle(&mut self.idle);
+            self.set.park_idle(&mut self.idle);
+        }
+        Ok(n)
+    }
+
+    fn ring_ready(&mut self) -> bool {
+        self.set.idle_ready(&self.idle)
+    }
+
+    /// The most recently active idle watch's connection decides.
+    fn spin_budget(&mut self) -> u64 {
+        let ws = self.set.lock();
+        self.spinner = self
+            .idle
+            .first()
+            .and_then(|(fd, _)| ws.by_fd.get(fd))
+            .map(|w| w.conn.clone());
+        self.spinner
+            .as_ref()
+            .map_or(0, |c| c.spin_policy().budget())
+    }
+
+    fn spun(&mut self, budget: u64, how: Spun) {
+        if let Some(c) = self.spinner.take() {
+            c.spin_policy().learn(budget, how);
+        }
+    }
+
+    fn arm(&mut self) -> Armed {
+        self.set.arm_idle(&mut self.idle)
+    }
+
+    fn before_sleep(&mut self) {
+        self.set.park_idle(&mut self.idle);
+    }
+}
