@@ -20,6 +20,43 @@ pub struct Ready {
     pub err: bool,
 }
 
+// poll(2) and epoll(7) give each event the same bit.
+const _: () = assert!(
+    libc::EPOLLIN == libc::POLLIN as i32
+        && libc::EPOLLRDNORM == libc::POLLRDNORM as i32
+        && libc::EPOLLOUT == libc::POLLOUT as i32
+        && libc::EPOLLWRNORM == libc::POLLWRNORM as i32
+        && libc::EPOLLRDHUP == libc::POLLRDHUP as i32
+        && libc::EPOLLHUP == libc::POLLHUP as i32
+        && libc::EPOLLERR == libc::POLLERR as i32
+);
+
+impl Ready {
+    /// The events to report to a caller that asked for `wanted` (poll or
+    /// epoll bits): hang-up and error whether asked for or not.
+    pub fn bits(&self, wanted: u32) -> u32 {
+        const IN: u32 = (libc::POLLIN | libc::POLLRDNORM) as u32;
+        const OUT: u32 = (libc::POLLOUT | libc::POLLWRNORM) as u32;
+        let mut b = 0;
+        if self.readable {
+            b |= wanted & IN;
+        }
+        if self.writable {
+            b |= wanted & OUT;
+        }
+        if self.rdhup {
+            b |= wanted & libc::POLLRDHUP as u32;
+        }
+        if self.hup {
+            b |= libc::POLLHUP as u32;
+        }
+        if self.err {
+            b |= libc::POLLERR as u32;
+        }
+        b
+    }
+}
+
 /// Edge counters for edge-triggered epoll: a ring index, plus bumps that
 /// make other events edges too (the peer's end of its direction, our
 /// socket's end of input, each shutdown of either side).

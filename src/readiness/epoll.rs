@@ -239,23 +239,7 @@ impl<R: Deref<Target = Conn> + Clone> EpollSet<R> {
             kernel
         };
         // None: went plain; the caller hands the fd back to the kernel.
-        let r = conn.readiness(fd, k)?;
-        let mut ev = 0;
-        if r.readable {
-            ev |= w.events & IN_BITS;
-        }
-        if r.writable {
-            ev |= w.events & OUT_BITS;
-        }
-        if r.rdhup {
-            ev |= w.events & EPOLLRDHUP;
-        }
-        if r.hup {
-            ev |= EPOLLHUP;
-        }
-        if r.err {
-            ev |= EPOLLERR;
-        }
+        let mut ev = conn.readiness(fd, k)?.bits(w.events);
         if ev == 0 {
             return None;
         }

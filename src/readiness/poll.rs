@@ -22,24 +22,7 @@ mod p {
 }
 
 fn to_poll_bits(r: &Ready, events: i16) -> i16 {
-    let ev = events as i32;
-    let mut out = 0;
-    if r.readable {
-        out |= ev & (p::IN | p::RDNORM);
-    }
-    if r.writable {
-        out |= ev & (p::OUT | p::WRNORM);
-    }
-    if r.rdhup {
-        out |= ev & p::RDHUP;
-    }
-    if r.hup {
-        out |= p::HUP;
-    }
-    if r.err {
-        out |= p::ERR;
-    }
-    out as i16
+    r.bits(u32::from(events as u16)) as i16
 }
 
 fn wants(events: i32) -> (bool, bool) {
