@@ -286,36 +286,40 @@ impl Conn {
     fn rx_ring_end(&self, fd: BorrowedFd<'_>, ring: &Ring<'_>) -> Result<Option<Step>, Errno> {
         let end = protocol::writer_end(ring.flags());
         if end != WriterEnd::Open || self.sb().shut_rd.load(Acquire) {
-            if ring.readable().map_err(|_| self.broken())? > 0 {
-                return Ok(None);
-            }
-            // A peer that shut its writes and was then killed with our
-            // bytes unread resets too: look at the socket (end of stream
-            // only, a cold path).
-            if end != WriterEnd::Reset && !self.sb().sock_eof.load(Acquire) {
-                self.drain_bells(fd);
-            }
-            if self.take_pending_reset(fd) {
-                return Err(Errno::CONNRESET);
-            }
-            return Ok(Some(Step::Eof));
+            return self.rx_at_end(fd, ring, end != WriterEnd::Reset);
         }
         self.drain_bells(fd);
         if self.phase() == Phase::Broken {
             return Err(Errno::CONNRESET);
         }
         if self.sb().sock_eof.load(Acquire) {
-            if ring.readable().map_err(|_| self.broken())? > 0 {
-                return Ok(None);
-            }
             // The peer is gone without a close of its own (killed): had
             // it left our bytes unread, the kernel would say so once.
-            if self.take_pending_reset(fd) {
-                return Err(Errno::CONNRESET);
-            }
-            return Ok(Some(Step::Eof));
+            return self.rx_at_end(fd, ring, false);
         }
         Ok(Some(Step::Empty))
+    }
+
+    /// The end of the stream: bytes that came meanwhile first (`None`),
+    /// then a pending reset, once, else EOF. `look`: a peer that shut its
+    /// writes and was then killed with our bytes unread resets too, so
+    /// look at the socket first (a cold path).
+    fn rx_at_end(
+        &self,
+        fd: BorrowedFd<'_>,
+        ring: &Ring<'_>,
+        look: bool,
+    ) -> Result<Option<Step>, Errno> {
+        if ring.readable().map_err(|_| self.broken())? > 0 {
+            return Ok(None);
+        }
+        if look && !self.sb().sock_eof.load(Acquire) {
+            self.drain_bells(fd);
+        }
+        if self.take_pending_reset(fd) {
+            return Err(Errno::CONNRESET);
+        }
+        Ok(Some(Step::Eof))
     }
 
     /// Whether no byte of ours awaits the peer: none ever sent on the
