@@ -343,7 +343,7 @@ impl Conn {
                     l
                 });
                 let allowed = match limit {
-                    Some(l) => (l.saturating_sub(rx.plain_read)) as usize,
+                    Some(l) => rx.left_before(l).unwrap_or(0) as usize,
                     None => queued,
                 };
                 let at_eof = allowed == 0

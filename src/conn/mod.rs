@@ -131,6 +131,14 @@ struct RxState {
     limit: Option<u64>,
 }
 
+impl RxState {
+    /// Plain bytes left before `limit`, the switch point; `None`: read
+    /// past it (only a broken peer's switch point can be behind us).
+    fn left_before(&self, limit: u64) -> Option<u64> {
+        limit.checked_sub(self.plain_read)
+    }
+}
+
 /// Plain-phase state of the outgoing direction, guarded by the tx lock.
 #[derive(Default, Clone, Copy, PartialEq)]
 struct TxState {

@@ -316,7 +316,7 @@ impl Conn {
                 .limit
                 .or_else(|| seg.and_then(|s| protocol::switch_point(self.rx_ring(s).flags())));
             match limit {
-                Some(l) => (k.min((l - rx.plain_read.min(l)) as usize), true),
+                Some(l) => (k.min(rx.left_before(l).unwrap_or(0) as usize), true),
                 None => (k, false),
             }
         };

@@ -159,8 +159,10 @@ impl Conn {
             }
             let known = rx.limit;
             let cap = match known {
-                Some(l) if rx.plain_read > l => return Err(self.broken()),
-                Some(l) => (l - rx.plain_read) as usize,
+                Some(l) => match rx.left_before(l) {
+                    Some(k) => k as usize,
+                    None => return Err(self.broken()),
+                },
                 None => usize::MAX,
             };
             let (want, got) = plain_recv(fd, dst, cap, known.is_some(), peek);
@@ -225,10 +227,10 @@ impl Conn {
     ) -> Result<usize, Errno> {
         if let Some(l) = protocol::switch_point(self.rx_ring(seg).flags()) {
             rx.limit = Some(l);
-            if rx.plain_read > l {
+            let Some(k) = rx.left_before(l) else {
                 return Err(self.broken());
-            }
-            n = n.min((l - rx.plain_read) as usize);
+            };
+            n = n.min(k as usize);
         }
         if !peek && n > 0 {
             let cur = dst.current();
