@@ -200,12 +200,27 @@ fn limits(r: &mut Report, ring: usize) {
         ),
     );
     let (used, used_bytes) = shm_in_use();
-    let mut allow: Option<(u128, &str)> = None;
-    let mut keep = |n: u128, why: &'static str| {
-        if allow.is_none_or(|(m, _)| n < m) {
-            allow = Some((n, why));
-        }
-    };
+    let caps = [
+        shmmax(r, seg),
+        shmall(r, seg, page, used_bytes),
+        shmmni(r, used),
+    ];
+    // The tightest; of equals the first, as min_by_key keeps it.
+    if let Some((n, why)) = caps.into_iter().flatten().min_by_key(|&(n, _)| n) {
+        r.line(
+            Status::Info,
+            "=>",
+            format!(
+                "at most {n} accelerated connections at once (limited by {why}); \
+                 beyond that, connections stay plain"
+            ),
+        );
+    }
+}
+
+/// This, `shmall` and `shmmni` each check one limit and return how many
+/// connections it allows, with its name, if it limits them.
+fn shmmax(r: &mut Report, seg: u128) -> Option<(u128, &'static str)> {
     match sysctl("shmmax") {
         Some(max) if max >= seg => r.line(
             Status::Ok,
@@ -221,7 +236,7 @@ fn limits(r: &mut Report, ring: usize) {
                      (lower TSSS_RING_SIZE or raise kernel.shmmax)"
                 ),
             );
-            keep(0, "kernel.shmmax");
+            return Some((0, "kernel.shmmax"));
         }
         None => r.line(
             Status::Warn,
@@ -229,57 +244,52 @@ fn limits(r: &mut Report, ring: usize) {
             "cannot read /proc/sys/kernel/shmmax",
         ),
     }
-    match sysctl("shmall") {
-        Some(all) => {
-            let free_pages = all.saturating_sub(used_bytes.div_ceil(page));
-            let n = free_pages / seg.div_ceil(page);
-            keep(n, "kernel.shmall");
-            let room = if n > 1 << 32 {
-                "no practical limit".to_string()
-            } else {
-                format!("room for {n} connections")
-            };
-            r.line(
-                if n > 0 { Status::Ok } else { Status::Fail },
-                "kernel.shmall",
-                format!(
-                    "{all} pages of {page} bytes, {} in use: {room}",
-                    used_bytes.div_ceil(page)
-                ),
-            );
-        }
-        None => r.line(
+    None
+}
+
+fn shmall(r: &mut Report, seg: u128, page: u128, used_bytes: u128) -> Option<(u128, &'static str)> {
+    let Some(all) = sysctl("shmall") else {
+        r.line(
             Status::Warn,
             "kernel.shmall",
             "cannot read /proc/sys/kernel/shmall",
+        );
+        return None;
+    };
+    let free_pages = all.saturating_sub(used_bytes.div_ceil(page));
+    let n = free_pages / seg.div_ceil(page);
+    let room = if n > 1 << 32 {
+        "no practical limit".to_string()
+    } else {
+        format!("room for {n} connections")
+    };
+    r.line(
+        if n > 0 { Status::Ok } else { Status::Fail },
+        "kernel.shmall",
+        format!(
+            "{all} pages of {page} bytes, {} in use: {room}",
+            used_bytes.div_ceil(page)
         ),
-    }
-    match sysctl("shmmni") {
-        Some(mni) => {
-            let n = mni.saturating_sub(used);
-            keep(n, "kernel.shmmni");
-            r.line(
-                if n > 0 { Status::Ok } else { Status::Fail },
-                "kernel.shmmni",
-                format!("{mni} segments, {used} in use: room for {n} connections"),
-            );
-        }
-        None => r.line(
+    );
+    Some((n, "kernel.shmall"))
+}
+
+fn shmmni(r: &mut Report, used: u128) -> Option<(u128, &'static str)> {
+    let Some(mni) = sysctl("shmmni") else {
+        r.line(
             Status::Warn,
             "kernel.shmmni",
             "cannot read /proc/sys/kernel/shmmni",
-        ),
-    }
-    if let Some((n, why)) = allow {
-        r.line(
-            Status::Info,
-            "=>",
-            format!(
-                "at most {n} accelerated connections at once (limited by {why}); \
-                 beyond that, connections stay plain"
-            ),
         );
-    }
+        return None;
+    };
+    let n = mni.saturating_sub(used);
+    r.line(
+        if n > 0 { Status::Ok } else { Status::Fail },
+        "kernel.shmmni",
+        format!("{mni} segments, {used} in use: room for {n} connections"),
+    );
+    Some((n, "kernel.shmmni"))
 }
 
 fn namespace(r: &mut Report) {
@@ -406,6 +416,19 @@ fn program(r: &mut Report, prog: &std::ffi::OsStr, lib: Option<&elf::Elf>) {
         }
     };
     let obstacles = run::preload_obstacles(&path);
+    linking(r, &e, obstacles);
+    if e.is_static() {
+        return;
+    }
+    if !e.has_symbols {
+        r.line(Status::Warn, "imports", "no dynamic symbol table to read");
+        return;
+    }
+    imports(r, &e, lib);
+}
+
+/// How the program is linked, and whether LD_PRELOAD reaches it.
+fn linking(r: &mut Report, e: &elf::Elf, obstacles: Vec<String>) {
     match &e.interp {
         None => r.line(Status::Info, "linking", "static (no loader)"),
         Some(i) if e.is_musl() => r.line(Status::Info, "linking", format!("dynamic, musl ({i})")),
@@ -418,13 +441,11 @@ fn program(r: &mut Report, prog: &std::ffi::OsStr, lib: Option<&elf::Elf>) {
             r.line(Status::Fail, "LD_PRELOAD", o);
         }
     }
-    if e.is_static() {
-        return;
-    }
-    if !e.has_symbols {
-        r.line(Status::Warn, "imports", "no dynamic symbol table to read");
-        return;
-    }
+}
+
+/// Which of the program's socket calls tsss overrides, and which it
+/// does not.
+fn imports(r: &mut Report, e: &elf::Elf, lib: Option<&elf::Elf>) {
     let imported = |n: &&str| e.imports.iter().any(|i| i == n);
     let ours = |n: &&str| lib.is_some_and(|l| l.exports.iter().any(|x| x == n));
     let calls: Vec<&str> = SOCKET_CALLS.iter().copied().filter(imported).collect();
@@ -451,6 +472,19 @@ fn program(r: &mut Report, prog: &std::ffi::OsStr, lib: Option<&elf::Elf>) {
             over.join(" ")
         ),
     );
+    not_overridden(r, &rest);
+    if e.needed.iter().any(|n| n.starts_with("liburing")) {
+        r.line(
+            Status::Warn,
+            "io_uring",
+            "linked with liburing: I/O submitted through io_uring bypasses tsss",
+        );
+    }
+}
+
+/// The imported socket calls tsss does not override: those that bypass
+/// it each with why, the harmless ones on one line.
+fn not_overridden(r: &mut Report, rest: &[&str]) {
     let (bypass, harmless): (Vec<&str>, Vec<&str>) =
         rest.iter().copied().partition(|n| bypass_note(n).is_some());
     for n in bypass {
@@ -465,13 +499,6 @@ fn program(r: &mut Report, prog: &std::ffi::OsStr, lib: Option<&elf::Elf>) {
             Status::Info,
             "not overridden",
             format!("{} (need no override)", harmless.join(" ")),
-        );
-    }
-    if e.needed.iter().any(|n| n.starts_with("liburing")) {
-        r.line(
-            Status::Warn,
-            "io_uring",
-            "linked with liburing: I/O submitted through io_uring bypasses tsss",
         );
     }
 }

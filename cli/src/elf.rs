@@ -56,42 +56,23 @@ impl Elf {
     }
 
     pub fn parse(d: &[u8]) -> Result<Elf, String> {
-        if d.len() < 52 || d[..4] != *b"\x7fELF" {
-            return Err("not an ELF file".into());
-        }
-        let r = Reader {
-            d,
-            wide: match d[4] {
-                1 => false,
-                2 => true,
-                _ => return Err("unknown ELF class".into()),
-            },
-        };
-        if d[5] != 1 {
-            return Err("big-endian ELF is not supported".into());
-        }
-        let (phoff, shoff, phentsize, phnum, shentsize, shnum) = if r.wide {
-            (
-                r.u64(32)?,
-                r.u64(40)?,
-                r.u16(54)?,
-                r.u16(56)?,
-                r.u16(58)?,
-                r.u16(60)?,
-            )
-        } else {
-            (
-                u64::from(r.u32(28)?),
-                u64::from(r.u32(32)?),
-                r.u16(42)?,
-                r.u16(44)?,
-                r.u16(46)?,
-                r.u16(48)?,
-            )
-        };
+        let r = Reader::open(d)?;
+        let t = r.tables()?;
         let mut elf = Elf::default();
-        for i in 0..u64::from(phnum) {
-            let at = off(phoff, i, phentsize)?;
+        elf.read_segments(&r, &t)?;
+        let secs = r.sections(&t)?;
+        elf.read_sections(&r, &secs)?;
+        for v in [&mut elf.imports, &mut elf.exports] {
+            v.sort();
+            v.dedup();
+        }
+        Ok(elf)
+    }
+
+    /// The interpreter and whether there is a dynamic segment.
+    fn read_segments(&mut self, r: &Reader, t: &Tables) -> Result<(), String> {
+        for i in 0..u64::from(t.phnum) {
+            let at = off(t.phoff, i, t.phentsize)?;
             let ty = r.u32(at)?;
             let (offset, filesz) = if r.wide {
                 (r.u64(at + 8)?, r.u64(at + 32)?)
@@ -102,101 +83,113 @@ impl Elf {
                 PT_INTERP => {
                     let b = r.slice(offset, filesz)?;
                     let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
-                    elf.interp = Some(String::from_utf8_lossy(&b[..end]).into_owned());
+                    self.interp = Some(String::from_utf8_lossy(&b[..end]).into_owned());
                 }
-                PT_DYNAMIC => elf.has_dynamic = true,
+                PT_DYNAMIC => self.has_dynamic = true,
                 _ => {}
             }
         }
-        // Sections: (type, offset, size, link, entsize)
-        let mut secs = Vec::new();
-        for i in 0..u64::from(shnum) {
-            let at = off(shoff, i, shentsize)?;
-            secs.push(if r.wide {
-                (
-                    r.u32(at + 4)?,
-                    r.u64(at + 24)?,
-                    r.u64(at + 32)?,
-                    r.u32(at + 40)?,
-                    r.u64(at + 56)?,
-                )
-            } else {
-                (
-                    r.u32(at + 4)?,
-                    u64::from(r.u32(at + 16)?),
-                    u64::from(r.u32(at + 20)?),
-                    r.u32(at + 24)?,
-                    u64::from(r.u32(at + 36)?),
-                )
-            });
-        }
-        let strtab = |link: u32| -> Result<&[u8], String> {
-            let &(_, o, s, _, _) = secs
-                .get(link as usize)
-                .ok_or("string table index out of range")?;
-            r.slice(o, s)
-        };
-        for &(ty, o, size, link, ent) in &secs {
+        Ok(())
+    }
+
+    /// Symbols from the dynamic symbol tables, needed libraries from the
+    /// dynamic sections.
+    fn read_sections(&mut self, r: &Reader, secs: &[Section]) -> Result<(), String> {
+        for &(ty, o, size, link, ent) in secs {
             match ty {
                 SHT_DYNSYM => {
-                    elf.has_symbols = true;
-                    let strs = strtab(link)?;
-                    let ent = if ent == 0 {
-                        if r.wide { 24 } else { 16 }
-                    } else {
-                        ent
-                    };
-                    for i in 1..size / ent {
-                        let at = off(o, i, ent as u16)?;
-                        let name = r.u32(at)?;
-                        let (info, shndx) = if r.wide {
-                            (r.u8(at + 4)?, r.u16(at + 6)?)
-                        } else {
-                            (r.u8(at + 12)?, r.u16(at + 14)?)
-                        };
-                        let (bind, kind) = (info >> 4, info & 0xf);
-                        if !matches!(bind, STB_GLOBAL | STB_WEAK) {
-                            continue;
-                        }
-                        let Some(name) = cstr_at(strs, name as usize) else {
-                            continue;
-                        };
-                        if shndx == 0 && matches!(kind, STT_FUNC | STT_NOTYPE) {
-                            elf.imports.push(name);
-                        } else if shndx != 0 && matches!(kind, STT_FUNC | STT_GNU_IFUNC) {
-                            elf.exports.push(name);
-                        }
-                    }
+                    self.has_symbols = true;
+                    let strs = strtab(r, secs, link)?;
+                    self.read_dynsym(r, strs, o, size, ent)?;
                 }
                 SHT_DYNAMIC => {
-                    let strs = strtab(link)?;
-                    let ent = if r.wide { 16 } else { 8 };
-                    for i in 0..size / ent {
-                        let at = off(o, i, ent as u16)?;
-                        let (tag, val) = if r.wide {
-                            (r.u64(at)?, r.u64(at + 8)?)
-                        } else {
-                            (u64::from(r.u32(at)?), u64::from(r.u32(at + 4)?))
-                        };
-                        if tag == 0 {
-                            break;
-                        }
-                        if tag == DT_NEEDED
-                            && let Some(n) = cstr_at(strs, val as usize)
-                        {
-                            elf.needed.push(n);
-                        }
-                    }
+                    let strs = strtab(r, secs, link)?;
+                    self.read_dynamic(r, strs, o, size)?;
                 }
                 _ => {}
             }
         }
-        for v in [&mut elf.imports, &mut elf.exports] {
-            v.sort();
-            v.dedup();
-        }
-        Ok(elf)
+        Ok(())
     }
+
+    fn read_dynsym(
+        &mut self,
+        r: &Reader,
+        strs: &[u8],
+        o: u64,
+        size: u64,
+        ent: u64,
+    ) -> Result<(), String> {
+        let ent = if ent == 0 {
+            if r.wide { 24 } else { 16 }
+        } else {
+            ent
+        };
+        for i in 1..size / ent {
+            let at = off(o, i, ent as u16)?;
+            let name = r.u32(at)?;
+            let (info, shndx) = if r.wide {
+                (r.u8(at + 4)?, r.u16(at + 6)?)
+            } else {
+                (r.u8(at + 12)?, r.u16(at + 14)?)
+            };
+            let (bind, kind) = (info >> 4, info & 0xf);
+            if !matches!(bind, STB_GLOBAL | STB_WEAK) {
+                continue;
+            }
+            let Some(name) = cstr_at(strs, name as usize) else {
+                continue;
+            };
+            if shndx == 0 && matches!(kind, STT_FUNC | STT_NOTYPE) {
+                self.imports.push(name);
+            } else if shndx != 0 && matches!(kind, STT_FUNC | STT_GNU_IFUNC) {
+                self.exports.push(name);
+            }
+        }
+        Ok(())
+    }
+
+    fn read_dynamic(&mut self, r: &Reader, strs: &[u8], o: u64, size: u64) -> Result<(), String> {
+        let ent = if r.wide { 16 } else { 8 };
+        for i in 0..size / ent {
+            let at = off(o, i, ent as u16)?;
+            let (tag, val) = if r.wide {
+                (r.u64(at)?, r.u64(at + 8)?)
+            } else {
+                (u64::from(r.u32(at)?), u64::from(r.u32(at + 4)?))
+            };
+            if tag == 0 {
+                break;
+            }
+            if tag == DT_NEEDED
+                && let Some(n) = cstr_at(strs, val as usize)
+            {
+                self.needed.push(n);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Where the program and section header tables are, from the ELF header.
+struct Tables {
+    phoff: u64,
+    shoff: u64,
+    phentsize: u16,
+    phnum: u16,
+    shentsize: u16,
+    shnum: u16,
+}
+
+/// A section header: (type, offset, size, link, entsize).
+type Section = (u32, u64, u64, u32, u64);
+
+/// The string table a section links to.
+fn strtab<'a>(r: &Reader<'a>, secs: &[Section], link: u32) -> Result<&'a [u8], String> {
+    let &(_, o, s, _, _) = secs
+        .get(link as usize)
+        .ok_or("string table index out of range")?;
+    r.slice(o, s)
 }
 
 /// `base + i * size`, without overflow.
@@ -218,6 +211,81 @@ struct Reader<'a> {
 }
 
 impl<'a> Reader<'a> {
+    /// Checks the identification bytes: an ELF file, of a known class,
+    /// little-endian.
+    fn open(d: &'a [u8]) -> Result<Reader<'a>, String> {
+        if d.len() < 52 || d[..4] != *b"\x7fELF" {
+            return Err("not an ELF file".into());
+        }
+        let r = Reader {
+            d,
+            wide: match d[4] {
+                1 => false,
+                2 => true,
+                _ => return Err("unknown ELF class".into()),
+            },
+        };
+        if d[5] != 1 {
+            return Err("big-endian ELF is not supported".into());
+        }
+        Ok(r)
+    }
+
+    fn tables(&self) -> Result<Tables, String> {
+        let (phoff, shoff, phentsize, phnum, shentsize, shnum) = if self.wide {
+            (
+                self.u64(32)?,
+                self.u64(40)?,
+                self.u16(54)?,
+                self.u16(56)?,
+                self.u16(58)?,
+                self.u16(60)?,
+            )
+        } else {
+            (
+                u64::from(self.u32(28)?),
+                u64::from(self.u32(32)?),
+                self.u16(42)?,
+                self.u16(44)?,
+                self.u16(46)?,
+                self.u16(48)?,
+            )
+        };
+        Ok(Tables {
+            phoff,
+            shoff,
+            phentsize,
+            phnum,
+            shentsize,
+            shnum,
+        })
+    }
+
+    fn sections(&self, t: &Tables) -> Result<Vec<Section>, String> {
+        let mut secs = Vec::new();
+        for i in 0..u64::from(t.shnum) {
+            let at = off(t.shoff, i, t.shentsize)?;
+            secs.push(if self.wide {
+                (
+                    self.u32(at + 4)?,
+                    self.u64(at + 24)?,
+                    self.u64(at + 32)?,
+                    self.u32(at + 40)?,
+                    self.u64(at + 56)?,
+                )
+            } else {
+                (
+                    self.u32(at + 4)?,
+                    u64::from(self.u32(at + 16)?),
+                    u64::from(self.u32(at + 20)?),
+                    self.u32(at + 24)?,
+                    u64::from(self.u32(at + 36)?),
+                )
+            });
+        }
+        Ok(secs)
+    }
+
     fn slice(&self, at: u64, len: u64) -> Result<&'a [u8], String> {
         let start = usize::try_from(at).map_err(|_| "offset out of range")?;
         let len = usize::try_from(len).map_err(|_| "size out of range")?;

@@ -330,6 +330,36 @@ fn read_file(
     owner: u32,
     snap: &mut Snapshot,
 ) -> Result<(), String> {
+    let (f, st) = open_file(dir, name, owner)?;
+    if !lock::held(f.as_fd()).unwrap_or(true) {
+        return Err(sweep_stale(dir, name, &f, pid));
+    }
+    let mut data = vec![0u8; st.st_size as usize];
+    let n = read_at(&f, &mut data, 0);
+    data.truncate(n);
+    let h = registry::decode_header(&data).map_err(|e| format!("header: {e}"))?;
+    check_header(&h, pid, owner)?;
+    let proc = PathBuf::from(format!("/proc/{pid}"));
+    check_process(&proc, pid, owner, &mut snap.warnings)?;
+    let command = command_name(&proc, &h);
+    read_records(&f, &data, pid, &command, owner, snap);
+    if h.unlisted > 0 {
+        snap.warnings.push(format!(
+            "pid {pid}: {} connections on descriptors >= {} are not listed",
+            h.unlisted,
+            registry::SLOTS
+        ));
+    }
+    Ok(())
+}
+
+/// Opens a registry file, if it is a regular file of `owner` of at most
+/// a registry file's size.
+fn open_file(
+    dir: BorrowedFd<'_>,
+    name: &std::ffi::CStr,
+    owner: u32,
+) -> Result<(OwnedFd, rustix::fs::Stat), String> {
     // Read-only, never following a link, never blocking (a FIFO).
     let flags =
         OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC | OFlags::NOCTTY;
@@ -350,23 +380,27 @@ fn read_file(
             st.st_size
         ));
     }
-    if !lock::held(f.as_fd()).unwrap_or(true) {
-        // No process holds it (it exited, or exec'd a program without
-        // tsss connections): sweep it, as registering processes do. Our
-        // read lock keeps a process from taking the name meanwhile.
-        let gone = lock::try_read_lock(f.as_fd()).is_ok()
-            && registry::same_file(dir, name, &f)
-            && rustix::fs::unlinkat(dir, name, AtFlags::empty()).is_ok();
-        return Err(if gone {
-            format!("process {pid} is gone; removed its stale file")
-        } else {
-            format!("process {pid} is gone (stale file, not removed)")
-        });
+    Ok((f, st))
+}
+
+/// No process holds the file (it exited, or exec'd a program without
+/// tsss connections): sweep it, as registering processes do. Our read
+/// lock keeps a process from taking the name meanwhile. Returns the
+/// warning to show.
+fn sweep_stale(dir: BorrowedFd<'_>, name: &std::ffi::CStr, f: &OwnedFd, pid: i32) -> String {
+    let gone = lock::try_read_lock(f.as_fd()).is_ok()
+        && registry::same_file(dir, name, f)
+        && rustix::fs::unlinkat(dir, name, AtFlags::empty()).is_ok();
+    if gone {
+        format!("process {pid} is gone; removed its stale file")
+    } else {
+        format!("process {pid} is gone (stale file, not removed)")
     }
-    let mut data = vec![0u8; st.st_size as usize];
-    let n = read_at(&f, &mut data, 0);
-    data.truncate(n);
-    let h = registry::decode_header(&data).map_err(|e| format!("header: {e}"))?;
+}
+
+/// The header must be written by the process and user the file is named
+/// and filed for.
+fn check_header(h: &registry::FileHeader, pid: i32, owner: u32) -> Result<(), String> {
     if h.pid != pid {
         return Err(format!(
             "named for pid {pid} but written by pid {}: ignored",
@@ -379,10 +413,18 @@ fn read_file(
             h.uid
         ));
     }
-    // The pid must be a process of the file's owner: a file cannot speak
-    // for another user's process.
-    let proc = PathBuf::from(format!("/proc/{pid}"));
-    match std::fs::metadata(&proc) {
+    Ok(())
+}
+
+/// The pid must be a process of the file's owner: a file cannot speak
+/// for another user's process.
+fn check_process(
+    proc: &Path,
+    pid: i32,
+    owner: u32,
+    warnings: &mut Vec<String>,
+) -> Result<(), String> {
+    match std::fs::metadata(proc) {
         Ok(m) if std::os::unix::fs::MetadataExt::uid(&m) != owner => {
             return Err(format!(
                 "pid {pid} is a process of uid {}, not {owner}: ignored",
@@ -390,54 +432,61 @@ fn read_file(
             ));
         }
         Ok(_) => {}
-        Err(_) => snap.warnings.push(format!(
+        Err(_) => warnings.push(format!(
             "pid {pid} is not visible here (another pid namespace?); listed as its file says"
         )),
     }
-    let command = std::fs::read_to_string(proc.join("comm"))
+    Ok(())
+}
+
+/// The process's name from /proc, or else as the file recorded it.
+fn command_name(proc: &Path, h: &registry::FileHeader) -> String {
+    std::fs::read_to_string(proc.join("comm"))
         .map(|c| c.trim_end().to_string())
         .unwrap_or_else(|_| {
             let end = h.comm.iter().position(|&c| c == 0).unwrap_or(h.comm.len());
             String::from_utf8_lossy(&h.comm[..end]).into_owned()
-        });
+        })
+}
+
+/// The connections of the file's slots.
+fn read_records(
+    f: &OwnedFd,
+    data: &[u8],
+    pid: i32,
+    command: &str,
+    owner: u32,
+    snap: &mut Snapshot,
+) {
     let now = realtime_ns();
     let slots = data.len().saturating_sub(HEADER_SIZE) / ENTRY_SIZE;
     for slot in 0..slots {
-        let at = HEADER_SIZE + slot * ENTRY_SIZE;
-        let rec = match registry::decode_record(slot, &data[at..at + ENTRY_SIZE]) {
-            Ok(r) => r,
-            Err(_) => {
-                // Maybe torn by a write racing our read: once more.
-                let mut b = [0u8; ENTRY_SIZE];
-                read_at(&f, &mut b, at as u64);
-                match registry::decode_record(slot, &b) {
-                    Ok(r) => r,
-                    Err(e) => {
-                        snap.warnings.push(format!("pid {pid}: slot {slot}: {e}"));
-                        continue;
-                    }
-                }
+        match decode_slot(f, data, slot) {
+            Ok(Some(r)) => {
+                snap.connections
+                    .push(connection(pid, command, owner, &r, now, &mut snap.warnings))
             }
-        };
-        if let Some(r) = rec {
-            snap.connections.push(connection(
-                pid,
-                &command,
-                owner,
-                &r,
-                now,
-                &mut snap.warnings,
-            ));
+            Ok(None) => {}
+            Err(e) => snap.warnings.push(format!("pid {pid}: slot {slot}: {e}")),
         }
     }
-    if h.unlisted > 0 {
-        snap.warnings.push(format!(
-            "pid {pid}: {} connections on descriptors >= {} are not listed",
-            h.unlisted,
-            registry::SLOTS
-        ));
+}
+
+fn decode_slot(
+    f: &OwnedFd,
+    data: &[u8],
+    slot: usize,
+) -> Result<Option<registry::Record>, registry::FormatError> {
+    let at = HEADER_SIZE + slot * ENTRY_SIZE;
+    match registry::decode_record(slot, &data[at..at + ENTRY_SIZE]) {
+        Ok(r) => Ok(r),
+        Err(_) => {
+            // Maybe torn by a write racing our read: once more.
+            let mut b = [0u8; ENTRY_SIZE];
+            read_at(f, &mut b, at as u64);
+            registry::decode_record(slot, &b)
+        }
     }
-    Ok(())
 }
 
 fn read_at(f: &OwnedFd, buf: &mut [u8], mut off: u64) -> usize {
