@@ -6,7 +6,9 @@
 //! - a spin that catches the event doubles its budget, one that ends in a
 //!   sleep anyway halves it, down to zero; a connection at zero spins
 //!   again every [`PROBE_EVERY`]th wait, to notice when the peer answers
-//!   quickly again;
+//!   quickly again, and half as often after each probe that misses (a
+//!   peer that shares our CPU can never answer a spin, and each probe
+//!   costs it the whole cap);
 //! - a spin that was preempted (the scheduler ran something else on our
 //!   CPU: a gap in our own timeline) means the machine has more work than
 //!   CPUs. A spinning task that is preempted waits out a time slice with
@@ -27,8 +29,10 @@ const CALM_MIN_NS: u64 = 1_000_000;
 const CALM_MAX_NS: u64 = 1_000_000_000;
 /// Unpreempted spins for this many pauses halve the pause.
 const CALM_FORGET: u64 = 8;
-/// At a zero budget, one wait in this many spins (a probe).
+/// At a zero budget, one wait in this many spins (a probe); each probe
+/// that misses doubles it, up to the maximum.
 const PROBE_EVERY: u32 = 32;
+const PROBE_EVERY_MAX: u32 = 1024;
 
 /// How a spin ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -49,6 +53,8 @@ pub struct SpinPolicy {
     calm: AtomicU64,
     /// Waits at a zero budget since the last probe.
     waits: AtomicU32,
+    /// The current probe interval (waits).
+    probe_every: AtomicU32,
 }
 
 impl Default for SpinPolicy {
@@ -58,6 +64,7 @@ impl Default for SpinPolicy {
             calm_until: AtomicU64::new(0),
             calm: AtomicU64::new(0),
             waits: AtomicU32::new(0),
+            probe_every: AtomicU32::new(PROBE_EVERY),
         }
     }
 }
@@ -80,7 +87,11 @@ impl SpinPolicy {
         // A probe spins the whole cap: a peer that sleeps too answers only
         // after its own wake-up, and a shorter probe could never see it.
         let w = self.waits.fetch_add(1, Relaxed) + 1;
-        if w % PROBE_EVERY == 0 { cap } else { 0 }
+        if w < self.probe_every.load(Relaxed) {
+            return 0;
+        }
+        self.waits.store(0, Relaxed);
+        cap
     }
 
     /// Learns from a spin of `budget` ns that ended so.
@@ -90,10 +101,17 @@ impl SpinPolicy {
             Spun::Caught => {
                 self.budget
                     .store(budget.saturating_mul(2).clamp(1000, cap.max(1000)), Relaxed);
+                self.probe_every.store(PROBE_EVERY, Relaxed);
                 self.forget_preemption();
             }
             Spun::Missed => {
                 let b = self.budget.load(Relaxed).min(cap);
+                if b == 0 {
+                    // A probe.
+                    let every = self.probe_every.load(Relaxed);
+                    self.probe_every
+                        .store((every * 2).min(PROBE_EVERY_MAX), Relaxed);
+                }
                 // Below 1 µs a spin catches nothing: stop, and probe.
                 self.budget
                     .store(if b / 2 < 1000 { 0 } else { b / 2 }, Relaxed);
@@ -169,14 +187,41 @@ mod tests {
         let cap = config::spin_ns();
         assert!(cap > 0, "default TSSS_SPIN_US spins");
         assert_eq!(p.budget(), cap);
-        for _ in 0..20 {
+        while p.budget.load(Relaxed) > 0 {
             p.learn(p.budget(), Spun::Missed);
         }
         // Zero now, but a probe comes every PROBE_EVERY waits.
-        let budgets: Vec<u64> = (0..PROBE_EVERY).map(|_| p.budget()).collect();
-        assert_eq!(budgets.iter().filter(|&&b| b > 0).count(), 1);
+        let probes = |n: u32| (0..n).filter(|_| p.budget() > 0).count();
+        assert_eq!(probes(PROBE_EVERY), 1);
         p.learn(cap, Spun::Caught);
         assert_eq!(p.budget(), cap);
+    }
+
+    #[test]
+    fn probes_that_miss_come_ever_more_rarely() {
+        let p = SpinPolicy::default();
+        let cap = config::spin_ns();
+        while p.budget.load(Relaxed) > 0 {
+            p.learn(p.budget(), Spun::Missed);
+        }
+        let mut gaps = Vec::new();
+        for _ in 0..7 {
+            let mut n = 1;
+            while p.budget() == 0 {
+                n += 1;
+            }
+            gaps.push(n);
+            p.learn(cap, Spun::Missed);
+        }
+        assert_eq!(gaps, [32, 64, 128, 256, 512, 1024, 1024]);
+        // One that catches spins again at once, and probes as often as
+        // at first once it misses down to zero.
+        p.learn(cap, Spun::Caught);
+        assert!(p.budget() > 0);
+        while p.budget.load(Relaxed) > 0 {
+            p.learn(p.budget(), Spun::Missed);
+        }
+        assert_eq!((0..PROBE_EVERY).filter(|_| p.budget() > 0).count(), 1);
     }
 
     #[test]
