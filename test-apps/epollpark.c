@@ -8,8 +8,12 @@
  * lets one epoll_wait time out, then:
  *   drain:    reads a byte nobody reported (recv until EAGAIN), the client
  *             writes another: epoll_wait must report EPOLLIN;
+ *   fair:     with that socket kept readable, a pipe becomes readable: an
+ *             epoll_wait for one event at a time must report the pipe
+ *             within 4 calls, as the kernel's round robin does;
  *   shutdown: shuts its own reads: epoll_wait must report EPOLLIN|RDHUP.
- * Prints: RESULT ok=1 drain=<events> shutdown=<events> (0 = nothing in 2 s).
+ * Prints: RESULT ok=1 drain=<events> fair=<1: the pipe came>
+ * shutdown=<events> (0 = nothing in 2 s).
  */
 #include "common.h"
 #include <sys/epoll.h>
@@ -96,6 +100,29 @@ int main(int argc, char **argv)
     if (recv(fd, &b, 1, 0) != 1)
         die("drain: recv after epoll");
 
+    /* fair: the socket stays readable while the pipe waits its turn. */
+    ask('w');
+    int p[2];
+    if (pipe(p) || write(p[1], "p", 1) != 1)
+        die("fair: pipe");
+    struct epoll_event pev = {.events = EPOLLIN, .data.fd = p[0]};
+    if (epoll_ctl(ep, EPOLL_CTL_ADD, p[0], &pev))
+        die("fair: epoll_ctl ADD");
+    int fair = 0;
+    for (int i = 0; i < 4 && !fair; i++) {
+        struct epoll_event got;
+        int n = epoll_wait(ep, &got, 1, 2000);
+        if (n < 0)
+            die("fair: epoll_wait");
+        fair = n == 1 && got.data.fd == p[0];
+    }
+    if (epoll_ctl(ep, EPOLL_CTL_DEL, p[0], NULL))
+        die("fair: epoll_ctl DEL");
+    xclose(p[0]);
+    xclose(p[1]);
+    if (recv(fd, &b, 1, 0) != 1)
+        die("fair: recv");
+
     ev.events = EPOLLIN | EPOLLRDHUP;
     if (epoll_ctl(ep, EPOLL_CTL_MOD, fd, &ev))
         die("epoll_ctl MOD");
@@ -109,6 +136,6 @@ int main(int argc, char **argv)
     close(fd);
     waitpid(pid, NULL, 0);
     unlink(argv[1]);
-    printf("RESULT ok=1 drain=%#x shutdown=%#x\n", drain, shut);
+    printf("RESULT ok=1 drain=%#x fair=%d shutdown=%#x\n", drain, fair, shut);
     return 0;
 }

@@ -1,7 +1,7 @@
 //! poll(2) and select(2) over sets that hold accelerated fds.
 
 use super::Lookup;
-use super::sleep::{self, Armed, Look, Waiter};
+use super::sleep::{self, Armed, Waiter};
 use crate::conn::spin::Spun;
 use crate::conn::{Conn, Ready};
 use crate::os::poll::{poll_flags, ppoll};
@@ -91,31 +91,21 @@ impl<L: Lookup> PollCall<'_, L> {
 
 impl<L: Lookup> Waiter for PollCall<'_, L> {
     /// Sleeps on the sleep events (see `arm`), then one zero-timeout
-    /// kernel poll for the plain fds and ring state for accelerated ones
-    /// (ring state alone for `Rings`, when every fd has a ring).
+    /// kernel poll for the plain fds and ring state for accelerated ones.
     ///
     /// After a sleep, a set of connections whose both directions run over
     /// the ring needs no second poll: the sleep's own revents are the
     /// kernel's view of all that matters for them (doorbells, hang-ups).
-    fn look(&mut self, how: Look) -> Result<usize, Errno> {
+    fn look(&mut self, sleep_ms: i32) -> Result<usize, Errno> {
+        let slept = sleep_ms != 0;
+        if slept {
+            ppoll(&mut self.k, sleep_ms, self.mask)?;
+        }
         let rings_only = self
             .conns
             .iter()
             .all(|c| c.as_ref().is_some_and(|c| !c.needs_kernel()));
-        // Without the kernel only a set of ring connections can be seen.
-        let how = match how {
-            Look::Rings if !rings_only => Look::Kernel(0),
-            how => how,
-        };
-        let slept = matches!(how, Look::Kernel(ms) if ms != 0);
-        if let Look::Kernel(ms) = how
-            && ms != 0
-        {
-            ppoll(&mut self.k, ms, self.mask)?;
-        }
-        if how == Look::Rings {
-            self.k.iter_mut().for_each(|kp| kp.revents = 0);
-        } else if !(rings_only && slept) {
+        if !(rings_only && slept) {
             for (kp, (p, c)) in self.k.iter_mut().zip(self.fds.iter().zip(&self.conns)) {
                 kp.revents = 0;
                 kp.events = if c.is_some() {
@@ -133,10 +123,7 @@ impl<L: Lookup> Waiter for PollCall<'_, L> {
             let revents = match &self.conns[i] {
                 None => kr,
                 Some(_) if kr & p::NVAL as i16 != 0 => kr,
-                Some(c) => match c.readiness(
-                    self.lk.borrow(fd),
-                    (how != Look::Rings).then(|| poll_flags(kr)),
-                ) {
+                Some(c) => match c.readiness(self.lk.borrow(fd), Some(poll_flags(kr))) {
                     Some(r) => to_poll_bits(&r, self.fds[i].events),
                     None => {
                         self.lk.forget(fd, c);

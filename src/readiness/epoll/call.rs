@@ -6,7 +6,7 @@ use super::{EPOLLET, EpollSet, IN_BITS, OUT_BITS, RealWait};
 use crate::conn::Conn;
 use crate::conn::spin::Spun;
 use crate::readiness::Lookup;
-use crate::readiness::sleep::{Armed, Look, Waiter};
+use crate::readiness::sleep::{Armed, Waiter};
 use rustix::fd::RawFd;
 use rustix::io::Errno;
 use std::ops::Deref;
@@ -41,15 +41,11 @@ impl<L: Lookup> Waiter for EpollCall<'_, '_, L>
 where
     L::Ref: Deref<Target = Conn> + Clone,
 {
-    /// The kernel first (plain fds, our cookie; unless `Rings`), then the
-    /// hot watches:
+    /// The kernel first (plain fds, our cookie), then the hot watches:
     /// each watch is reported at most once per call. A look that reports
     /// parks the idle watches it found (armed, and still idle then).
-    fn look(&mut self, how: Look) -> Result<usize, Errno> {
-        let k = match how {
-            Look::Rings => 0,
-            Look::Kernel(ms) => (self.real_wait)(self.out, ms)?,
-        };
+    fn look(&mut self, sleep_ms: i32) -> Result<usize, Errno> {
+        let k = (self.real_wait)(self.out, sleep_ms)?;
         let mut bells = false;
         let mut n = 0;
         for i in 0..k {
