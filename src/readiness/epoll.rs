@@ -24,6 +24,7 @@ use rustix::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use rustix::io::Errno;
 use std::ops::Deref;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 
 use call::{EpollCall, quick_ready};
 pub use migrate::{epoll_registration, note_epoll_add, registration_before_connect};
@@ -45,6 +46,9 @@ pub struct EpollSet<R> {
     inner: OwnedFd,
     cookie: u64,
     watches: Mutex<Watches<R>>,
+    /// The kernel's events filled a look: the next look that does not
+    /// sleep serves the hot watches first.
+    turn: AtomicBool,
 }
 
 /// The locked watches of an [`EpollSet`], then its signal section
@@ -102,7 +106,17 @@ impl<R: Deref<Target = Conn> + Clone> EpollSet<R> {
             inner,
             cookie,
             watches: Mutex::new(Watches::new()),
+            turn: AtomicBool::new(false),
         })
+    }
+
+    /// Whether this look serves the hot watches before the kernel.
+    fn rings_turn(&self) -> bool {
+        self.turn.swap(false, Relaxed)
+    }
+
+    fn rings_next(&self) {
+        self.turn.store(true, Relaxed);
     }
 
     /// The watches, inside a signal section: a handler that calls
@@ -508,7 +522,9 @@ impl<R: Deref<Target = Conn> + Clone> EpollSet<R> {
 
     /// Parks the idle watches, armed and found still idle since. One that
     /// another look evaluated meanwhile (another thread's epoll_wait) may
-    /// have used up its doorbell: it stays hot.
+    /// have used up its doorbell, and one whose doorbell was taken after
+    /// the look (a look that served the rings first) has news: they stay
+    /// hot.
     fn park_idle(&self, idle: &mut Vec<(RawFd, u64)>) {
         let mut guard = self.lock();
         let ws = &mut *guard;
@@ -517,6 +533,7 @@ impl<R: Deref<Target = Conn> + Clone> EpollSet<R> {
                 && w.hot
                 && !w.parked
                 && w.seen == look
+                && w.hit.is_none()
             {
                 w.hot = false;
                 w.parked = true;

@@ -37,24 +37,50 @@ pub(super) struct EpollCall<'a, 'w, L: Lookup> {
     pub(super) idle: Vec<(RawFd, u64)>,
 }
 
+impl<L: Lookup> EpollCall<'_, '_, L> {
+    /// The kernel's events into `out[at..]` (none without room), sleeping
+    /// up to `sleep_ms`; our cookie is taken out: whether it was there.
+    fn kernel(&mut self, at: usize, sleep_ms: i32) -> Result<(usize, bool), Errno> {
+        let out = &mut self.out[at..];
+        if out.is_empty() {
+            return Ok((0, false));
+        }
+        let k = (self.real_wait)(out, sleep_ms)?;
+        let (mut n, mut bells) = (0, false);
+        for i in 0..k {
+            let ev = out[i];
+            if ev.u64 == self.set.cookie {
+                bells = true;
+            } else {
+                out[n] = ev;
+                n += 1;
+            }
+        }
+        Ok((n, bells))
+    }
+}
+
 impl<L: Lookup> Waiter for EpollCall<'_, '_, L>
 where
     L::Ref: Deref<Target = Conn> + Clone,
 {
-    /// The kernel first (plain fds, our cookie), then the hot watches:
-    /// each watch is reported at most once per call. A look that reports
-    /// parks the idle watches it found (armed, and still idle then).
+    /// The kernel (plain fds, our cookie) and the hot watches: each watch
+    /// is reported at most once per call. A look that reports parks the
+    /// idle watches it found (armed, and still idle then).
+    ///
+    /// The kernel goes first, unless its events filled the caller's room
+    /// at the last look: then the next look that does not sleep serves the
+    /// watches first. With room for fewer events than are ready, the
+    /// kernel's round robin gives each ready fd its turn, and so must we:
+    /// the kernel first every time hid the watches for as long as a plain
+    /// fd stayed ready.
     fn look(&mut self, sleep_ms: i32) -> Result<usize, Errno> {
-        let k = (self.real_wait)(self.out, sleep_ms)?;
-        let mut bells = false;
-        let mut n = 0;
-        for i in 0..k {
-            let ev = self.out[i];
-            if ev.u64 == self.set.cookie {
-                bells = true;
-            } else {
-                self.out[n] = ev;
-                n += 1;
+        let rings_first = sleep_ms == 0 && self.set.rings_turn();
+        let (mut n, mut bells) = (0, false);
+        if !rings_first {
+            (n, bells) = self.kernel(0, sleep_ms)?;
+            if n == self.out.len() {
+                self.set.rings_next();
             }
         }
         let mut ws = self.set.lock();
@@ -66,6 +92,22 @@ where
             .set
             .scan(self.lk, &mut ws, &mut self.out[n..], &mut self.idle);
         drop(ws);
+        if rings_first {
+            let (k, bells) = self.kernel(n, 0)?;
+            n += k;
+            if bells {
+                let mut ws = self.set.lock();
+                self.set.take_hits(&mut ws);
+                if n == 0 {
+                    // Nothing reported yet: the watches that rang now.
+                    n = self.set.scan(self.lk, &mut ws, self.out, &mut self.idle);
+                } else {
+                    // Their doorbells are taken: none may be parked before
+                    // a look has seen it again.
+                    self.idle.clear();
+                }
+            }
+        }
         if n > 0 && !self.idle.is_empty() {
             self.set.arm_idle(&mut self.idle);
             self.set.park_idle(&mut self.idle);
