@@ -11,8 +11,10 @@
  *   fair:     with that socket kept readable, a pipe becomes readable: an
  *             epoll_wait for one event at a time must report each of
  *             them within 4 calls, as the kernel's round robin does;
+ *   rr:       the same with a second connection (to itself) instead of
+ *             the pipe;
  *   shutdown: shuts its own reads: epoll_wait must report EPOLLIN|RDHUP.
- * Prints: RESULT ok=1 drain=<events> fair=<1: the pipe came>
+ * Prints: RESULT ok=1 drain=<events> fair=<1: both came> rr=<1: both came>
  * shutdown=<events> (0 = nothing in 2 s).
  */
 #include "common.h"
@@ -123,6 +125,37 @@ int main(int argc, char **argv)
         die("fair: epoll_ctl DEL");
     xclose(p[0]);
     xclose(p[1]);
+
+    /* rr: two sockets readable, one event per call: each within 4. */
+    int c2 = connect_unix(argv[1]);
+    int a2 = accept(lfd, NULL, NULL);
+    if (a2 < 0)
+        die("rr: accept");
+    for (int i = 0; i < 3; i++) {
+        write_all(c2, "e", 1);
+        read_full(a2, &b, 1);
+        write_all(a2, "y", 1);
+        read_full(c2, &b, 1);
+    }
+    write_all(c2, "r", 1);
+    struct epoll_event aev = {.events = EPOLLIN, .data.fd = a2};
+    if (epoll_ctl(ep, EPOLL_CTL_ADD, a2, &aev))
+        die("rr: epoll_ctl ADD");
+    int seen_a2 = 0;
+    seen_sock = 0;
+    for (int i = 0; i < 4; i++) {
+        struct epoll_event got;
+        int n = epoll_wait(ep, &got, 1, 2000);
+        if (n < 0)
+            die("rr: epoll_wait");
+        seen_a2 |= n == 1 && got.data.fd == a2;
+        seen_sock |= n == 1 && got.data.fd == fd;
+    }
+    int rr = seen_a2 && seen_sock;
+    if (epoll_ctl(ep, EPOLL_CTL_DEL, a2, NULL))
+        die("rr: epoll_ctl DEL");
+    xclose(a2);
+    xclose(c2);
     if (recv(fd, &b, 1, 0) != 1)
         die("fair: recv");
 
@@ -139,6 +172,6 @@ int main(int argc, char **argv)
     close(fd);
     waitpid(pid, NULL, 0);
     unlink(argv[1]);
-    printf("RESULT ok=1 drain=%#x fair=%d shutdown=%#x\n", drain, fair, shut);
+    printf("RESULT ok=1 drain=%#x fair=%d rr=%d shutdown=%#x\n", drain, fair, rr, shut);
     return 0;
 }

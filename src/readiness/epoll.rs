@@ -358,6 +358,10 @@ impl<R: Deref<Target = Conn> + Clone> EpollSet<R> {
         idle.clear();
         let hot = std::mem::take(&mut ws.hot);
         let mut still = Vec::with_capacity(hot.len());
+        // Reported watches go to the back, as the kernel requeues a
+        // level-triggered fd it reports: with room for fewer events than
+        // are ready, the next call starts with the others.
+        let mut reported = Vec::new();
         for fd in hot {
             let Some(w) = ws.by_fd.get_mut(&fd) else {
                 continue;
@@ -383,7 +387,7 @@ impl<R: Deref<Target = Conn> + Clone> EpollSet<R> {
                         u64: w.data,
                     };
                     n += 1;
-                    still.push(fd);
+                    reported.push(fd);
                 }
                 Seen::Plain(ev) => {
                     let w = ws.remove(fd).expect("present");
@@ -399,6 +403,7 @@ impl<R: Deref<Target = Conn> + Clone> EpollSet<R> {
             }
         }
         ws.hot.extend(still);
+        ws.hot.extend(reported);
         n
     }
 
