@@ -356,13 +356,16 @@ impl<R: Deref<Target = Conn> + Clone> EpollSet<R> {
         let look = ws.looks;
         let mut n = 0;
         idle.clear();
-        let hot = std::mem::take(&mut ws.hot);
-        let mut still = Vec::with_capacity(hot.len());
-        // Reported watches go to the back, as the kernel requeues a
+        // The hot list is rewritten in place (`kept` entries so far);
+        // reported watches go to the back, as the kernel requeues a
         // level-triggered fd it reports: with room for fewer events than
-        // are ready, the next call starts with the others.
-        let mut reported = Vec::new();
-        for fd in hot {
+        // are ready, the next call starts with the others. Both vectors
+        // are reused: a look allocates nothing.
+        let mut hot = std::mem::take(&mut ws.hot);
+        let mut reported = std::mem::take(&mut ws.reported);
+        let mut kept = 0;
+        for i in 0..hot.len() {
+            let fd = hot[i];
             let Some(w) = ws.by_fd.get_mut(&fd) else {
                 continue;
             };
@@ -376,10 +379,14 @@ impl<R: Deref<Target = Conn> + Clone> EpollSet<R> {
                     ws.remove(fd);
                 }
                 Seen::Disabled => w.hot = false,
-                Seen::Later => still.push(fd),
+                Seen::Later => {
+                    hot[kept] = fd;
+                    kept += 1;
+                }
                 Seen::Idle => {
                     idle.push((fd, look));
-                    still.push(fd);
+                    hot[kept] = fd;
+                    kept += 1;
                 }
                 Seen::Ready(ev) => {
                     out[n] = libc::epoll_event {
@@ -402,8 +409,12 @@ impl<R: Deref<Target = Conn> + Clone> EpollSet<R> {
                 }
             }
         }
-        ws.hot.extend(still);
-        ws.hot.extend(reported);
+        hot.truncate(kept);
+        hot.append(&mut reported);
+        ws.reported = reported;
+        std::mem::swap(&mut ws.hot, &mut hot);
+        // (Nothing heats a watch during a scan; were it so, keep it.)
+        ws.hot.append(&mut hot);
         n
     }
 

@@ -46,6 +46,9 @@ pub(super) struct Watches<R> {
     pub(super) by_conn: FastMap<usize, Vec<RawFd>>,
     /// The hot watches' fds, each at least once (see [`Watch::hot`]).
     pub(super) hot: Vec<RawFd>,
+    /// A look's reported watches, before they join the back of `hot`
+    /// (kept empty, for its allocation).
+    pub(super) reported: Vec<RawFd>,
     /// Looks so far.
     pub(super) looks: u64,
     /// Where this set is on the board of posts.
@@ -67,6 +70,7 @@ impl<R: Deref<Target = Conn>> Watches<R> {
             by_fd: FastMap::default(),
             by_conn: FastMap::default(),
             hot: Vec::new(),
+            reported: Vec::new(),
             looks: 0,
             posts: posts::cursor(),
             retired: FastMap::default(),
