@@ -98,13 +98,11 @@ where
             if bells {
                 let mut ws = self.set.lock();
                 self.set.take_hits(&mut ws);
+                // Nothing reported yet: the watches that rang now. (Else
+                // they wait for the next look; a pending hit keeps each
+                // from being parked meanwhile.)
                 if n == 0 {
-                    // Nothing reported yet: the watches that rang now.
                     n = self.set.scan(self.lk, &mut ws, self.out, &mut self.idle);
-                } else {
-                    // Their doorbells are taken: none may be parked before
-                    // a look has seen it again.
-                    self.idle.clear();
                 }
             }
         }
