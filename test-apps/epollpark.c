@@ -59,6 +59,22 @@ static unsigned wait_events(int ep, int ms)
     return n ? ev.events : 0;
 }
 
+/* Whether 4 one-event epoll_waits report both `a` and `b` (the kernel's
+ * round robin of level-triggered fds). */
+static int both_reported(int ep, int a, int b)
+{
+    int seen_a = 0, seen_b = 0;
+    for (int i = 0; i < 4; i++) {
+        struct epoll_event got;
+        int n = epoll_wait(ep, &got, 1, 2000);
+        if (n < 0)
+            die("epoll_wait");
+        seen_a |= n == 1 && got.data.fd == a;
+        seen_b |= n == 1 && got.data.fd == b;
+    }
+    return seen_a && seen_b;
+}
+
 int main(int argc, char **argv)
 {
     set_prog(argv[0]);
@@ -110,17 +126,7 @@ int main(int argc, char **argv)
     struct epoll_event pev = {.events = EPOLLIN, .data.fd = p[0]};
     if (epoll_ctl(ep, EPOLL_CTL_ADD, p[0], &pev))
         die("fair: epoll_ctl ADD");
-    /* Within 4 calls each of the two comes at least once. */
-    int seen_pipe = 0, seen_sock = 0;
-    for (int i = 0; i < 4; i++) {
-        struct epoll_event got;
-        int n = epoll_wait(ep, &got, 1, 2000);
-        if (n < 0)
-            die("fair: epoll_wait");
-        seen_pipe |= n == 1 && got.data.fd == p[0];
-        seen_sock |= n == 1 && got.data.fd == fd;
-    }
-    int fair = seen_pipe && seen_sock;
+    int fair = both_reported(ep, p[0], fd);
     if (epoll_ctl(ep, EPOLL_CTL_DEL, p[0], NULL))
         die("fair: epoll_ctl DEL");
     xclose(p[0]);
@@ -141,17 +147,7 @@ int main(int argc, char **argv)
     struct epoll_event aev = {.events = EPOLLIN, .data.fd = a2};
     if (epoll_ctl(ep, EPOLL_CTL_ADD, a2, &aev))
         die("rr: epoll_ctl ADD");
-    int seen_a2 = 0;
-    seen_sock = 0;
-    for (int i = 0; i < 4; i++) {
-        struct epoll_event got;
-        int n = epoll_wait(ep, &got, 1, 2000);
-        if (n < 0)
-            die("rr: epoll_wait");
-        seen_a2 |= n == 1 && got.data.fd == a2;
-        seen_sock |= n == 1 && got.data.fd == fd;
-    }
-    int rr = seen_a2 && seen_sock;
+    int rr = both_reported(ep, a2, fd);
     if (epoll_ctl(ep, EPOLL_CTL_DEL, a2, NULL))
         die("rr: epoll_ctl DEL");
     xclose(a2);
