@@ -160,12 +160,20 @@ pub fn main(a: DoctorArgs) -> ExitCode {
     }
 }
 
-fn sysctl(name: &str) -> Option<u128> {
-    std::fs::read_to_string(format!("/proc/sys/kernel/{name}"))
-        .ok()?
-        .trim()
-        .parse()
+/// `kernel.<name>`, or a warning line saying it cannot be read.
+fn sysctl(r: &mut Report, name: &str) -> Option<u128> {
+    let path = format!("/proc/sys/kernel/{name}");
+    let v = std::fs::read_to_string(&path)
         .ok()
+        .and_then(|t| t.trim().parse().ok());
+    if v.is_none() {
+        r.line(
+            Status::Warn,
+            &format!("kernel.{name}"),
+            format!("cannot read {path}"),
+        );
+    }
+    v
 }
 
 /// Segments and bytes in use in this IPC namespace.
@@ -221,7 +229,7 @@ fn limits(r: &mut Report, ring: usize) {
 /// This, `shmall` and `shmmni` each check one limit and return how many
 /// connections it allows, with its name, if it limits them.
 fn shmmax(r: &mut Report, seg: u128) -> Option<(u128, &'static str)> {
-    match sysctl("shmmax") {
+    match sysctl(r, "shmmax") {
         Some(max) if max >= seg => r.line(
             Status::Ok,
             "kernel.shmmax",
@@ -238,24 +246,13 @@ fn shmmax(r: &mut Report, seg: u128) -> Option<(u128, &'static str)> {
             );
             return Some((0, "kernel.shmmax"));
         }
-        None => r.line(
-            Status::Warn,
-            "kernel.shmmax",
-            "cannot read /proc/sys/kernel/shmmax",
-        ),
+        None => {}
     }
     None
 }
 
 fn shmall(r: &mut Report, seg: u128, page: u128, used_bytes: u128) -> Option<(u128, &'static str)> {
-    let Some(all) = sysctl("shmall") else {
-        r.line(
-            Status::Warn,
-            "kernel.shmall",
-            "cannot read /proc/sys/kernel/shmall",
-        );
-        return None;
-    };
+    let all = sysctl(r, "shmall")?;
     let free_pages = all.saturating_sub(used_bytes.div_ceil(page));
     let n = free_pages / seg.div_ceil(page);
     let room = if n > 1 << 32 {
@@ -275,14 +272,7 @@ fn shmall(r: &mut Report, seg: u128, page: u128, used_bytes: u128) -> Option<(u1
 }
 
 fn shmmni(r: &mut Report, used: u128) -> Option<(u128, &'static str)> {
-    let Some(mni) = sysctl("shmmni") else {
-        r.line(
-            Status::Warn,
-            "kernel.shmmni",
-            "cannot read /proc/sys/kernel/shmmni",
-        );
-        return None;
-    };
+    let mni = sysctl(r, "shmmni")?;
     let n = mni.saturating_sub(used);
     r.line(
         if n > 0 { Status::Ok } else { Status::Fail },
