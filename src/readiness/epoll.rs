@@ -48,7 +48,7 @@ pub struct EpollSet<R> {
     watches: Mutex<Watches<R>>,
     /// The kernel's events filled a look: the next look that does not
     /// sleep serves the hot watches first.
-    turn: AtomicBool,
+    watches_first: AtomicBool,
 }
 
 /// The locked watches of an [`EpollSet`], then its signal section
@@ -106,17 +106,18 @@ impl<R: Deref<Target = Conn> + Clone> EpollSet<R> {
             inner,
             cookie,
             watches: Mutex::new(Watches::new()),
-            turn: AtomicBool::new(false),
+            watches_first: AtomicBool::new(false),
         })
     }
 
     /// Whether this look serves the hot watches before the kernel.
-    fn rings_turn(&self) -> bool {
-        self.turn.swap(false, Relaxed)
+    fn take_watches_first(&self) -> bool {
+        self.watches_first.swap(false, Relaxed)
     }
 
-    fn rings_next(&self) {
-        self.turn.store(true, Relaxed);
+    /// The kernel's events filled a look: the watches go first next.
+    fn watches_first_next(&self) {
+        self.watches_first.store(true, Relaxed);
     }
 
     /// The watches, inside a signal section: a handler that calls

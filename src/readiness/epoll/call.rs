@@ -75,12 +75,12 @@ where
     /// the kernel first every time hid the watches for as long as a plain
     /// fd stayed ready.
     fn look(&mut self, sleep_ms: i32) -> Result<usize, Errno> {
-        let rings_first = sleep_ms == 0 && self.set.rings_turn();
+        let watches_first = sleep_ms == 0 && self.set.take_watches_first();
         let (mut n, mut bells) = (0, false);
-        if !rings_first {
+        if !watches_first {
             (n, bells) = self.kernel(0, sleep_ms)?;
             if n == self.out.len() {
-                self.set.rings_next();
+                self.set.watches_first_next();
             }
         }
         let mut ws = self.set.lock();
@@ -92,7 +92,7 @@ where
             .set
             .scan(self.lk, &mut ws, &mut self.out[n..], &mut self.idle);
         drop(ws);
-        if rings_first {
+        if watches_first {
             let (k, bells) = self.kernel(n, 0)?;
             n += k;
             if bells {
