@@ -38,6 +38,21 @@ pub unsafe fn copy(dst: *mut u8, src: *const u8, n: usize) {
     };
 }
 
+/// Asks for the cache line at `p` in a writable state, ahead of a store
+/// (a hint: no fault, whatever `p` holds).
+#[inline]
+pub fn prefetch_for_write(p: *const u8) {
+    #[cfg(all(target_arch = "x86_64", not(miri)))]
+    // SAFETY: PREFETCHW only hints the cache; it neither faults nor reads
+    // or writes memory the program can see. (Without it, the CPU treats
+    // the opcode as a NOP.)
+    unsafe {
+        core::arch::asm!("prefetchw [{0}]", in(reg) p, options(nostack, preserves_flags, readonly));
+    }
+    #[cfg(not(all(target_arch = "x86_64", not(miri))))]
+    let _ = p;
+}
+
 #[cfg(all(target_arch = "x86_64", not(miri)))]
 #[target_feature(enable = "avx2")]
 unsafe fn copy_avx2(dst: *mut u8, src: *const u8, n: usize) {

@@ -11,13 +11,22 @@
 //! [`Producer`] and [`Consumer`], are one each per ring: a connection makes
 //! them only while it holds its side's tx or rx lock (see `conn`).
 
-use super::copy::copy;
+use super::copy::{self, copy};
 use super::layout::{RingCtrl, RingFlags};
 use crate::sync::AtomicU64;
 use crate::sync::Ordering::{Acquire, Relaxed, Release};
 use std::io::{IoSlice, IoSliceMut};
 use std::marker::PhantomData;
 use std::ptr::NonNull;
+
+/// Writes of at least this many bytes prefetch the lines ahead of them
+/// (smaller ones measured no gain: the line they fill is the one the
+/// consumer reads next, and 64 B ping-pong got 10% slower).
+const PREFETCH_MIN: usize = 128;
+/// Larger writes measured no gain: they move at copy bandwidth.
+const PREFETCH_MAX: usize = 4096;
+/// How far ahead of the write; 2 KiB and more measured worse at 256 B.
+const PREFETCH_AHEAD: u64 = 512;
 
 /// The shared indices broke the ring invariant.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -106,6 +115,27 @@ impl<'a> Ring<'a> {
         }
     }
 
+    /// Producer, after writing `len` bytes that end at index `end`: asks
+    /// for the lines that as many bytes [`PREFETCH_AHEAD`] on will fill,
+    /// in a writable state. The consumer read them one lap ago and still
+    /// caches them; without the hint each of our stores waits for its
+    /// line, and the next atomic operation (the tx lock's release) stalls
+    /// until they all have. (Wrapping arithmetic: `end` comes from shared
+    /// memory.)
+    #[inline(never)]
+    fn prefetch_ahead(&self, end: u64, len: usize) {
+        let first = end.wrapping_add(PREFETCH_AHEAD - (len as u64).min(PREFETCH_AHEAD));
+        let first = first.wrapping_add(63) & !63;
+        let span = end.wrapping_add(PREFETCH_AHEAD).wrapping_sub(first);
+        let mut off = 0;
+        while off < span.min(PREFETCH_AHEAD) {
+            let pos = (first.wrapping_add(off) & (self.cap - 1)) as usize;
+            // SAFETY: pos < cap, inside the data area.
+            copy::prefetch_for_write(unsafe { self.data.as_ptr().add(pos) });
+            off += 64;
+        }
+    }
+
     /// Copies `want` bytes between the ring at index `at` and the caller,
     /// one contiguous piece at a time: `f(ring_ptr, len)` returns how many
     /// it moved (fewer ends the copy).
@@ -178,6 +208,9 @@ impl<'r, 'a> Producer<'r, 'a> {
             return Ok(0);
         }
         ring.pieces(head, want, |dst, n| src.take_into(dst, n));
+        if (PREFETCH_MIN..PREFETCH_MAX).contains(&want) {
+            ring.prefetch_ahead(head.wrapping_add(want as u64), want);
+        }
         ring.ctrl
             .head
             .store(head.wrapping_add(want as u64), Release);
