@@ -21,6 +21,8 @@ declare -A PKGS=(
     [bash]=bash
     # bench.py's busy loops (busy and load groups)
     [sh]=dash
+    # tests/integration.rs runs both ends under valgrind
+    [valgrind]=valgrind
 )
 missing=()
 for cmd in "${!PKGS[@]}"; do

@@ -57,6 +57,31 @@ fn both_sides_accelerated() {
     assert!(!assert_segments_gone(&[&s, &c]).is_empty());
 }
 
+/// Both sides under valgrind (the tool that only runs the program): the
+/// guest's auxiliary vector is valgrind's, not the kernel's, so the library
+/// must read it through libc (it once took the kernel's, and the vDSO
+/// address there pointed at nothing: SIGSEGV before main).
+#[test]
+fn both_sides_under_valgrind() {
+    let d = TempDir::new("valgrind");
+    let sock = d.sock("s");
+    let under = |name: &str, args: &[&str]| {
+        let stream = bin("stream");
+        let mut a = vec!["-q", "--tool=none", stream.to_str().unwrap()];
+        a.extend_from_slice(args);
+        Spec::new(name, "valgrind", &a).preload(true)
+    };
+    let (s, c) = run_pair(
+        &under("stream server (valgrind)", &["server", &sock]),
+        &sock,
+        &under("stream client (valgrind)", &["client", &sock, "100", "2m"]),
+        T60,
+    );
+    assert_ok(&[&s, &c]);
+    assert_logs(&s, "accelerated", &[&s, &c]);
+    assert_logs(&c, "accelerated", &[&s, &c]);
+}
+
 /// One side preloaded: must work plain, without delay.
 fn one_side(server_preload: bool) {
     let d = TempDir::new(if server_preload { "srvonly" } else { "cltonly" });
