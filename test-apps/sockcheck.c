@@ -2,7 +2,7 @@
  * sockcheck - differential semantics checker for AF_UNIX SOCK_STREAM.
  *
  *   sockcheck all          run every scenario
- *   sockcheck N [N...]     run the given scenarios (1..10)
+ *   sockcheck N [N...]     run the given scenarios (1..19)
  *
  * Every scenario runs twice: "cold", on a brand-new connection, and "warm",
  * after a few unlogged one-byte round trips (so that an accelerator has
@@ -45,7 +45,7 @@
 #include <sys/uio.h>
 #include <sys/wait.h>
 
-#define NSCEN 18
+#define NSCEN 19
 #define LOGCAP (1u << 18)
 #define SOCK "sock"
 
@@ -1674,9 +1674,65 @@ static void sc18(int fd)
     }
 }
 
+/* ---- scenario 19: SO_RCVLOWAT -------------------------------------------------- */
+
+static void sc19(int fd)
+{
+    if (IS_C) {
+        wait_peer();
+        /* A blocking read waits for the low mark: both writes in one read. */
+        do_write(fd, "abc");
+        usleep(100000);
+        do_write(fd, "defgh");
+        handover();
+        /* Below the mark: non-blocking reads, peeks and short buffers
+         * return what there is; so does a read that meets the EOF. */
+        do_write(fd, "123");
+        handover();
+        do_write(fd, "45");
+        handover();
+        do_write(fd, "xyz");
+        DO(shutdown(fd, SHUT_WR));
+        L("shutdown(WR) = %s", RV);
+        handover();
+    } else {
+        int v = 8;
+        socklen_t len = sizeof v;
+        DO(setsockopt(fd, SOL_SOCKET, SO_RCVLOWAT, &v, sizeof v));
+        L("setsockopt(SO_RCVLOWAT, 8) = %s", RV);
+        v = 0;
+        DO(getsockopt(fd, SOL_SOCKET, SO_RCVLOWAT, &v, &len));
+        L("getsockopt(SO_RCVLOWAT) = %s %d", RV, v);
+        sig_peer();
+        do_read(fd, 64);
+        wait_peer();
+        sig_peer();
+        wait_peer();
+        char buf[64];
+        DO(recv(fd, buf, sizeof buf, MSG_DONTWAIT));
+        L("recv(64, DONTWAIT) = %s %s", RV, esc(buf, r_));
+        sig_peer();
+        wait_peer();
+        DO(recv(fd, buf, sizeof buf, MSG_PEEK));
+        L("recv(64, PEEK) = %s %s", RV, esc(buf, r_));
+        do_read(fd, 2);
+        sig_peer();
+        wait_peer();
+        do_read(fd, 64);
+        do_read(fd, 64);
+        v = 0;
+        DO(setsockopt(fd, SOL_SOCKET, SO_RCVLOWAT, &v, sizeof v));
+        L("setsockopt(SO_RCVLOWAT, 0) = %s", RV);
+        len = sizeof v;
+        DO(getsockopt(fd, SOL_SOCKET, SO_RCVLOWAT, &v, &len));
+        L("getsockopt(SO_RCVLOWAT) = %s %d", RV, v);
+        sig_peer();
+    }
+}
+
 /* ---- driver ------------------------------------------------------------------ */
 
-static void (*const g_scen[NSCEN + 1])(int) = {NULL, sc1, sc2, sc3, sc4, sc5, sc6, sc7, sc8, sc9, sc10, sc11, sc12, sc13, sc14, sc15, sc16, sc17, sc18};
+static void (*const g_scen[NSCEN + 1])(int) = {NULL, sc1, sc2, sc3, sc4, sc5, sc6, sc7, sc8, sc9, sc10, sc11, sc12, sc13, sc14, sc15, sc16, sc17, sc18, sc19};
 static const char *const g_names[NSCEN + 1] = {
     NULL,
     "basic I/O calls (read/write, readv/writev, send/recv, sendto/recvfrom, sendmsg/recvmsg)",
@@ -1697,6 +1753,7 @@ static const char *const g_names[NSCEN + 1] = {
     "exec with execle (explicit environment)",
     "EINTR and SA_RESTART in blocked reads and writes",
     "where ancillary data arrives (SCM_CREDENTIALS, SCM_RIGHTS, CTRUNC, CMSG_CLOEXEC)",
+    "SO_RCVLOWAT (a blocking read waits for the low mark)",
 };
 
 /*

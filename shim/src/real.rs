@@ -137,6 +137,7 @@ real! {
         sendfile64(out: c_int, inp: c_int, off: *mut libc::off64_t, n: size_t) -> ssize_t;
         splice(fin: c_int, offin: *mut libc::loff_t, fout: c_int, offout: *mut libc::loff_t, n: size_t, flags: libc::c_uint) -> ssize_t;
         ioctl(fd: c_int, req: c_ulong, arg: *mut c_void) -> c_int;
+        setsockopt(fd: c_int, level: c_int, name: c_int, val: *const c_void, len: socklen_t) -> c_int;
         epoll_create(size: c_int) -> c_int;
         epoll_create1(flags: c_int) -> c_int;
         epoll_ctl(epfd: c_int, op: c_int, fd: c_int, ev: *mut libc::epoll_event) -> c_int;

@@ -308,6 +308,9 @@ impl Conn {
         let side = Side::new().map_err(|e| format!("cannot map side state: {e}"))?;
         side.block().state.store(phase as u8, Release);
         side.block().nonblock.store(nonblock, Release);
+        side.block()
+            .rcvlowat
+            .store(crate::os::net::rcvlowat(fd), Release);
         Ok(Conn {
             fd: fd.as_raw_fd(),
             role,
@@ -398,6 +401,14 @@ impl Conn {
 
     pub fn set_nonblocking(&self, on: bool) {
         self.sb().nonblock.store(on, Relaxed);
+    }
+
+    /// After a setsockopt(SO_RCVLOWAT): the kernel's value (as it clamped
+    /// it), for our blocking reads.
+    pub fn refresh_rcvlowat(&self, fd: BorrowedFd<'_>) {
+        self.sb()
+            .rcvlowat
+            .store(crate::os::net::rcvlowat(fd), Relaxed);
     }
 
     pub fn nonblocking(&self) -> bool {

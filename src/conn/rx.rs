@@ -49,10 +49,14 @@ impl Conn {
     ) -> Outcome<usize> {
         let mut dst = DstCursor::new(bufs);
         let nonblock = o.dontwait || self.nonblocking();
-        let target = if o.waitall && !o.peek {
+        // What a blocking read waits for, as the kernel's sock_rcvlowat()
+        // says; a peek returns what there is.
+        let target = if o.peek {
+            1
+        } else if o.waitall {
             dst.remaining()
         } else {
-            1
+            (self.sb().rcvlowat.load(Relaxed) as usize).clamp(1, dst.remaining().max(1))
         };
         loop {
             if let Some(g) = self.gate() {

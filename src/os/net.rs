@@ -1,6 +1,7 @@
 //! recvmsg(2) and sendmsg(2) with raw control (and name) buffers, as the
 //! kernel fills and reads them: rustix parses control messages, but the
 //! program's buffer must get the kernel's own bytes, MSG_CTRUNC and all.
+//! And SO_RCVLOWAT, which rustix does not name.
 
 use super::errno::ret;
 use rustix::fd::{AsRawFd, BorrowedFd};
@@ -83,4 +84,26 @@ pub fn sendmsg(
             flags,
         )
     })
+}
+
+/// The socket's SO_RCVLOWAT (the kernel keeps it at least 1); 1 if it
+/// cannot be read.
+pub fn rcvlowat(fd: BorrowedFd<'_>) -> u32 {
+    let mut v: libc::c_int = 1;
+    let mut len = size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: v and len are ours and live for the call; len states v's size.
+    let r = ret(|| unsafe {
+        libc::syscall(
+            libc::SYS_getsockopt,
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVLOWAT,
+            &mut v as *mut libc::c_int,
+            &mut len as *mut libc::socklen_t,
+        )
+    });
+    match r {
+        Ok(_) => v.max(1) as u32,
+        Err(_) => 1,
+    }
 }

@@ -41,6 +41,9 @@ pub struct SideBlock {
     pub plain_full: AtomicU64,
     pub shut_rd: AtomicBool,
     pub shut_wr: AtomicBool,
+    /// The socket's SO_RCVLOWAT (0 counts as 1): how many bytes a blocking
+    /// read waits for.
+    pub rcvlowat: AtomicU32,
     /// Processes holding this side open.
     pub sharers: AtomicU32,
     pub rx_lock: ShmLock,

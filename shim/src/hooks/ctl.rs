@@ -1,4 +1,5 @@
-//! shutdown, ioctl, getsockopt: the answers that come from ring state.
+//! shutdown, ioctl, getsockopt: the answers that come from ring state;
+//! setsockopt: the one option our reads must honour.
 
 use super::accel;
 use crate::abi::{self, fail};
@@ -75,5 +76,24 @@ hook! {
             *len = size_of::<c_int>() as socklen_t;
         }
         Done(0)
+    }
+}
+
+hook! {
+    /// SO_RCVLOWAT sets how much a blocking read waits for: the ring's
+    /// reads take the kernel's value after the kernel took it.
+    fn setsockopt(fd: c_int, level: c_int, name: c_int, val: *const c_void, len: socklen_t) -> c_int {
+        if level != libc::SOL_SOCKET || name != libc::SO_RCVLOWAT {
+            return Real;
+        }
+        // SAFETY: the caller's arguments.
+        let r = unsafe { real::setsockopt(fd, level, name, val, len) };
+        if r == 0
+            && let Some(c) = accel(fd)
+        {
+            // SAFETY: the caller's descriptor.
+            c.refresh_rcvlowat(unsafe { abi::fd(fd) });
+        }
+        Done(r)
     }
 }
