@@ -5,7 +5,30 @@
 
 /// Defines `pub unsafe extern "C" fn $name` exported under that name. The
 /// body is a closure's: it may `return` early, and returns `Hooked<$ret>`.
+/// With `on_table_fd($fd)` first, a call whose `$fd` is not in our fd table
+/// goes to the real function before anything else runs: what every read
+/// and write on a file or pipe pays.
 macro_rules! hook {
+    (on_table_fd($fd:ident) $(#[$m:meta])* fn $name:ident($($arg:ident: $ty:ty),* $(,)?) -> $ret:ty $body:block) => {
+        $(#[$m])*
+        ///
+        /// # Safety
+        /// The libc function's contract.
+        #[unsafe(no_mangle)]
+        pub unsafe extern "C" fn $name($($arg: $ty),*) -> $ret {
+            if !tsss_core::config::disabled() && $crate::table::present($fd) {
+                #[allow(unused_imports)]
+                use $crate::abi::Hooked::{self, Done, Real};
+                let body = || -> Hooked<$ret> { $body };
+                if let Done(r) = body() {
+                    return r;
+                }
+            }
+            // SAFETY: the caller's arguments, unchanged, to the function
+            // it meant to call.
+            unsafe { $crate::real::$name($($arg),*) }
+        }
+    };
     ($(#[$m:meta])* fn $name:ident($($arg:ident: $ty:ty),* $(,)?) -> $ret:ty $body:block) => {
         $(#[$m])*
         ///

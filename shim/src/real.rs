@@ -15,6 +15,8 @@
 use libc::{c_int, c_ulong, c_void, size_t, sockaddr, socklen_t, ssize_t};
 use std::sync::atomic::{AtomicPtr, Ordering};
 
+#[cold]
+#[inline(never)]
 fn resolve(slot: &AtomicPtr<c_void>, name: &core::ffi::CStr) -> *mut c_void {
     let p = slot.load(Ordering::Acquire);
     if !p.is_null() {
@@ -57,7 +59,10 @@ macro_rules! real {
             /// Same contract as the libc function.
             #[allow(clippy::too_many_arguments)]
             pub unsafe fn $name($($arg: $ty),*) -> $ret {
-                let p = resolve(&slots::$name, cname(concat!(stringify!($name), "\0")));
+                let mut p = slots::$name.load(Ordering::Acquire);
+                if p.is_null() {
+                    p = resolve(&slots::$name, cname(concat!(stringify!($name), "\0")));
+                }
                 // SAFETY: dlsym returned the function of this name, whose C
                 // signature is the one declared here.
                 let f: unsafe extern "C" fn($($ty),*) -> $ret = unsafe { core::mem::transmute(p) };

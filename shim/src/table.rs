@@ -119,6 +119,13 @@ fn unreachable_abort() -> ! {
     std::process::abort()
 }
 
+/// Whether `fd` has an entry now, without taking a reference: a hint
+/// for the fast path of calls on other fds ([`get`] decides).
+#[inline(always)]
+pub fn present(fd: i32) -> bool {
+    slot(fd, false).is_some_and(|s| !s.load(Relaxed).is_null())
+}
+
 /// Looks `fd` up (lock-free, allocation-free).
 #[inline]
 pub fn get(fd: i32) -> Option<Guard> {

@@ -46,6 +46,7 @@ unsafe fn send_one(fd: RawFd, buf: *const c_void, n: size_t, flags: c_int) -> Ho
 }
 
 hook! {
+    on_table_fd(fd)
     fn read(fd: c_int, buf: *mut c_void, n: size_t) -> ssize_t {
         // read(2) of 0 bytes returns 0 at once on a socket (recv(2) waits):
         // the kernel answers that one.
@@ -58,6 +59,7 @@ hook! {
 }
 
 hook! {
+    on_table_fd(fd)
     /// Fortified read: glibc aborts when `n > buflen`; so does the real one.
     fn __read_chk(fd: c_int, buf: *mut c_void, n: size_t, buflen: size_t) -> ssize_t {
         if n > buflen || n == 0 {
@@ -69,6 +71,7 @@ hook! {
 }
 
 hook! {
+    on_table_fd(fd)
     fn recv(fd: c_int, buf: *mut c_void, n: size_t, flags: c_int) -> ssize_t {
         // SAFETY: the caller's buffer.
         unsafe { recv_one(fd, buf, n, flags) }
@@ -76,6 +79,7 @@ hook! {
 }
 
 hook! {
+    on_table_fd(fd)
     fn __recv_chk(fd: c_int, buf: *mut c_void, n: size_t, buflen: size_t, flags: c_int) -> ssize_t {
         if n > buflen {
             return Real;
@@ -140,6 +144,7 @@ hook! {
 }
 
 hook! {
+    on_table_fd(fd)
     fn readv(fd: c_int, iov: *const libc::iovec, cnt: c_int) -> ssize_t {
         let Some(c) = accel(fd) else { return Real };
         // readv of 0 bytes returns 0 at once on a socket: the kernel answers it.
@@ -158,6 +163,7 @@ hook! {
 }
 
 hook! {
+    on_table_fd(fd)
     fn write(fd: c_int, buf: *const c_void, n: size_t) -> ssize_t {
         // SAFETY: the caller's buffer.
         unsafe { send_one(fd, buf, n, 0) }
@@ -165,6 +171,7 @@ hook! {
 }
 
 hook! {
+    on_table_fd(fd)
     fn send(fd: c_int, buf: *const c_void, n: size_t, flags: c_int) -> ssize_t {
         // SAFETY: the caller's buffer.
         unsafe { send_one(fd, buf, n, flags) }
@@ -191,6 +198,7 @@ hook! {
 }
 
 hook! {
+    on_table_fd(fd)
     fn writev(fd: c_int, iov: *const libc::iovec, cnt: c_int) -> ssize_t {
         let Some(c) = accel(fd) else { return Real };
         // SAFETY: the caller's iovecs.
