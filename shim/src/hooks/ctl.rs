@@ -81,9 +81,22 @@ hook! {
 
 hook! {
     /// SO_RCVLOWAT sets how much a blocking read waits for: the ring's
-    /// reads take the kernel's value after the kernel took it.
+    /// reads take the kernel's value after the kernel took it. SO_PEEK_OFF
+    /// is not emulated: a log line says so.
     fn setsockopt(fd: c_int, level: c_int, name: c_int, val: *const c_void, len: socklen_t) -> c_int {
-        if level != libc::SOL_SOCKET || name != libc::SO_RCVLOWAT {
+        if level != libc::SOL_SOCKET {
+            return Real;
+        }
+        if name == libc::SO_PEEK_OFF {
+            if accel(fd).is_some() {
+                tsss_core::log!(
+                    tsss_core::log::INFO,
+                    "fd {fd}: SO_PEEK_OFF is not supported over the ring: peeks start at the first unread byte"
+                );
+            }
+            return Real;
+        }
+        if name != libc::SO_RCVLOWAT {
             return Real;
         }
         // SAFETY: the caller's arguments.
