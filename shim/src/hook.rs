@@ -10,13 +10,16 @@
 /// and write on a file or pipe pays.
 macro_rules! hook {
     (on_table_fd($fd:ident) $(#[$m:meta])* fn $name:ident($($arg:ident: $ty:ty),* $(,)?) -> $ret:ty $body:block) => {
+        hook!(@def ($crate::table::present($fd)) $(#[$m])* fn $name($($arg: $ty),*) -> $ret $body);
+    };
+    (@def ($run:expr) $(#[$m:meta])* fn $name:ident($($arg:ident: $ty:ty),*) -> $ret:ty $body:block) => {
         $(#[$m])*
         ///
         /// # Safety
         /// The libc function's contract.
         #[unsafe(no_mangle)]
         pub unsafe extern "C" fn $name($($arg: $ty),*) -> $ret {
-            if !tsss_core::config::disabled() && $crate::table::present($fd) {
+            if !tsss_core::config::disabled() && $run {
                 #[allow(unused_imports)]
                 use $crate::abi::Hooked::{self, Done, Real};
                 let body = || -> Hooked<$ret> { $body };
@@ -30,23 +33,6 @@ macro_rules! hook {
         }
     };
     ($(#[$m:meta])* fn $name:ident($($arg:ident: $ty:ty),* $(,)?) -> $ret:ty $body:block) => {
-        $(#[$m])*
-        ///
-        /// # Safety
-        /// The libc function's contract.
-        #[unsafe(no_mangle)]
-        pub unsafe extern "C" fn $name($($arg: $ty),*) -> $ret {
-            if !tsss_core::config::disabled() {
-                #[allow(unused_imports)]
-                use $crate::abi::Hooked::{self, Done, Real};
-                let body = || -> Hooked<$ret> { $body };
-                if let Done(r) = body() {
-                    return r;
-                }
-            }
-            // SAFETY: the caller's arguments, unchanged, to the function
-            // it meant to call.
-            unsafe { $crate::real::$name($($arg),*) }
-        }
+        hook!(@def (true) $(#[$m])* fn $name($($arg: $ty),*) -> $ret $body);
     };
 }
