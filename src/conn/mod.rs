@@ -308,9 +308,6 @@ impl Conn {
         let side = Side::new().map_err(|e| format!("cannot map side state: {e}"))?;
         side.block().state.store(phase as u8, Release);
         side.block().nonblock.store(nonblock, Release);
-        side.block()
-            .rcvlowat
-            .store(crate::os::net::rcvlowat(fd), Release);
         Ok(Conn {
             fd: fd.as_raw_fd(),
             role,

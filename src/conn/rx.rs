@@ -49,15 +49,7 @@ impl Conn {
     ) -> Outcome<usize> {
         let mut dst = DstCursor::new(bufs);
         let nonblock = o.dontwait || self.nonblocking();
-        // What a blocking read waits for, as the kernel's sock_rcvlowat()
-        // says; a peek returns what there is.
-        let target = if o.peek {
-            1
-        } else if o.waitall {
-            dst.remaining()
-        } else {
-            (self.sb().rcvlowat.load(Relaxed) as usize).clamp(1, dst.remaining().max(1))
-        };
+        let total = dst.remaining();
         loop {
             if let Some(g) = self.gate() {
                 // Went plain in another call: what was read so far is ours.
@@ -90,7 +82,12 @@ impl Conn {
             };
             match step {
                 Step::Eof | Step::Stop => return Outcome::Done(Ok(dst.filled())),
-                Step::Data if dst.filled() >= target => return Outcome::Done(Ok(dst.filled())),
+                Step::Data
+                    if dst.remaining() == 0
+                        || dst.filled() >= self.read_target(fd, o, nonblock, total) =>
+                {
+                    return Outcome::Done(Ok(dst.filled()));
+                }
                 Step::Data => continue,
                 Step::Empty => {}
             }
@@ -101,6 +98,26 @@ impl Conn {
                 return Outcome::Done(partial(dst.filled(), e));
             }
         }
+    }
+
+    /// How many bytes a read of `total` returns once it has them, as the
+    /// kernel's sock_rcvlowat() says: a peek or a read that cannot block
+    /// returns what there is; MSG_WAITALL waits for all; else SO_RCVLOWAT,
+    /// read from the socket the first time it matters.
+    fn read_target(&self, fd: BorrowedFd<'_>, o: RecvOpts, nonblock: bool, total: usize) -> usize {
+        if o.peek || nonblock {
+            return 1;
+        }
+        if o.waitall {
+            return total;
+        }
+        let b = self.sb();
+        let mut lowat = b.rcvlowat.load(Relaxed);
+        if lowat == 0 {
+            lowat = crate::os::net::rcvlowat(fd);
+            b.rcvlowat.store(lowat, Relaxed);
+        }
+        (lowat as usize).clamp(1, total.max(1))
     }
 
     /// One pass under the rx lock, after any negotiation step that is due;

@@ -41,8 +41,8 @@ pub struct SideBlock {
     pub plain_full: AtomicU64,
     pub shut_rd: AtomicBool,
     pub shut_wr: AtomicBool,
-    /// The socket's SO_RCVLOWAT (0 counts as 1): how many bytes a blocking
-    /// read waits for.
+    /// The socket's SO_RCVLOWAT (0: not read yet): how many bytes a
+    /// blocking read waits for.
     pub rcvlowat: AtomicU32,
     /// Processes holding this side open.
     pub sharers: AtomicU32,
