@@ -114,6 +114,7 @@ real! {
         sendto(fd: c_int, buf: *const c_void, n: size_t, flags: c_int, addr: *const sockaddr, len: socklen_t) -> ssize_t;
         sendmsg(fd: c_int, msg: *const libc::msghdr, flags: c_int) -> ssize_t;
         getsockopt(fd: c_int, level: c_int, name: c_int, val: *mut c_void, len: *mut socklen_t) -> c_int;
+        setsockopt(fd: c_int, level: c_int, name: c_int, val: *const c_void, len: socklen_t) -> c_int;
         fcntl(fd: c_int, cmd: c_int, arg: c_ulong) -> c_int;
         fcntl64(fd: c_int, cmd: c_int, arg: c_ulong) -> c_int;
         getsockname(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int;
@@ -142,7 +143,6 @@ real! {
         sendfile64(out: c_int, inp: c_int, off: *mut libc::off64_t, n: size_t) -> ssize_t;
         splice(fin: c_int, offin: *mut libc::loff_t, fout: c_int, offout: *mut libc::loff_t, n: size_t, flags: libc::c_uint) -> ssize_t;
         ioctl(fd: c_int, req: c_ulong, arg: *mut c_void) -> c_int;
-        setsockopt(fd: c_int, level: c_int, name: c_int, val: *const c_void, len: socklen_t) -> c_int;
         epoll_create(size: c_int) -> c_int;
         epoll_create1(flags: c_int) -> c_int;
         epoll_ctl(epfd: c_int, op: c_int, fd: c_int, ev: *mut libc::epoll_event) -> c_int;
