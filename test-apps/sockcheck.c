@@ -2,7 +2,7 @@
  * sockcheck - differential semantics checker for AF_UNIX SOCK_STREAM.
  *
  *   sockcheck all          run every scenario
- *   sockcheck N [N...]     run the given scenarios (1..19)
+ *   sockcheck N [N...]     run the given scenarios (1..20)
  *
  * Every scenario runs twice: "cold", on a brand-new connection, and "warm",
  * after a few unlogged one-byte round trips (so that an accelerator has
@@ -45,7 +45,7 @@
 #include <sys/uio.h>
 #include <sys/wait.h>
 
-#define NSCEN 19
+#define NSCEN 20
 #define LOGCAP (1u << 18)
 #define SOCK "sock"
 
@@ -1730,9 +1730,52 @@ static void sc19(int fd)
     }
 }
 
+/* ---- scenario 20: SO_PEEK_OFF set, then plain reads ---------------------------- */
+
+static int g_preset; /* set by the driver: the client set it before connect */
+
+static void sc20(int fd)
+{
+    int v = 0;
+    socklen_t len = sizeof v;
+    if (!(IS_C && g_preset)) {
+        DO(setsockopt(fd, SOL_SOCKET, SO_PEEK_OFF, &v, sizeof v));
+        L("setsockopt(SO_PEEK_OFF, 0) = %s", RV);
+    }
+    v = -2;
+    DO(getsockopt(fd, SOL_SOCKET, SO_PEEK_OFF, &v, &len));
+    L("getsockopt(SO_PEEK_OFF) = %s %d", RV, v);
+    /* Round trips that sleep now and then: the offset is the program's,
+     * it must not move anything else. */
+    char b[8];
+    int ok = 0;
+    for (int i = 0; i < 2000; i++) {
+        if (IS_C) {
+            if (write(fd, "12345678", 8) == 8 && read(fd, b, 8) == 8 && !memcmp(b, "abcdefgh", 8))
+                ok++;
+        } else {
+            if (read(fd, b, 8) == 8 && !memcmp(b, "12345678", 8) && write(fd, "abcdefgh", 8) == 8)
+                ok++;
+        }
+        if (i % 100 == 0)
+            usleep(1000);
+    }
+    L("2000 round trips: %d whole", ok);
+    v = -2;
+    len = sizeof v;
+    DO(getsockopt(fd, SOL_SOCKET, SO_PEEK_OFF, &v, &len));
+    L("getsockopt(SO_PEEK_OFF) = %s %d", RV, v);
+    if (IS_C)
+        handover();
+    else {
+        wait_peer();
+        sig_peer();
+    }
+}
+
 /* ---- driver ------------------------------------------------------------------ */
 
-static void (*const g_scen[NSCEN + 1])(int) = {NULL, sc1, sc2, sc3, sc4, sc5, sc6, sc7, sc8, sc9, sc10, sc11, sc12, sc13, sc14, sc15, sc16, sc17, sc18, sc19};
+static void (*const g_scen[NSCEN + 1])(int) = {NULL, sc1, sc2, sc3, sc4, sc5, sc6, sc7, sc8, sc9, sc10, sc11, sc12, sc13, sc14, sc15, sc16, sc17, sc18, sc19, sc20};
 static const char *const g_names[NSCEN + 1] = {
     NULL,
     "basic I/O calls (read/write, readv/writev, send/recv, sendto/recvfrom, sendmsg/recvmsg)",
@@ -1754,6 +1797,7 @@ static const char *const g_names[NSCEN + 1] = {
     "EINTR and SA_RESTART in blocked reads and writes",
     "where ancillary data arrives (SCM_CREDENTIALS, SCM_RIGHTS, CTRUNC, CMSG_CLOEXEC)",
     "SO_RCVLOWAT (a blocking read waits for the low mark)",
+    "SO_PEEK_OFF set (cold: the client's before connect), then 2000 round trips that sleep now and then",
 };
 
 /*
@@ -1827,6 +1871,13 @@ static int run(int n, int warm)
     int fd = socket(AF_UNIX, SOCK_STREAM, 0);
     if (fd < 0)
         fail("socket");
+    g_preset = n == 20 && !warm;
+    if (g_preset) {
+        /* scenario 20 (cold): the client's peek offset is set before connect */
+        int z = 0;
+        DO(setsockopt(fd, SOL_SOCKET, SO_PEEK_OFF, &z, sizeof z));
+        L("before connect: setsockopt(SO_PEEK_OFF, 0) = %s", RV);
+    }
     if (connect(fd, (struct sockaddr *)&sa, sizeof sa) != 0)
         fail("connect");
     if (warm)

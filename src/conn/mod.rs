@@ -308,6 +308,9 @@ impl Conn {
         let side = Side::new().map_err(|e| format!("cannot map side state: {e}"))?;
         side.block().state.store(phase as u8, Release);
         side.block().nonblock.store(nonblock, Release);
+        if crate::os::net::peek_off_seen() {
+            take_peek_off(fd, side.block());
+        }
         Ok(Conn {
             fd: fd.as_raw_fd(),
             role,
@@ -406,6 +409,19 @@ impl Conn {
         self.sb()
             .rcvlowat
             .store(crate::os::net::rcvlowat(fd), Relaxed);
+    }
+
+    /// setsockopt(SO_PEEK_OFF) on a connection of ours: kept in the side
+    /// block, never given to the kernel, whose offset would move with our
+    /// own peeks at doorbells (and hide them). Peeks over the ring start
+    /// at the first unread byte whatever it holds.
+    pub fn set_peek_off(&self, v: i32) {
+        self.sb().peek_off_plus1.store(i64::from(v) + 1, Relaxed);
+    }
+
+    /// What getsockopt(SO_PEEK_OFF) answers: the program's last value.
+    pub fn peek_off(&self) -> i32 {
+        (self.sb().peek_off_plus1.load(Relaxed) - 1) as i32
     }
 
     pub fn nonblocking(&self) -> bool {
@@ -562,4 +578,14 @@ fn marker_holds(m: &AtomicU64, pos: impl FnOnce() -> u64) -> bool {
 /// kernel does: the partial count, the error left for the next call.
 fn partial(done: usize, e: Errno) -> Result<usize, Errno> {
     if done > 0 { Ok(done) } else { Err(e) }
+}
+
+/// A socket that got SO_PEEK_OFF before it became ours (set before
+/// connect, or inherited from the listener): the value moves to the side
+/// block and the kernel's is turned off (see [`Conn::set_peek_off`]).
+fn take_peek_off(fd: BorrowedFd<'_>, b: &crate::shm::side::SideBlock) {
+    let v = crate::os::net::peek_off(fd);
+    if v >= 0 && crate::os::net::clear_peek_off(fd).is_ok() {
+        b.peek_off_plus1.store(i64::from(v) + 1, Relaxed);
+    }
 }

@@ -1,12 +1,13 @@
 //! recvmsg(2) and sendmsg(2) with raw control (and name) buffers, as the
 //! kernel fills and reads them: rustix parses control messages, but the
 //! program's buffer must get the kernel's own bytes, MSG_CTRUNC and all.
-//! And SO_RCVLOWAT, which rustix does not name.
+//! And SO_RCVLOWAT and SO_PEEK_OFF, which rustix does not name.
 
 use super::errno::ret;
 use rustix::fd::{AsRawFd, BorrowedFd};
 use rustix::io::Errno;
 use std::io::{IoSlice, IoSliceMut};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 
 /// What the kernel reported besides the byte count.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -86,24 +87,60 @@ pub fn sendmsg(
     })
 }
 
-/// The socket's SO_RCVLOWAT (the kernel keeps it at least 1); 1 if it
-/// cannot be read.
-pub fn rcvlowat(fd: BorrowedFd<'_>) -> u32 {
-    let mut v: libc::c_int = 1;
+/// An int-valued SOL_SOCKET option.
+fn get_int(fd: BorrowedFd<'_>, name: libc::c_int) -> Result<libc::c_int, Errno> {
+    let mut v: libc::c_int = 0;
     let mut len = size_of::<libc::c_int>() as libc::socklen_t;
     // SAFETY: v and len are ours and live for the call; len states v's size.
-    let r = ret(|| unsafe {
+    ret(|| unsafe {
         libc::syscall(
             libc::SYS_getsockopt,
             fd.as_raw_fd(),
             libc::SOL_SOCKET,
-            libc::SO_RCVLOWAT,
+            name,
             &mut v as *mut libc::c_int,
             &mut len as *mut libc::socklen_t,
         )
-    });
-    match r {
-        Ok(_) => v.max(1) as u32,
-        Err(_) => 1,
-    }
+    })?;
+    Ok(v)
+}
+
+/// The socket's SO_RCVLOWAT (the kernel keeps it at least 1); 1 if it
+/// cannot be read.
+pub fn rcvlowat(fd: BorrowedFd<'_>) -> u32 {
+    get_int(fd, libc::SO_RCVLOWAT).map_or(1, |v| v.max(1) as u32)
+}
+
+/// The socket's SO_PEEK_OFF (-1: off), or -1 if it cannot be read.
+pub fn peek_off(fd: BorrowedFd<'_>) -> i32 {
+    get_int(fd, libc::SO_PEEK_OFF).unwrap_or(-1)
+}
+
+/// Turns the kernel's SO_PEEK_OFF off.
+pub fn clear_peek_off(fd: BorrowedFd<'_>) -> Result<(), Errno> {
+    let v: libc::c_int = -1;
+    // SAFETY: v is ours and lives for the call; the length states its size.
+    ret(|| unsafe {
+        libc::syscall(
+            libc::SYS_setsockopt,
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEEK_OFF,
+            &v as *const libc::c_int,
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    })
+    .map(drop)
+}
+
+/// Set once a program sets SO_PEEK_OFF on a socket that is not (yet) a
+/// connection of ours: new connections then look at the kernel's value.
+static PEEK_OFF_SEEN: AtomicBool = AtomicBool::new(false);
+
+pub fn note_peek_off_set() {
+    PEEK_OFF_SEEN.store(true, Relaxed);
+}
+
+pub fn peek_off_seen() -> bool {
+    PEEK_OFF_SEEN.load(Relaxed)
 }

@@ -13,7 +13,7 @@ use crate::os::proc;
 use crate::signals::Critical;
 use crate::sync::Ordering::{Acquire, Relaxed, Release};
 use rustix::io::Errno;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU8, AtomicU32, AtomicU64};
 
 /// The shared state. All fields are atomics; the `*_lock`s serialise the
 /// plain-phase counters and the rings' producer/consumer sides.
@@ -44,6 +44,9 @@ pub struct SideBlock {
     /// The socket's SO_RCVLOWAT (0: not read yet): how many bytes a
     /// blocking read waits for.
     pub rcvlowat: AtomicU32,
+    /// The program's SO_PEEK_OFF, plus one (0: off). Kept here, never in
+    /// the kernel: our own peeks at doorbells would move it.
+    pub peek_off_plus1: AtomicI64,
     /// Processes holding this side open.
     pub sharers: AtomicU32,
     pub rx_lock: ShmLock,

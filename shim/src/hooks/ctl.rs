@@ -1,5 +1,5 @@
 //! shutdown, ioctl, getsockopt: the answers that come from ring state;
-//! setsockopt: the one option our reads must honour.
+//! setsockopt: the options our reads must honour or keep from the kernel.
 
 use super::accel;
 use crate::abi::{self, fail};
@@ -57,7 +57,7 @@ hook! {
 hook! {
     fn getsockopt(fd: c_int, level: c_int, name: c_int, val: *mut c_void, len: *mut socklen_t) -> c_int {
         if level != libc::SOL_SOCKET
-            || name != libc::SO_ERROR
+            || (name != libc::SO_ERROR && name != libc::SO_PEEK_OFF)
             || val.is_null()
             || len.is_null()
             // SAFETY: len is valid per the contract.
@@ -66,6 +66,14 @@ hook! {
             return Real;
         }
         let Some(c) = accel(fd) else { return Real };
+        if name == libc::SO_PEEK_OFF {
+            // SAFETY: val holds at least an int.
+            unsafe {
+                *(val as *mut c_int) = c.peek_off();
+                *len = size_of::<c_int>() as socklen_t;
+            }
+            return Done(0);
+        }
         // SAFETY: the caller's descriptor.
         let Some(e) = c.take_error(unsafe { abi::fd(fd) }) else {
             return Real;
@@ -82,19 +90,31 @@ hook! {
 hook! {
     /// SO_RCVLOWAT sets how much a blocking read waits for: the ring's
     /// reads take the kernel's value after the kernel took it. SO_PEEK_OFF
-    /// is not emulated: a log line says so.
+    /// stays out of the kernel (see `Conn::set_peek_off`).
     fn setsockopt(fd: c_int, level: c_int, name: c_int, val: *const c_void, len: socklen_t) -> c_int {
         if level != libc::SOL_SOCKET {
             return Real;
         }
         if name == libc::SO_PEEK_OFF {
-            if accel(fd).is_some() {
-                tsss_core::log!(
-                    tsss_core::log::INFO,
-                    "fd {fd}: SO_PEEK_OFF is not supported over the ring: peeks start at the first unread byte"
-                );
+            let Some(c) = accel(fd) else {
+                tsss_core::os::net::note_peek_off_set();
+                return Real;
+            };
+            // The kernel's checks, then the value kept as Conn::set_peek_off says.
+            if (len as usize) < size_of::<c_int>() {
+                return Done(fail(Errno::INVAL));
             }
-            return Real;
+            if val.is_null() {
+                return Done(fail(Errno::FAULT));
+            }
+            // SAFETY: val holds at least an int per the length checked.
+            let v = unsafe { (val as *const c_int).read_unaligned() };
+            c.set_peek_off(v);
+            tsss_core::log!(
+                tsss_core::log::INFO,
+                "fd {fd}: SO_PEEK_OFF is not emulated over the ring: peeks start at the first unread byte"
+            );
+            return Done(0);
         }
         if name != libc::SO_RCVLOWAT {
             return Real;
