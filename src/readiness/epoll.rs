@@ -253,13 +253,18 @@ impl<R: Deref<Target = Conn> + Clone> EpollSet<R> {
         } else {
             kernel
         };
+        // The progress counters before the readiness they go with: a
+        // change in between then makes one more edge, never a lost one
+        // (taken after, they could count a peer's EOF that the readiness
+        // missed: RDHUP never reported).
+        let seq = (w.events & EPOLLET != 0).then(|| conn.progress_counters());
         // None: went plain; the caller hands the fd back to the kernel.
         let mut ev = conn.readiness(fd, k)?.bits(w.events);
         if ev == 0 {
             return None;
         }
-        if w.events & EPOLLET != 0 {
-            ev = Self::edge(w, ev)?;
+        if let Some(seq) = seq {
+            ev = Self::edge(w, ev, seq)?;
         }
         if w.events & EPOLLONESHOT != 0 {
             w.disabled = true;
@@ -269,9 +274,9 @@ impl<R: Deref<Target = Conn> + Clone> EpollSet<R> {
 
     /// Of the ready events `ev` of an edge-triggered watch, those with
     /// progress since the last report: bytes written by the peer (or EOF)
-    /// for input, bytes consumed by the peer for output.
-    fn edge(w: &mut Watch<R>, ev: u32) -> Option<u32> {
-        let (seq_in, seq_out) = w.conn.progress_counters();
+    /// for input, bytes consumed by the peer for output. `seq`: the
+    /// progress counters, read before `ev`.
+    fn edge(w: &mut Watch<R>, ev: u32, (seq_in, seq_out): (u64, u64)) -> Option<u32> {
         let seq_in = seq_in.wrapping_add(w.k_in);
         let seq_out = seq_out.wrapping_add(w.k_out);
         let mut edge = 0;
