@@ -253,13 +253,24 @@ impl<R: Deref<Target = Conn> + Clone> EpollSet<R> {
         } else {
             kernel
         };
-        // The progress counters before the readiness they go with: a
-        // change in between then makes one more edge, never a lost one
-        // (taken after, they could count a peer's EOF that the readiness
-        // missed: RDHUP never reported).
-        let seq = (w.events & EPOLLET != 0).then(|| conn.progress_counters());
-        // None: went plain; the caller hands the fd back to the kernel.
-        let mut ev = conn.readiness(fd, k)?.bits(w.events);
+        // An edge-triggered watch needs the readiness and the progress
+        // counters of one moment. Counters read after the readiness could
+        // count a peer's EOF that it missed (RDHUP never reported); read
+        // before, they could miss what the readiness itself found (a dead
+        // peer's EOF): one edge too many. So: before and after, until they
+        // agree; if they keep moving, the earlier ones (an edge too many,
+        // never one lost).
+        let et = w.events & EPOLLET != 0;
+        let mut tries = 0;
+        let (mut ev, seq) = loop {
+            let before = et.then(|| conn.progress_counters());
+            // None: went plain; the caller hands the fd back to the kernel.
+            let ev = conn.readiness(fd, k)?.bits(w.events);
+            if before.is_none() || tries == 2 || before == Some(conn.progress_counters()) {
+                break (ev, before);
+            }
+            tries += 1;
+        };
         if ev == 0 {
             return None;
         }
