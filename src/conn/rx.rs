@@ -83,8 +83,7 @@ impl Conn {
             match step {
                 Step::Eof | Step::Stop => return Outcome::Done(Ok(dst.filled())),
                 Step::Data
-                    if dst.remaining() == 0
-                        || dst.filled() >= self.read_target(fd, o, nonblock, total) =>
+                    if dst.remaining() == 0 || dst.filled() >= self.read_target(fd, o, total) =>
                 {
                     return Outcome::Done(Ok(dst.filled()));
                 }
@@ -101,11 +100,13 @@ impl Conn {
     }
 
     /// How many bytes a read of `total` returns once it has them, as the
-    /// kernel's sock_rcvlowat() says: a peek or a read that cannot block
-    /// returns what there is; MSG_WAITALL waits for all; else SO_RCVLOWAT,
-    /// read from the socket the first time it matters.
-    fn read_target(&self, fd: BorrowedFd<'_>, o: RecvOpts, nonblock: bool, total: usize) -> usize {
-        if o.peek || nonblock {
+    /// kernel's sock_rcvlowat() says: a peek returns what there is;
+    /// MSG_WAITALL waits for all; else SO_RCVLOWAT, read from the socket
+    /// the first time it matters. Below it, a read that cannot block looks
+    /// once more before it returns what it has, as the kernel's does (that
+    /// look takes a pending reset, which the next call then no longer gets).
+    fn read_target(&self, fd: BorrowedFd<'_>, o: RecvOpts, total: usize) -> usize {
+        if o.peek {
             return 1;
         }
         if o.waitall {
