@@ -260,16 +260,22 @@ impl<R: Deref<Target = Conn> + Clone> EpollSet<R> {
         // peer's EOF): one edge too many. So: before and after, until they
         // agree; if they keep moving, the earlier ones (an edge too many,
         // never one lost).
-        let et = w.events & EPOLLET != 0;
-        let mut tries = 0;
-        let (mut ev, seq) = loop {
-            let before = et.then(|| conn.progress_counters());
-            // None: went plain; the caller hands the fd back to the kernel.
-            let ev = conn.readiness(fd, k)?.bits(w.events);
-            if before.is_none() || tries == 2 || before == Some(conn.progress_counters()) {
-                break (ev, before);
+        // None: went plain; the caller hands the fd back to the kernel.
+        let ready = || conn.readiness(fd, k).map(|r| r.bits(w.events));
+        let (mut ev, seq) = if w.events & EPOLLET == 0 {
+            (ready()?, None)
+        } else {
+            let mut before = conn.progress_counters();
+            let mut tries = 0;
+            loop {
+                let ev = ready()?;
+                let after = conn.progress_counters();
+                if after == before || tries == 2 {
+                    break (ev, Some(before));
+                }
+                before = after;
+                tries += 1;
             }
-            tries += 1;
         };
         if ev == 0 {
             return None;
