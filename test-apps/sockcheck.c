@@ -1679,6 +1679,8 @@ static void sc18(int fd)
 static void sc19(int fd)
 {
     if (IS_C) {
+        /* A read under the default mark first: the new mark must count. */
+        do_write(fd, "z");
         wait_peer();
         /* A blocking read waits for the low mark: both writes in one read. */
         do_write(fd, "abc");
@@ -1698,6 +1700,7 @@ static void sc19(int fd)
     } else {
         int v = 8;
         socklen_t len = sizeof v;
+        do_read(fd, 64);
         DO(setsockopt(fd, SOL_SOCKET, SO_RCVLOWAT, &v, sizeof v));
         L("setsockopt(SO_RCVLOWAT, 8) = %s", RV);
         v = 0;

@@ -308,7 +308,7 @@ impl Conn {
         let side = Side::new().map_err(|e| format!("cannot map side state: {e}"))?;
         side.block().state.store(phase as u8, Release);
         side.block().nonblock.store(nonblock, Release);
-        if crate::os::net::peek_off_seen() {
+        if PEEK_OFF_SEEN.load(Relaxed) {
             take_peek_off(fd, side.block());
         }
         Ok(Conn {
@@ -403,12 +403,10 @@ impl Conn {
         self.sb().nonblock.store(on, Relaxed);
     }
 
-    /// After a setsockopt(SO_RCVLOWAT): the kernel's value (as it clamped
-    /// it), for our blocking reads.
-    pub fn refresh_rcvlowat(&self, fd: BorrowedFd<'_>) {
-        self.sb()
-            .rcvlowat
-            .store(crate::os::net::rcvlowat(fd), Relaxed);
+    /// After a setsockopt(SO_RCVLOWAT): the next read that needs the value
+    /// asks the kernel (as it clamped it).
+    pub fn forget_rcvlowat(&self) {
+        self.sb().rcvlowat.store(0, Relaxed);
     }
 
     /// setsockopt(SO_PEEK_OFF) on a connection of ours: kept in the side
@@ -416,7 +414,7 @@ impl Conn {
     /// own peeks at doorbells (and hide them). Peeks over the ring start
     /// at the first unread byte whatever it holds.
     pub fn set_peek_off(&self, v: i32) {
-        self.sb().peek_off_plus1.store(i64::from(v) + 1, Relaxed);
+        store_peek_off(self.sb(), v);
     }
 
     /// What getsockopt(SO_PEEK_OFF) answers: the program's last value.
@@ -580,12 +578,26 @@ fn partial(done: usize, e: Errno) -> Result<usize, Errno> {
     if done > 0 { Ok(done) } else { Err(e) }
 }
 
+/// Set once the program sets SO_PEEK_OFF on a socket that is not (yet) a
+/// connection of ours: new connections then look at the kernel's value.
+static PEEK_OFF_SEEN: AtomicBool = AtomicBool::new(false);
+
+/// setsockopt(SO_PEEK_OFF) on a socket that is not a connection of ours.
+pub fn peek_off_set_elsewhere() {
+    PEEK_OFF_SEEN.store(true, Relaxed);
+}
+
+/// The side block keeps SO_PEEK_OFF plus one, so that its zero means off.
+fn store_peek_off(b: &SideBlock, v: i32) {
+    b.peek_off_plus1.store(i64::from(v) + 1, Relaxed);
+}
+
 /// A socket that got SO_PEEK_OFF before it became ours (set before
-/// connect, or inherited from the listener): the value moves to the side
-/// block and the kernel's is turned off (see [`Conn::set_peek_off`]).
-fn take_peek_off(fd: BorrowedFd<'_>, b: &crate::shm::side::SideBlock) {
+/// connect): the value moves to the side block and the kernel's is turned
+/// off (see [`Conn::set_peek_off`]).
+fn take_peek_off(fd: BorrowedFd<'_>, b: &SideBlock) {
     let v = crate::os::net::peek_off(fd);
     if v >= 0 && crate::os::net::clear_peek_off(fd).is_ok() {
-        b.peek_off_plus1.store(i64::from(v) + 1, Relaxed);
+        store_peek_off(b, v);
     }
 }

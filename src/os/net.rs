@@ -7,7 +7,6 @@ use super::errno::ret;
 use rustix::fd::{AsRawFd, BorrowedFd};
 use rustix::io::Errno;
 use std::io::{IoSlice, IoSliceMut};
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 
 /// What the kernel reported besides the byte count.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -131,16 +130,4 @@ pub fn clear_peek_off(fd: BorrowedFd<'_>) -> Result<(), Errno> {
         )
     })
     .map(drop)
-}
-
-/// Set once a program sets SO_PEEK_OFF on a socket that is not (yet) a
-/// connection of ours: new connections then look at the kernel's value.
-static PEEK_OFF_SEEN: AtomicBool = AtomicBool::new(false);
-
-pub fn note_peek_off_set() {
-    PEEK_OFF_SEEN.store(true, Relaxed);
-}
-
-pub fn peek_off_seen() -> bool {
-    PEEK_OFF_SEEN.load(Relaxed)
 }

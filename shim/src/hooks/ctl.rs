@@ -89,7 +89,7 @@ hook! {
 
 hook! {
     /// SO_RCVLOWAT sets how much a blocking read waits for: the ring's
-    /// reads take the kernel's value after the kernel took it. SO_PEEK_OFF
+    /// reads ask the kernel again once it took a new value. SO_PEEK_OFF
     /// stays out of the kernel (see `Conn::set_peek_off`).
     fn setsockopt(fd: c_int, level: c_int, name: c_int, val: *const c_void, len: socklen_t) -> c_int {
         if level != libc::SOL_SOCKET {
@@ -97,7 +97,7 @@ hook! {
         }
         if name == libc::SO_PEEK_OFF {
             let Some(c) = accel(fd) else {
-                tsss_core::os::net::note_peek_off_set();
+                tsss_core::conn::peek_off_set_elsewhere();
                 return Real;
             };
             // The kernel's checks, then the value kept as Conn::set_peek_off says.
@@ -124,8 +124,7 @@ hook! {
         if r == 0
             && let Some(c) = accel(fd)
         {
-            // SAFETY: the caller's descriptor.
-            c.refresh_rcvlowat(unsafe { abi::fd(fd) });
+            c.forget_rcvlowat();
         }
         Done(r)
     }
