@@ -2,7 +2,7 @@
  * etshut - a FastCGI-like exchange on many short connections, the client
  * in an edge-triggered epoll loop, as nginx talks to php-fpm.
  *
- *   etshut PATH N
+ *   etshut PATH N [--add-first] [--plain-server]
  *
  * A forked server accepts each connection, reads a 64-byte request,
  * writes a 104-byte reply, shuts its writing side down, reads until EOF
@@ -13,6 +13,11 @@
  * EOF (a read of 0, or EPOLLRDHUP), checks it got the 104 bytes, closes.
  * An EOF whose edge is never reported leaves the client waiting: after
  * 3 s without an event it prints HANG and exits 1.
+ *
+ * --add-first registers each socket with epoll before it connects, as
+ * nginx does. --plain-server runs the server as a fresh image of this
+ * program without LD_PRELOAD: a client alone under tsss (a one-sided
+ * deployment).
  *
  * Output: "RESULT conns=N ok=1", or HANG / MISMATCH lines and status 1.
  */
@@ -52,9 +57,20 @@ static void serve(int l)
 int main(int argc, char **argv)
 {
     set_prog(argv[0]);
-    if (argc != 3)
-        dief("usage: etshut PATH N");
+    if (argc == 3 && strcmp(argv[1], "--serve-fd") == 0)
+        serve(atoi(argv[2]));
+    if (argc < 3)
+        dief("usage: etshut PATH N [--add-first] [--plain-server]");
     long n = atol(argv[2]);
+    int add_first = 0, plain_server = 0;
+    for (int i = 3; i < argc; i++) {
+        if (strcmp(argv[i], "--add-first") == 0)
+            add_first = 1;
+        else if (strcmp(argv[i], "--plain-server") == 0)
+            plain_server = 1;
+        else
+            dief("unknown option %s", argv[i]);
+    }
     struct sockaddr_un a = {.sun_family = AF_UNIX};
     snprintf(a.sun_path, sizeof a.sun_path, "%s", argv[1]);
     unlink(argv[1]);
@@ -66,6 +82,13 @@ int main(int argc, char **argv)
         die("fork");
     if (pid == 0) {
         prctl(PR_SET_PDEATHSIG, SIGKILL);
+        if (plain_server) {
+            char fdarg[16];
+            snprintf(fdarg, sizeof fdarg, "%d", l);
+            unsetenv("LD_PRELOAD");
+            execl("/proc/self/exe", argv[0], "--serve-fd", fdarg, (char *)NULL);
+            die("exec");
+        }
         serve(l);
     }
     close(l);
@@ -75,10 +98,14 @@ int main(int argc, char **argv)
     int status = 0;
     for (long i = 0; i < n && !status; i++) {
         int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0);
-        if (fd < 0 || (connect(fd, (struct sockaddr *)&a, sizeof a) != 0 && errno != EAGAIN))
-            die("connect");
+        if (fd < 0)
+            die("socket");
         struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET, .data.fd = fd};
-        if (epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev) != 0)
+        if (add_first && epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev) != 0)
+            die("epoll_ctl");
+        if (connect(fd, (struct sockaddr *)&a, sizeof a) != 0 && errno != EAGAIN)
+            die("connect");
+        if (!add_first && epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev) != 0)
             die("epoll_ctl");
         char req[REQ];
         memset(req, 'q', REQ);

@@ -388,6 +388,12 @@ impl Conn {
         self.role
     }
 
+    /// A client whose server has not offered yet (nor shown it never
+    /// will): the socket's own readiness is the right one until then.
+    pub fn awaits_offer(&self) -> bool {
+        self.role == Role::Client && self.phase() == Phase::Pending
+    }
+
     /// No longer accelerated: the caller should forget this connection and
     /// pass every call to the kernel.
     pub fn is_plain(&self) -> bool {
@@ -576,6 +582,16 @@ fn marker_holds(m: &AtomicU64, pos: impl FnOnce() -> u64) -> bool {
 /// kernel does: the partial count, the error left for the next call.
 fn partial(done: usize, e: Errno) -> Result<usize, Errno> {
     if done > 0 { Ok(done) } else { Err(e) }
+}
+
+/// Clients of this process that attached so far: an epoll wait moves the
+/// kernel registrations of those that attached in a call of their own
+/// (a read that took the HELLO) into the emulation.
+static ATTACHES: AtomicU64 = AtomicU64::new(0);
+
+/// How many clients of this process attached so far.
+pub fn attaches() -> u64 {
+    ATTACHES.load(Acquire)
 }
 
 /// Set once the program sets SO_PEEK_OFF on a socket that is not (yet) a

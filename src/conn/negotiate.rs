@@ -76,6 +76,7 @@ impl Conn {
         let _ = self.seg.set(seg);
         rx.plain_read = 0;
         self.set_phase(Phase::Attached);
+        super::ATTACHES.fetch_add(1, Release);
         self.listed_attached();
         crate::log!(
             crate::log::DEBUG,

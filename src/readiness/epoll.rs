@@ -1,6 +1,6 @@
 //! epoll for accelerated sockets: each application epoll instance that
-//! watches one gets an [`EpollSet`]; sockets the program registered before
-//! they connected are moved into it ([`EpollSet::migrate`]).
+//! watches one gets an [`EpollSet`]; a client the program registered in
+//! its kernel epoll is moved into it once it attached ([`migrate`]).
 //!
 //! Accelerated fds are not registered in the application's epoll. They go
 //! into a private epoll (edge-triggered, so undrained data can never make it
@@ -27,7 +27,11 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 
 use call::{EpollCall, quick_ready};
-pub use migrate::{epoll_registration, note_epoll_add, registration_before_connect};
+pub use migrate::{
+    KernelReg, Migrate, any_pending, forget_hint, forget_hints, forget_pending, note_epoll_ctl,
+    note_pending, pending_fds, pending_for, registration_before_connect, settle_pending,
+    sweep_attached,
+};
 use watches::{RETIRED_MAX, Watch, Watches};
 
 /// The application's own epoll_wait: fills a buffer, with a timeout in ms.

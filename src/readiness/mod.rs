@@ -11,7 +11,7 @@ pub mod epoll;
 pub mod poll;
 mod sleep;
 
-pub use epoll::{EpollSet, epoll_registration};
+pub use epoll::EpollSet;
 pub use poll::{FdSet, poll, select};
 
 use crate::conn::Conn;

@@ -10,10 +10,9 @@ use libc::c_int;
 use rustix::fd::RawFd;
 use rustix::io::Errno;
 use std::sync::Mutex;
-use tsss_core::log::{DEBUG, INFO};
+use tsss_core::os;
 use tsss_core::os::time::Deadline;
 use tsss_core::readiness::{EpollSet, epoll};
-use tsss_core::{log, os};
 
 hook! {
     fn epoll_create(size: c_int) -> c_int {
@@ -66,33 +65,22 @@ fn migrate(epfd: c_int, fd: c_int, conn: ConnRef, events: u32, data: u64) -> Res
     s.migrate(fd, conn, events, data)
 }
 
-/// After `fd` became a connection: if the program had added it to an epoll
-/// before (nginx does, for its upstreams), move that registration into the
-/// emulation.
-pub(super) fn adopt_registration(fd: c_int) {
-    let Some((epfd, events, data)) = epoll::registration_before_connect(fd) else {
-        return;
-    };
-    let Some(c) = table::get(fd).and_then(ConnRef::new) else {
-        return;
-    };
-    match migrate(epfd, fd, c, events, data) {
-        Ok(()) => log!(
-            DEBUG,
-            "fd {fd}: its epoll {epfd} registration moved to the emulation"
-        ),
-        Err(e) => log!(
-            INFO,
-            "fd {fd}: cannot move its epoll {epfd} registration: {e}"
-        ),
+/// After `fd` connected as a client awaiting its offer: if the program had
+/// added it to an epoll before (nginx does, for its upstreams), that
+/// registration stays the kernel's until the client attaches.
+pub(super) fn note_registration(fd: c_int) {
+    if let Some(reg) = epoll::registration_before_connect(fd) {
+        epoll::note_pending(fd, reg);
     }
+}
+
+/// `migrate` for the core: into `reg.epfd`'s emulated set.
+fn migrate_reg(fd: RawFd, conn: ConnRef, reg: epoll::KernelReg) -> Result<(), Errno> {
+    migrate(reg.epfd, fd, conn, reg.events, reg.data)
 }
 
 hook! {
     fn epoll_ctl(epfd: c_int, op: c_int, fd: c_int, ev: *mut libc::epoll_event) -> c_int {
-        if op == libc::EPOLL_CTL_ADD {
-            epoll::note_epoll_add(epfd, fd);
-        }
         // SAFETY: the caller's arguments.
         match unsafe { epoll_ctl_inner(epfd, op, fd, ev) } {
             Some(r) => Done(abi::int(r)),
@@ -120,6 +108,7 @@ unsafe fn epoll_ctl_inner(
     };
     let set = epoll_set(epfd);
     let Some(conn) = accel(fd) else {
+        epoll::note_epoll_ctl(epfd, op, fd, events, data);
         // Not (or no longer) accelerated, but maybe still watched by us.
         let g = set?;
         let Entry::Epoll(s) = &*g else { return None };
@@ -139,6 +128,20 @@ unsafe fn epoll_ctl_inner(
             }
         });
     };
+    if conn.awaits_offer() && (set.is_none() || !set_contains(&set, fd)) {
+        // The kernel's until the client attaches (see `note_registration`).
+        // SAFETY: the caller's arguments.
+        let r = unsafe { real::epoll_ctl(epfd, op, fd, ev) };
+        if r != 0 {
+            return Some(Err(Errno::from_raw_os_error(errno())));
+        }
+        epoll::note_epoll_ctl(epfd, op, fd, events, data);
+        if op != libc::EPOLL_CTL_DEL {
+            let reg = epoll::KernelReg { epfd, events, data };
+            epoll::note_pending(fd, reg);
+        }
+        return Some(Ok(()));
+    }
     if op != libc::EPOLL_CTL_DEL && ev.is_null() {
         return Some(Err(Errno::FAULT));
     }
@@ -166,6 +169,58 @@ unsafe fn epoll_ctl_inner(
     Some(s.ctl(op, fd, conn, events, data))
 }
 
+fn set_contains(set: &Option<table::Guard>, fd: RawFd) -> bool {
+    matches!(set.as_deref(), Some(Entry::Epoll(s)) if s.contains(fd))
+}
+
+/// The kernel's epoll_wait, for an epoll without an emulated set but with
+/// clients awaiting their offer. One that attaches moves into the
+/// emulation, which reports it: at once (with room left), or for the rest
+/// of the wait (nothing else to report).
+///
+/// # Safety
+/// As [`epoll_emulated`].
+unsafe fn epoll_settling(
+    epfd: c_int,
+    evs: *mut libc::epoll_event,
+    max: c_int,
+    deadline: Deadline,
+    mask: *const libc::sigset_t,
+) -> Hooked<c_int> {
+    loop {
+        // SAFETY: the caller's arguments.
+        let r = unsafe { real::epoll_pwait(epfd, evs, max, deadline.remaining_ms(), mask) };
+        if r <= 0 {
+            return Hooked::Done(r);
+        }
+        let saved = errno();
+        // SAFETY: the kernel filled r <= max events.
+        let out = unsafe { std::slice::from_raw_parts_mut(evs, r as usize) };
+        let (n, moved) = epoll::settle_pending(&Shim, epfd, out, &mut migrate_reg);
+        set_errno(saved);
+        if !moved || epoll_set(epfd).is_none() {
+            if n > 0 || deadline.expired() {
+                return Hooked::Done(n as c_int);
+            }
+            continue;
+        }
+        let rest = if n > 0 {
+            Deadline::after_ms(0)
+        } else {
+            deadline
+        };
+        // SAFETY: the rest of the caller's array.
+        let more = unsafe { epoll_emulated(epfd, evs.add(n), max - n as c_int, rest, mask) };
+        return match more {
+            Hooked::Done(k) if k >= 0 => Hooked::Done(n as c_int + k),
+            // An error with nothing to report is the call's own.
+            Hooked::Done(k) if n == 0 => Hooked::Done(k),
+            // No room left (Real), or an error after events: those.
+            _ => Hooked::Done(n as c_int),
+        };
+    }
+}
+
 /// Emulated epoll_wait if `epfd` watches accelerated fds. `mask` is
 /// installed only while the kernel waits (epoll_pwait).
 ///
@@ -181,7 +236,14 @@ unsafe fn epoll_emulated(
     if max <= 0 || evs.is_null() {
         return Hooked::Real;
     }
+    if epoll::any_pending() {
+        epoll::sweep_attached(&Shim, &mut migrate_reg);
+    }
     let Some(g) = epoll_set(epfd) else {
+        if epoll::any_pending() {
+            // SAFETY: the caller's arguments.
+            return unsafe { epoll_settling(epfd, evs, max, deadline, mask) };
+        }
         return Hooked::Real;
     };
     let Entry::Epoll(s) = &*g else {
@@ -195,6 +257,8 @@ unsafe fn epoll_emulated(
         let r = unsafe { real::epoll_pwait(epfd, buf.as_mut_ptr(), buf.len() as c_int, t, mask) };
         if r < 0 {
             Err(Errno::from_raw_os_error(errno()))
+        } else if epoll::any_pending() {
+            Ok(epoll::settle_pending(&Shim, epfd, &mut buf[..r as usize], &mut migrate_reg).0)
         } else {
             Ok(r as usize)
         }

@@ -7,6 +7,7 @@ use crate::real;
 use crate::table::{self, Entry};
 use libc::{c_int, c_ulong};
 use rustix::fd::RawFd;
+use tsss_core::readiness::epoll;
 use tsss_core::registry;
 
 /// Forgets `fd` before the kernel closes it: the connection ends (for
@@ -68,6 +69,7 @@ fn dup_onto(old: c_int, new: c_int, call: impl FnOnce() -> c_int) -> c_int {
             // What `new` named is gone: its registry entry too (one load
             // if it had none).
             registry::forget(new);
+            epoll::forget_hint(new);
         }
         alias_fd(old, r);
     }
@@ -78,6 +80,7 @@ hook! {
     fn close(fd: c_int) -> c_int {
         // The registry entry goes with the descriptor (one load if none).
         registry::forget(fd);
+        epoll::forget_hint(fd);
         forget_fd(fd);
         Real
     }
@@ -111,6 +114,7 @@ hook! {
         // CLOSE_RANGE_CLOEXEC only marks descriptors; nothing closes now.
         if flags & libc::CLOSE_RANGE_CLOEXEC as c_int == 0 && first <= last {
             registry::forget_range(first, last);
+            epoll::forget_hints(first, last);
             for fd in table::fds_in(first, last) {
                 forget_fd(fd);
             }
@@ -123,6 +127,7 @@ hook! {
     fn closefrom(low: c_int) -> () {
         if let Ok(first) = u32::try_from(low) {
             registry::forget_range(first, u32::MAX);
+            epoll::forget_hints(first, u32::MAX);
             for fd in table::fds_in(first, u32::MAX) {
                 forget_fd(fd);
             }

@@ -123,7 +123,7 @@ hook! {
             c.list(bfd);
             drop(table::insert(fd, Entry::Conn(c)));
             log!(DEBUG, "fd {fd}: connected with the tsss marker; waiting for the server's offer");
-            super::epoll::adopt_registration(fd);
+            super::epoll::note_registration(fd);
         } else if let (true, Some(why)) = (connected, plain) {
             registry::connection_event(bfd, Event::Plain(Role::Client, format_args!("{why}")));
         }
