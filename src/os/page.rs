@@ -1,9 +1,12 @@
 //! One page of memory shared with our fork children (never with the
-//! peer): a MAP_SHARED mapping of a memfd, through memmap2. Anonymous
-//! memory would be copied on fork; this is not. The memfd is closed once
-//! mapped: the mapping needs no descriptor.
+//! peer): a MAP_SHARED | MAP_ANONYMOUS mapping, which fork shares instead
+//! of copying, and which needs no descriptor. Two system calls per
+//! connection (mmap, munmap); a memfd cost five.
 
+use core::ffi::c_void;
+use core::ptr::NonNull;
 use rustix::io::Errno;
+use rustix::mm::{MapFlags, ProtFlags};
 use std::marker::PhantomData;
 
 /// A type whose all-zero bytes are a valid value and whose every field is
@@ -16,22 +19,33 @@ use std::marker::PhantomData;
 pub unsafe trait PageSafe: Sync {}
 
 pub struct SharedPage<T: PageSafe> {
-    map: memmap2::MmapMut,
+    /// Page-aligned, 4096 bytes, ours to unmap.
+    ptr: NonNull<c_void>,
     _t: PhantomData<T>,
 }
+
+// SAFETY: the page holds a T, which is Sync (PageSafe), and is only
+// accessed through &T.
+unsafe impl<T: PageSafe> Send for SharedPage<T> {}
+// SAFETY: as above.
+unsafe impl<T: PageSafe> Sync for SharedPage<T> {}
 
 impl<T: PageSafe> SharedPage<T> {
     /// A fresh, zeroed page.
     pub fn new() -> Result<Self, Errno> {
         assert!(size_of::<T>() <= 4096);
-        let fd = rustix::fs::memfd_create("tsss-side", rustix::fs::MemfdFlags::CLOEXEC)?;
-        rustix::fs::ftruncate(&fd, 4096)?;
-        // SAFETY: a fresh memfd nobody else can see; MmapMut maps it
-        // MAP_SHARED, and the mapping outlives the descriptor.
-        let map = unsafe { memmap2::MmapOptions::new().len(4096).map_mut(&fd) }
-            .map_err(|e| Errno::from_raw_os_error(e.raw_os_error().unwrap_or(libc::ENOMEM)))?;
+        // SAFETY: a fresh mapping at an address the kernel picks: it
+        // aliases nothing of ours.
+        let p = unsafe {
+            rustix::mm::mmap_anonymous(
+                std::ptr::null_mut(),
+                4096,
+                ProtFlags::READ | ProtFlags::WRITE,
+                MapFlags::SHARED,
+            )
+        }?;
         Ok(SharedPage {
-            map,
+            ptr: NonNull::new(p).ok_or(Errno::NOMEM)?,
             _t: PhantomData,
         })
     }
@@ -42,6 +56,13 @@ impl<T: PageSafe> std::ops::Deref for SharedPage<T> {
     fn deref(&self) -> &T {
         // SAFETY: 4096 page-aligned, zero-initialised bytes (a valid T per
         // PageSafe), only ever accessed through atomics.
-        unsafe { &*(self.map.as_ptr() as *const T) }
+        unsafe { &*(self.ptr.as_ptr() as *const T) }
+    }
+}
+
+impl<T: PageSafe> Drop for SharedPage<T> {
+    fn drop(&mut self) {
+        // SAFETY: our mapping; no &T outlives self.
+        let _ = unsafe { rustix::mm::munmap(self.ptr.as_ptr(), 4096) };
     }
 }

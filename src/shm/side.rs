@@ -2,10 +2,9 @@
 //! (a forked child uses the same connection as its parent) and invisible to
 //! the peer.
 //!
-//! It lives in a one-page MAP_SHARED mapping of a memfd (through memmap2),
-//! so fork shares it instead of copying it: two processes of one side can
-//! never publish different switch offsets or race on a ring. The memfd is
-//! closed once mapped; the mapping needs no descriptor. Across exec the
+//! It lives in a one-page shared anonymous mapping (`os::page`), so fork
+//! shares it instead of copying it: two processes of one side can never
+//! publish different switch offsets or race on a ring. Across exec the
 //! mapping is gone and the new image gets a fresh block (see `handover`).
 
 use crate::os::page::{PageSafe, SharedPage};
