@@ -316,7 +316,9 @@ impl Conn {
             role,
             side,
             seg: OnceLock::new(),
-            next_hello_peek: AtomicU64::new(0),
+            // Not at the first write: a server that has not even
+            // accepted yet has sent nothing (a wasted peek per connect).
+            next_hello_peek: AtomicU64::new(now_ns() + HELLO_PEEK_NS),
             next_live_check: AtomicU64::new(0),
             tx_ops: AtomicU32::new(0),
             tx_tail_cache: AtomicU64::new(0),

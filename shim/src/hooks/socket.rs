@@ -1,13 +1,16 @@
 //! socket, connect, accept: where a connection gets its marker (client)
 //! or its offer (server), and the names that must hide the marker.
 
-use super::addr::{SUN_OFF, copy_out, is_marker, name_hidden, storage};
+use super::addr::{copy_out, is_marker, name_hidden, storage};
 use crate::abi::{self, errno, set_errno};
 use crate::real;
 use crate::table::{self, Entry};
 use libc::{c_int, sockaddr, socklen_t};
 use rustix::fd::BorrowedFd;
+use rustix::io::Errno;
 use std::borrow::Cow;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use tsss_core::conn::{Conn, Role, plain_from_start};
 use tsss_core::log::{DEBUG, INFO};
 use tsss_core::registry::{self, Event};
@@ -25,57 +28,52 @@ hook! {
     }
 }
 
-/// Whether `fd` can carry the marker, by cheap checks made before any
-/// state is built: a stream socket, unbound (`Ok(false)`) or bound to a
-/// marker by an earlier connect that failed (`Ok(true)`). `Err(Some(why))`:
-/// a stream socket that stays plain (for the registry).
-fn markable(fd: BorrowedFd<'_>, raw: c_int) -> Result<bool, Option<&'static str>> {
-    if !matches!(
-        rustix::net::sockopt::socket_type(fd),
-        Ok(rustix::net::SocketType::STREAM)
-    ) {
-        return Err(None);
+/// Binds an AF_UNIX stream socket to a fresh marker address: `Ok` if it
+/// carries the marker now (or still, from an earlier connect that
+/// failed); `Err(why)` if it stays plain. Costs one bind; getsockname
+/// only for a socket bound already.
+fn mark(fd: BorrowedFd<'_>, raw: c_int) -> Result<(), &'static str> {
+    let addr = marker_addr().ok_or("cannot make a marker address")?;
+    match rustix::net::bind(fd, &addr) {
+        Ok(()) => return Ok(()),
+        Err(Errno::INVAL) => {}
+        Err(e) => {
+            log!(INFO, "fd {raw}: plain: cannot bind the marker address: {e}");
+            return Err("cannot bind the marker address");
+        }
     }
+    // Bound already: by us (a connect that failed), or by the program.
     let (mut ss, mut len) = storage();
     // SAFETY: our own buffer.
-    if unsafe {
+    let r = unsafe {
         real::getsockname(
             raw,
             (&mut ss as *mut libc::sockaddr_storage).cast(),
             &mut len,
         )
-    } != 0
-    {
-        return Err(None);
+    };
+    if r == 0 && is_marker(&ss, len).is_some() {
+        return Ok(());
     }
-    if is_marker(&ss, len).is_some() {
-        return Ok(true);
-    }
-    if len as usize > SUN_OFF {
-        const WHY: &str = "the application bound this socket itself";
-        log!(INFO, "fd {raw}: plain: {WHY}");
-        return Err(Some(WHY));
-    }
-    Ok(false)
+    const WHY: &str = "the application bound this socket itself";
+    log!(INFO, "fd {raw}: plain: {WHY}");
+    Err(WHY)
 }
 
-/// Binds a [`markable`] unbound socket to a fresh marker address. True if
-/// it now carries the marker.
-fn bind_marker(fd: BorrowedFd<'_>, raw: c_int) -> bool {
-    let mut r = [0u8; 8];
-    let _ = rustix::rand::getrandom(&mut r, rustix::rand::GetRandomFlags::empty());
-    let pid = rustix::process::getpid().as_raw_nonzero().get() as u32;
-    let (name, n) = wire::marker_name(pid, u64::from_ne_bytes(r));
-    let Ok(addr) = rustix::net::SocketAddrUnix::new_abstract_name(&name[1..n]) else {
-        return false;
-    };
-    match rustix::net::bind(fd, &addr) {
-        Ok(()) => true,
-        Err(e) => {
-            log!(INFO, "fd {raw}: plain: cannot bind the marker address: {e}");
-            false
-        }
-    }
+/// A marker address no other socket has: our pid, and a random number
+/// drawn once per process plus a count (getrandom once, not per connect).
+fn marker_addr() -> Option<rustix::net::SocketAddrUnix> {
+    static SEED: OnceLock<u64> = OnceLock::new();
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let seed = *SEED.get_or_init(|| {
+        let mut r = [0u8; 8];
+        let _ = rustix::rand::getrandom(&mut r, rustix::rand::GetRandomFlags::empty());
+        u64::from_ne_bytes(r)
+    });
+    let n = seed.wrapping_add(NEXT.fetch_add(1, Relaxed));
+    let pid = tsss_core::os::proc::cached_pid() as u32;
+    let (name, len) = wire::marker_name(pid, n);
+    rustix::net::SocketAddrUnix::new_abstract_name(&name[1..len]).ok()
 }
 
 hook! {
@@ -95,31 +93,32 @@ hook! {
         // server will offer, and a client that cannot track the connection
         // would hand HELLO to the program (out of descriptors, for one).
         let mut conn = None;
-        let mut marked = false;
         // Why a stream socket that connects stays plain (logged already).
         let mut plain: Option<Cow<'static, str>> = None;
-        match markable(bfd, fd) {
-            Ok(retry) => {
-                let nb = rustix::fs::fcntl_getfl(bfd)
-                    .is_ok_and(|f| f.contains(rustix::fs::OFlags::NONBLOCK));
-                conn = Conn::client(bfd, nb)
-                    .map_err(|why| {
-                        log!(INFO, "fd {fd}: plain: {why}");
-                        plain = Some(why.into());
-                    })
-                    .ok();
-                marked = conn.is_some() && (retry || bind_marker(bfd, fd));
-                if conn.is_some() && !marked {
-                    plain = Some("cannot bind the marker address".into());
-                }
+        if matches!(
+            rustix::net::sockopt::socket_type(bfd),
+            Ok(rustix::net::SocketType::STREAM)
+        ) {
+            let nb = rustix::fs::fcntl_getfl(bfd)
+                .is_ok_and(|f| f.contains(rustix::fs::OFlags::NONBLOCK));
+            conn = Conn::client(bfd, nb)
+                .map_err(|why| {
+                    log!(INFO, "fd {fd}: plain: {why}");
+                    plain = Some(why.into());
+                })
+                .ok();
+            if conn.is_some()
+                && let Err(why) = mark(bfd, fd)
+            {
+                conn = None;
+                plain = Some(why.into());
             }
-            Err(why) => plain = why.map(Into::into),
         }
         // SAFETY: the caller's arguments.
         let r = unsafe { real::connect(fd, addr, len) };
         let e = errno();
         let connected = r == 0 || e == libc::EINPROGRESS;
-        if let (true, Some(c)) = (marked && connected, conn) {
+        if let (true, Some(c)) = (connected, conn) {
             c.list(bfd);
             drop(table::insert(fd, Entry::Conn(c)));
             log!(DEBUG, "fd {fd}: connected with the tsss marker; waiting for the server's offer");
