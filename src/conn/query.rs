@@ -216,6 +216,12 @@ impl Conn {
     /// SO_ERROR: the pending error, cleared by reading it (the peer's
     /// ECONNRESET, once). `None`: ask the kernel.
     pub fn take_error(&self, fd: BorrowedFd<'_>) -> Option<i32> {
+        // Nothing of ours on the socket yet but an unread HELLO: the
+        // kernel's error (a refused non-blocking connect) is the
+        // program's. nginx asks after every connect.
+        if self.awaits_offer() {
+            return None;
+        }
         // A killed peer says so only on the socket: this call is rare, look.
         if !self.sb().sock_eof.load(Acquire) {
             self.peer_hung_up(fd);
