@@ -21,8 +21,10 @@ declare -A PKGS=(
     [bash]=bash
     # bench.py's busy loops (busy and load groups)
     [sh]=dash
-    # tests/integration.rs runs both ends under valgrind
+    # tests/integration.rs runs both ends under valgrind, and counts a
+    # one-sided client's system calls with strace
     [valgrind]=valgrind
+    [strace]=strace
 )
 missing=()
 for cmd in "${!PKGS[@]}"; do

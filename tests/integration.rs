@@ -126,6 +126,69 @@ fn client_only() {
     one_side(false);
 }
 
+/// Total system calls of one process, from `strace -c`'s last line.
+fn strace_total(report: &str) -> Option<u64> {
+    let last = report
+        .lines()
+        .rev()
+        .find(|l| l.trim_end().ends_with("total"))?;
+    let cols: Vec<&str> = last.split_whitespace().collect();
+    // "100.00 secs usecs/call calls [errors] total"
+    cols.get(3)?.parse().ok()
+}
+
+/// A client alone under tsss (its server plain) costs a few system calls
+/// per connection, not an emulated wait: nginx to a php-fpm without tsss
+/// made 54 calls per request instead of 13. Counted with strace on the
+/// client process, plain and preloaded, for a socket added to epoll after
+/// it connects and (as nginx does) before.
+#[test]
+fn one_sided_client_costs_few_system_calls() {
+    if !have_cmd("strace") {
+        panic!("strace is missing: scripts/deps.sh installs it");
+    }
+    const CONNS: u64 = 200;
+    // Per connection (19 measured): the marker (SO_TYPE, fcntl, bind), the
+    // side page (mmap, munmap), the socket's inode, the peek that finds no
+    // offer, and the registry: the entry's peer (getpeername, SO_PEERCRED)
+    // and three writes, each with getpid (a vfork child must not write)
+    // and fstat (the file is still ours). The emulated wait cost 37.
+    const EXTRA: u64 = 22;
+    let d = TempDir::new("onesided");
+    for mode in ["--add-first", "--add-after"] {
+        let mut total = [0u64; 2];
+        for (i, preload) in [false, true].into_iter().enumerate() {
+            let out = d.path(&format!("strace{mode}{i}"));
+            let sock = d.sock(&format!("s{mode}{i}"));
+            let app = bin("etshut");
+            let n = CONNS.to_string();
+            let mut args = vec!["-c", "-o", out.to_str().unwrap(), app.to_str().unwrap()];
+            args.extend([sock.as_str(), n.as_str(), "--plain-server"]);
+            if mode == "--add-first" {
+                args.push(mode);
+            }
+            // Default settings (the harness logs at debug level).
+            let spec = Spec::new("strace etshut", "strace", &args)
+                .preload(preload)
+                .env("TSSS_LOG", "off");
+            let p = run_one(&spec, T60);
+            assert_ok(&[&p]);
+            let report = std::fs::read_to_string(&out).unwrap_or_default();
+            total[i] = strace_total(&report)
+                .unwrap_or_else(|| panic!("no total in strace's report:\n{report}"));
+        }
+        let extra = total[1].saturating_sub(total[0]) as f64 / CONNS as f64;
+        assert!(
+            extra <= EXTRA as f64,
+            "{mode}: a one-sided client made {:.1} more system calls per connection than plain \
+             (limit {EXTRA}): plain {}, preloaded {}",
+            extra,
+            total[0],
+            total[1]
+        );
+    }
+}
+
 #[test]
 fn statically_linked_peer() {
     let d = TempDir::new("static");
