@@ -79,17 +79,15 @@ pub fn forget_hint(fd: RawFd) {
 
 /// [`forget_hint`] for `first..=last`.
 pub fn forget_hints(first: u32, last: u32) {
-    let last = (last as usize).min(HINTS - 1);
-    for i in first as usize..=last {
-        HINT_EPFD[i].store(0, Relaxed);
+    let end = (last as usize).saturating_add(1).min(HINTS);
+    for h in HINT_EPFD.iter().take(end).skip(first as usize) {
+        h.store(0, Relaxed);
     }
     if PENDING.load(Acquire) != 0 {
-        let fds: Vec<RawFd> = pending_fds()
-            .into_iter()
-            .filter(|&fd| (first..=last as u32).contains(&(fd as u32)))
-            .collect();
-        for fd in fds {
-            forget_pending(fd);
+        for fd in pending_fds() {
+            if (first..=last).contains(&(fd as u32)) {
+                forget_pending(fd);
+            }
         }
     }
 }
