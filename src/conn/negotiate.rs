@@ -77,6 +77,13 @@ impl Conn {
         rx.plain_read = 0;
         self.set_phase(Phase::Attached);
         super::ATTACHES.fetch_add(1, Release);
+        if crate::readiness::epoll::pending::any() {
+            // It may still be in a kernel epoll that another thread sleeps
+            // in: the server's first ring write rings, which wakes it.
+            if let Some(seg) = self.seg.get() {
+                protocol::announce_waiting(&self.rx_ring(seg).flags().reader_waiting);
+            }
+        }
         self.listed_attached();
         crate::log!(
             crate::log::DEBUG,

@@ -10,6 +10,7 @@
 
 mod call;
 mod migrate;
+pub mod pending;
 mod watches;
 
 use super::Lookup;
@@ -28,10 +29,10 @@ use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 
 use call::{EpollCall, quick_ready};
 pub use migrate::{
-    KernelReg, Migrate, any_pending, forget_hint, forget_hints, forget_pending, note_epoll_ctl,
-    note_pending, pending_fds, pending_for, registration_before_connect, settle_pending,
-    sweep_attached,
+    Migrate, forget_hint, forget_hints, note_epoll_ctl, registration_before_connect,
+    settle_pending, sweep_attached,
 };
+pub use pending::KernelReg;
 use watches::{RETIRED_MAX, Watch, Watches};
 
 /// The application's own epoll_wait: fills a buffer, with a timeout in ms.

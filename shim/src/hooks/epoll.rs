@@ -56,13 +56,21 @@ fn epoll_set_or_create(epfd: RawFd) -> Result<table::Guard, Errno> {
 }
 
 /// Moves `fd`, registered in the kernel's `epfd` before it was
-/// accelerated, into the emulation.
-fn migrate(epfd: c_int, fd: c_int, conn: ConnRef, events: u32, data: u64) -> Result<(), Errno> {
+/// accelerated, into the emulation (`spent`: a one-shot registration that
+/// fired).
+fn migrate(
+    epfd: c_int,
+    fd: c_int,
+    conn: ConnRef,
+    events: u32,
+    data: u64,
+    spent: bool,
+) -> Result<(), Errno> {
     let g = epoll_set_or_create(epfd)?;
     let Entry::Epoll(s) = &*g else {
         return Err(Errno::INVAL);
     };
-    s.migrate(fd, conn, events, data)
+    s.migrate(fd, conn, events, data, spent)
 }
 
 /// After `fd` connected as a client awaiting its offer: if the program had
@@ -70,13 +78,32 @@ fn migrate(epfd: c_int, fd: c_int, conn: ConnRef, events: u32, data: u64) -> Res
 /// registration stays the kernel's until the client attaches.
 pub(super) fn note_registration(fd: c_int) {
     if let Some(reg) = epoll::registration_before_connect(fd) {
-        epoll::note_pending(fd, reg);
+        epoll::pending::note(fd, reg);
     }
 }
 
 /// `migrate` for the core: into `reg.epfd`'s emulated set.
 fn migrate_reg(fd: RawFd, conn: ConnRef, reg: epoll::KernelReg) -> Result<(), Errno> {
-    migrate(reg.epfd, fd, conn, reg.events, reg.data)
+    migrate(reg.epfd, fd, conn, reg.events, reg.data, reg.spent)
+}
+
+/// The kernel's epoll_ctl, noted in the hints when it succeeds.
+///
+/// # Safety
+/// As epoll_ctl.
+unsafe fn kernel_ctl(
+    epfd: c_int,
+    op: c_int,
+    fd: c_int,
+    ev: *mut libc::epoll_event,
+    (events, data): (u32, u64),
+) -> Result<(), Errno> {
+    // SAFETY: the caller's arguments.
+    if unsafe { real::epoll_ctl(epfd, op, fd, ev) } != 0 {
+        return Err(Errno::from_raw_os_error(errno()));
+    }
+    epoll::note_epoll_ctl(epfd, op, fd, events, data);
+    Ok(())
 }
 
 hook! {
@@ -108,14 +135,19 @@ unsafe fn epoll_ctl_inner(
     };
     let set = epoll_set(epfd);
     let Some(conn) = accel(fd) else {
-        epoll::note_epoll_ctl(epfd, op, fd, events, data);
         // Not (or no longer) accelerated, but maybe still watched by us.
-        let g = set?;
-        let Entry::Epoll(s) = &*g else { return None };
-        if !s.contains(fd) {
-            s.drop_retired(fd);
-            return None;
-        }
+        let watched = match set.as_deref() {
+            Some(Entry::Epoll(s)) if s.contains(fd) => Some(s),
+            Some(Entry::Epoll(s)) => {
+                s.drop_retired(fd);
+                None
+            }
+            _ => None,
+        };
+        let Some(s) = watched else {
+            // SAFETY: the caller's arguments.
+            return Some(unsafe { kernel_ctl(epfd, op, fd, ev, (events, data)) });
+        };
         return Some(match op {
             libc::EPOLL_CTL_ADD => Err(Errno::EXIST),
             libc::EPOLL_CTL_DEL => {
@@ -131,14 +163,24 @@ unsafe fn epoll_ctl_inner(
     if conn.awaits_offer() && (set.is_none() || !set_contains(&set, fd)) {
         // The kernel's until the client attaches (see `note_registration`).
         // SAFETY: the caller's arguments.
-        let r = unsafe { real::epoll_ctl(epfd, op, fd, ev) };
-        if r != 0 {
-            return Some(Err(Errno::from_raw_os_error(errno())));
+        if let Err(e) = unsafe { kernel_ctl(epfd, op, fd, ev, (events, data)) } {
+            return Some(Err(e));
         }
-        epoll::note_epoll_ctl(epfd, op, fd, events, data);
         if op != libc::EPOLL_CTL_DEL {
-            let reg = epoll::KernelReg { epfd, events, data };
-            epoll::note_pending(fd, reg);
+            let spent = false;
+            epoll::pending::note(
+                fd,
+                epoll::KernelReg {
+                    epfd,
+                    events,
+                    data,
+                    spent,
+                },
+            );
+            if !conn.awaits_offer() {
+                // It attached meanwhile (in another thread): move it now.
+                epoll::sweep_attached(&Shim, &mut migrate_reg);
+            }
         }
         return Some(Ok(()));
     }
@@ -151,7 +193,9 @@ unsafe fn epoll_ctl_inner(
     let g = match set {
         Some(g) => g,
         // Registered with the kernel before it was accelerated.
-        None if op == libc::EPOLL_CTL_MOD => return Some(migrate(epfd, fd, conn, events, data)),
+        None if op == libc::EPOLL_CTL_MOD => {
+            return Some(migrate(epfd, fd, conn, events, data, false));
+        }
         None if op != libc::EPOLL_CTL_ADD => return None,
         None => match epoll_set_or_create(epfd) {
             Ok(g) => g,
@@ -164,7 +208,7 @@ unsafe fn epoll_ctl_inner(
             return None;
         }
         drop(g);
-        return Some(migrate(epfd, fd, conn, events, data));
+        return Some(migrate(epfd, fd, conn, events, data, false));
     }
     Some(s.ctl(op, fd, conn, events, data))
 }
@@ -175,8 +219,7 @@ fn set_contains(set: &Option<table::Guard>, fd: RawFd) -> bool {
 
 /// The kernel's epoll_wait, for an epoll without an emulated set but with
 /// clients awaiting their offer. One that attaches moves into the
-/// emulation, which reports it: at once (with room left), or for the rest
-/// of the wait (nothing else to report).
+/// emulation, which reports it.
 ///
 /// # Safety
 /// As [`epoll_emulated`].
@@ -198,26 +241,20 @@ unsafe fn epoll_settling(
         let out = unsafe { std::slice::from_raw_parts_mut(evs, r as usize) };
         let (n, moved) = epoll::settle_pending(&Shim, epfd, out, &mut migrate_reg);
         set_errno(saved);
-        if !moved || epoll_set(epfd).is_none() {
-            if n > 0 || deadline.expired() {
-                return Hooked::Done(n as c_int);
-            }
-            continue;
+        // (A moved client is reported by the emulation's first look: at
+        // the next call if this one has events, not by a second kernel
+        // wait here, which could report a level-triggered fd twice.)
+        if n > 0 {
+            return Hooked::Done(n as c_int);
         }
-        let rest = if n > 0 {
-            Deadline::after_ms(0)
-        } else {
-            deadline
-        };
-        // SAFETY: the rest of the caller's array.
-        let more = unsafe { epoll_emulated(epfd, evs.add(n), max - n as c_int, rest, mask) };
-        return match more {
-            Hooked::Done(k) if k >= 0 => Hooked::Done(n as c_int + k),
-            // An error with nothing to report is the call's own.
-            Hooked::Done(k) if n == 0 => Hooked::Done(k),
-            // No room left (Real), or an error after events: those.
-            _ => Hooked::Done(n as c_int),
-        };
+        if moved && epoll_set(epfd).is_some() {
+            // (Even past the deadline: it looks once.)
+            // SAFETY: the caller's arguments.
+            return unsafe { epoll_emulated(epfd, evs, max, deadline, mask) };
+        }
+        if deadline.expired() {
+            return Hooked::Done(0);
+        }
     }
 }
 
@@ -236,11 +273,11 @@ unsafe fn epoll_emulated(
     if max <= 0 || evs.is_null() {
         return Hooked::Real;
     }
-    if epoll::any_pending() {
+    if epoll::pending::any() {
         epoll::sweep_attached(&Shim, &mut migrate_reg);
     }
     let Some(g) = epoll_set(epfd) else {
-        if epoll::any_pending() {
+        if epoll::pending::any() {
             // SAFETY: the caller's arguments.
             return unsafe { epoll_settling(epfd, evs, max, deadline, mask) };
         }
@@ -257,7 +294,7 @@ unsafe fn epoll_emulated(
         let r = unsafe { real::epoll_pwait(epfd, buf.as_mut_ptr(), buf.len() as c_int, t, mask) };
         if r < 0 {
             Err(Errno::from_raw_os_error(errno()))
-        } else if epoll::any_pending() {
+        } else if epoll::pending::any() {
             Ok(epoll::settle_pending(&Shim, epfd, &mut buf[..r as usize], &mut migrate_reg).0)
         } else {
             Ok(r as usize)

@@ -32,6 +32,10 @@ fn accel(fd: RawFd) -> Option<ConnRef> {
     let c = ConnRef::new(table::get(fd)?)?;
     if c.is_plain() {
         table::remove_conn(fd, &c);
+        // Its kernel epoll registrations are the program's plain ones now.
+        if tsss_core::readiness::epoll::pending::maybe(fd) {
+            tsss_core::readiness::epoll::pending::forget(fd);
+        }
         return None;
     }
     Some(c)
