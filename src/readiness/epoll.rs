@@ -167,6 +167,27 @@ impl<R: Deref<Target = Conn> + Clone> EpollSet<R> {
         self.lock().by_fd.contains_key(&fd)
     }
 
+    /// Whether `fd` is watched here for what it names now: its connection,
+    /// or the same socket gone plain. The watch of a descriptor closed
+    /// and reused (its close only posts a change, read at the next wait)
+    /// is dropped: the kernel forgot it at the close.
+    pub fn watches<L: Lookup<Ref = R>>(&self, lk: &L, fd: RawFd) -> bool {
+        let mut ws = self.lock();
+        let Some(w) = ws.by_fd.get(&fd) else {
+            return false;
+        };
+        let plain = w.conn.is_plain();
+        if lk.names(fd, &w.conn)
+            || (plain && w.conn.ino() != 0 && socket_inode(lk.borrow(fd)) == Some(w.conn.ino()))
+        {
+            return true;
+        }
+        ws.remove(fd);
+        ws.retired.remove(&fd);
+        let _ = epoll_ctl(self.inner.as_raw_fd(), libc::EPOLL_CTL_DEL, fd, 0, 0);
+        false
+    }
+
     /// epoll_ctl for an accelerated fd. A watch of another connection at
     /// `fd` is stale (the fd was closed and reused): it counts as absent.
     pub fn ctl(&self, op: i32, fd: RawFd, conn: R, events: u32, data: u64) -> Result<(), Errno> {

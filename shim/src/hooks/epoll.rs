@@ -137,7 +137,7 @@ unsafe fn epoll_ctl_inner(
     let Some(conn) = accel(fd) else {
         // Not (or no longer) accelerated, but maybe still watched by us.
         let watched = match set.as_deref() {
-            Some(Entry::Epoll(s)) if s.contains(fd) => Some(s),
+            Some(Entry::Epoll(s)) if s.watches(&Shim, fd) => Some(s),
             Some(Entry::Epoll(s)) => {
                 s.drop_retired(fd);
                 None
@@ -214,7 +214,7 @@ unsafe fn epoll_ctl_inner(
 }
 
 fn set_contains(set: &Option<table::Guard>, fd: RawFd) -> bool {
-    matches!(set.as_deref(), Some(Entry::Epoll(s)) if s.contains(fd))
+    matches!(set.as_deref(), Some(Entry::Epoll(s)) if s.watches(&Shim, fd))
 }
 
 /// The kernel's epoll_wait, for an epoll without an emulated set but with
