@@ -66,3 +66,34 @@ impl<T: PageSafe> Drop for SharedPage<T> {
         let _ = unsafe { rustix::mm::munmap(self.ptr.as_ptr(), 4096) };
     }
 }
+
+/// The first `len` bytes (a multiple of 8) of the file `fd`, mapped
+/// `MAP_SHARED` as words for the rest of the process's life: never
+/// unmapped, so that a writer racing a re-registration can never touch
+/// freed memory (a fork child simply stops using its parent's). Writes
+/// are atomic word stores, the file's readers `pread` it.
+///
+/// The caller keeps the file at least `len` bytes long while it is
+/// mapped: a store past its end would raise SIGBUS.
+pub fn map_file_words(
+    fd: rustix::fd::BorrowedFd<'_>,
+    len: usize,
+) -> Result<&'static [std::sync::atomic::AtomicU64], Errno> {
+    assert!(len % 8 == 0);
+    // SAFETY: a fresh mapping at an address the kernel picks; it aliases
+    // nothing of ours.
+    let p = unsafe {
+        rustix::mm::mmap(
+            std::ptr::null_mut(),
+            len,
+            ProtFlags::READ | ProtFlags::WRITE,
+            MapFlags::SHARED,
+            fd,
+            0,
+        )
+    }?;
+    // SAFETY: `len` bytes, page-aligned (so 8-aligned), mapped until the
+    // process ends; AtomicU64 has u64's layout and any bytes are a valid
+    // value; every access goes through the atomics.
+    Ok(unsafe { std::slice::from_raw_parts(p as *const std::sync::atomic::AtomicU64, len / 8) })
+}

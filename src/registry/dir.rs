@@ -191,7 +191,11 @@ pub(super) fn enough_descriptors() -> bool {
 /// Creates and locks process `pid`'s file in `dir`, empty; returns it,
 /// moved above the program's usual range of descriptors so that the
 /// program's own numbers are the ones it would get without tsss.
-pub(super) fn create_file(dir: BorrowedFd<'_>, pid: i32) -> Option<OwnedFd> {
+pub(super) fn create_file(
+    dir: BorrowedFd<'_>,
+    pid: i32,
+    keep: Option<(u64, u64)>,
+) -> Option<OwnedFd> {
     let uid = rustix::process::geteuid().as_raw();
     for n in 0..8 {
         let name = file_name(pid, n)?;
@@ -227,7 +231,10 @@ pub(super) fn create_file(dir: BorrowedFd<'_>, pid: i32) -> Option<OwnedFd> {
                     && rustix::fs::FileType::from_raw_mode(st.st_mode).is_file() => {}
             _ => return None,
         }
-        if rustix::fs::ftruncate(&f, 0).is_err() {
+        // A dead process's entries go; our own mapped file (`keep`) must
+        // never shrink under its mapping.
+        let ours = rustix::fs::fstat(&f).is_ok_and(|st| Some((st.st_dev, st.st_ino)) == keep);
+        if !ours && rustix::fs::ftruncate(&f, 0).is_err() {
             return None;
         }
         crate::log!(

@@ -2,7 +2,8 @@
 //!
 //! Each process that has tsss connections owns one small file,
 //! `<dir>/<pid>`, a fixed-size table of its connections indexed by
-//! descriptor ([`format`]). It holds an open-file-description lock
+//! descriptor ([`format`]), sparse, and mapped `MAP_SHARED`: an entry is
+//! a few word stores, no system call (`tsss stat` reads the file). It holds an open-file-description lock
 //! (`F_OFD_SETLK`, [`crate::os::lock`]) on it for its whole life, so a
 //! file whose lock is free belongs to a dead process and is swept (by
 //! `tsss stat`, and by the next process that registers). Byte counters are
@@ -51,11 +52,13 @@ pub use format::{
 };
 
 use crate::conn::Role;
-use crate::os::{fd as osfd, proc, time::realtime_ns};
+use crate::os::{self, fd as osfd, proc, time::realtime_ns};
 use core::fmt;
 use rustix::fd::{AsFd, AsRawFd, BorrowedFd, IntoRawFd, RawFd};
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU8, AtomicU32, AtomicU64, Ordering::*};
+use std::sync::atomic::{
+    AtomicBool, AtomicI32, AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering::*,
+};
 
 /// What happened to a connection.
 #[derive(Clone, Copy, Debug)]
@@ -111,6 +114,14 @@ static STATE: AtomicU8 = AtomicU8::new(IDLE);
 static FILE: AtomicI32 = AtomicI32::new(-1);
 static FILE_DEV: AtomicU64 = AtomicU64::new(0);
 static FILE_INO: AtomicU64 = AtomicU64::new(0);
+/// Our file's mappings (`os::page::map_file_words`), one per registration
+/// (a re-registration or a fork child's gets the next); `MAPPED` is the
+/// current one's number + 1 (0: none). Entries are stores into it: no
+/// system call, and nothing a reused descriptor number could misdirect.
+static MAPS: [OnceLock<&'static [AtomicU64]>; MAPS_MAX] = [const { OnceLock::new() }; MAPS_MAX];
+const MAPS_MAX: usize = 64;
+static MAPPED: AtomicUsize = AtomicUsize::new(0);
+static NEXT_MAP: AtomicUsize = AtomicUsize::new(0);
 /// Slots with an entry in our file: `forget` costs one load otherwise.
 static BITS: [AtomicU64; SLOTS / 64] = [const { AtomicU64::new(0) }; SLOTS / 64];
 static UNLISTED: AtomicU32 = AtomicU32::new(0);
@@ -146,9 +157,12 @@ fn runtime_dir() -> Option<&'static [u8]> {
 
 /// A new connection on `fd` (connect, accept), as `ev` says: its entry,
 /// described from the socket (the server's address, the peer). Costs
-/// getsockname or getpeername, SO_PEERCRED and one pwrite; for the
-/// process's first entry, creating its file. The entry is kept in memory
-/// too (the mirror), for a fork child and for registering again.
+/// getsockname or getpeername, SO_PEERCRED, and an fstat that checks our
+/// file's descriptor is still ours (a program that closed it behind our
+/// back took our lock: we register again); for the process's first
+/// entry, creating and mapping its file. Entries are stores into that
+/// mapping, and kept in memory too (the mirror), for a fork child and for
+/// registering again.
 pub fn connection_event(fd: BorrowedFd<'_>, ev: Event<'_>) {
     let raw = fd.as_raw_fd();
     if !enabled() || raw < 0 {
@@ -157,8 +171,8 @@ pub fn connection_event(fd: BorrowedFd<'_>, ev: Event<'_>) {
     let slot = raw as usize;
     if slot >= SLOTS {
         UNLISTED.fetch_add(1, Relaxed);
-        if let Some(f) = file() {
-            write_header(f);
+        if file().is_some() {
+            write_header();
         }
         return;
     }
@@ -167,6 +181,7 @@ pub fn connection_event(fd: BorrowedFd<'_>, ev: Event<'_>) {
     if STATE.load(Relaxed) == FAILED || proc::in_vfork_child() {
         return;
     }
+    let _ = file();
     let now = realtime_ns();
     let mut r = fresh(fd, ev.role(), now);
     apply(&mut r, ev, now);
@@ -238,9 +253,7 @@ pub fn forget(fd: RawFd) {
     }
     BITS[slot / 64].fetch_and(!bit(slot), SeqCst);
     mirror_store(slot, &ZERO_ENTRY);
-    if let Some(f) = file() {
-        let _ = osfd::pwrite_raw(f, &ZERO_ENTRY, slot_offset(slot));
-    }
+    store(slot_offset(slot), &ZERO_ENTRY);
 }
 
 /// [`forget`] for every descriptor in `first..=last` (close_range,
@@ -276,6 +289,8 @@ pub fn forget_range(first: u32, last: u32) {
 /// be rewriting its file). A child of a process that never registered
 /// does nothing.
 pub fn after_fork() {
+    // The parent's mapping: stores there would land in its file.
+    MAPPED.store(0, Release);
     let parent = FILE.swap(-1, AcqRel);
     if STATE.load(Acquire) != FAILED {
         STATE.store(IDLE, Release);
@@ -393,10 +408,10 @@ fn lost() {
 fn ensure_registered() -> Option<RawFd> {
     loop {
         match STATE.load(SeqCst) {
-            READY => match file() {
-                Some(f) => return Some(f),
+            READY => match FILE.load(Acquire) {
+                f if f >= 0 => return Some(f),
                 // Lost just now: register again.
-                None => continue,
+                _ => continue,
             },
             IDLE => {
                 if STATE.compare_exchange(IDLE, BUSY, SeqCst, SeqCst).is_err() {
@@ -410,9 +425,7 @@ fn ensure_registered() -> Option<RawFd> {
                 STATE.store(READY, SeqCst);
                 // Entries made before (a fork child's inherited ones, a
                 // re-registration's) or while we registered.
-                for_each_bit(|slot| {
-                    let _ = osfd::pwrite_raw(fd, &mirror_load(slot), slot_offset(slot));
-                });
+                for_each_bit(|slot| store(slot_offset(slot), &mirror_load(slot)));
                 return Some(fd);
             }
             _ => return None,
@@ -431,17 +444,34 @@ fn register() -> Option<RawFd> {
     if !SWEPT.swap(true, Relaxed) {
         dir::sweep(dir.as_fd());
     }
-    let f = dir::create_file(dir.as_fd(), proc::getpid())?;
+    // Registering again (the program closed our descriptor): our own file,
+    // if we get it back, is mapped already and must never shrink.
+    let mapped =
+        (MAPPED.load(Acquire) != 0).then(|| (FILE_DEV.load(Acquire), FILE_INO.load(Acquire)));
+    let f = dir::create_file(dir.as_fd(), proc::getpid(), mapped)?;
     let st = rustix::fs::fstat(&f).ok()?;
-    FILE_DEV.store(st.st_dev, SeqCst);
-    FILE_INO.store(st.st_ino, SeqCst);
+    if Some((st.st_dev, st.st_ino)) != mapped {
+        rustix::fs::ftruncate(&f, MAX_FILE_SIZE).ok()?;
+        let i = NEXT_MAP.fetch_add(1, Relaxed);
+        let words = match os::page::map_file_words(f.as_fd(), MAX_FILE_SIZE as usize) {
+            Ok(w) => w,
+            Err(e) => {
+                crate::log!(crate::log::INFO, "registry: cannot map our file: {e}");
+                return None;
+            }
+        };
+        MAPS.get(i)?.set(words).ok()?;
+        FILE_DEV.store(st.st_dev, SeqCst);
+        FILE_INO.store(st.st_ino, SeqCst);
+        MAPPED.store(i + 1, Release);
+    }
     CREATED_NS.store(realtime_ns(), Relaxed);
     let raw = f.into_raw_fd();
-    write_header(raw);
+    write_header();
     Some(raw)
 }
 
-fn write_header(f: RawFd) {
+fn write_header() {
     let h = FileHeader {
         pid: proc::getpid(),
         uid: rustix::process::geteuid().as_raw(),
@@ -449,7 +479,27 @@ fn write_header(f: RawFd) {
         unlisted: UNLISTED.load(Relaxed),
         comm: proc::thread_name(),
     };
-    let _ = osfd::pwrite_raw(f, &encode_header(&h), 0);
+    store(0, &encode_header(&h));
+}
+
+/// `bytes` into our file's mapping at `off` (8-byte aligned), if we have
+/// one. Async-signal-safe: word stores.
+fn store(off: u64, bytes: &[u8]) {
+    let Some(words) = MAPPED
+        .load(Acquire)
+        .checked_sub(1)
+        .and_then(|i| MAPS.get(i))
+        .and_then(OnceLock::get)
+    else {
+        return;
+    };
+    let first = off as usize / 8;
+    for (w, chunk) in words.iter().skip(first).zip(bytes.chunks_exact(8)) {
+        w.store(
+            u64::from_le_bytes(chunk.try_into().unwrap_or_default()),
+            Relaxed,
+        );
+    }
 }
 
 /// Our copy of every entry, so that a fork child (whose parent may be
@@ -487,8 +537,8 @@ fn write_slot(slot: usize, r: &Record) {
     let b = encode_record(r);
     mirror_store(slot, &b);
     BITS[slot / 64].fetch_or(bit(slot), SeqCst);
-    if let Some(f) = ensure_registered() {
-        let _ = osfd::pwrite_raw(f, &b, slot_offset(slot));
+    if ensure_registered().is_some() {
+        store(slot_offset(slot), &b);
     }
 }
 
