@@ -182,9 +182,10 @@ impl<R: Deref<Target = Conn> + Clone> EpollSet<R> {
         {
             return true;
         }
+        // (No DEL from our private epoll: it names the fd's file now, not
+        // the closed one, whose registration went with its last close.)
         ws.remove(fd);
         ws.retired.remove(&fd);
-        let _ = epoll_ctl(self.inner.as_raw_fd(), libc::EPOLL_CTL_DEL, fd, 0, 0);
         false
     }
 
