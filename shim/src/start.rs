@@ -54,11 +54,11 @@ fn init() {
     tsss_core::registry::configure(cfg.registry, env("XDG_RUNTIME_DIR").map(CStr::to_bytes));
     exec::adopt_inherited();
     // SAFETY: registering plain function pointers: run in the parent just
-    // before fork, and in the parent and the child just after.
+    // before fork, and in the child just after.
     unsafe {
         libc::pthread_atfork(
             Some(process::before_fork),
-            Some(process::in_fork_parent),
+            None,
             Some(process::in_fork_child),
         )
     };

@@ -5,24 +5,16 @@ use crate::{abi, real, table};
 use tsss_core::os::proc::in_vfork_child;
 use tsss_core::readiness::epoll::pending;
 
-/// A child about to be forked will share every connection. The lock of
-/// the pending epoll registrations is held across fork, so that the child
-/// never inherits it held by a thread it does not have.
+/// A child about to be forked will share every connection.
 pub(crate) extern "C" fn before_fork() {
     table::for_each_conn(|_, c| c.before_fork());
-    pending::before_fork();
-}
-
-/// In the parent, after fork.
-pub(crate) extern "C" fn in_fork_parent() {
-    pending::after_fork();
 }
 
 /// The pid cache (`os::proc::cached_pid`, also the ShmLock holder's id) is
 /// the child's own from here on, and so is its registry file.
 pub(crate) extern "C" fn in_fork_child() {
-    pending::after_fork();
     tsss_core::os::proc::set_cached_pid();
+    pending::after_fork();
     // The child lists its inherited connections in a file of its own.
     tsss_core::registry::after_fork();
 }
@@ -57,8 +49,6 @@ hook! {
         let pid = unsafe { real::_Fork() };
         if pid == 0 {
             in_fork_child();
-        } else {
-            in_fork_parent();
         }
         Done(pid)
     }

@@ -5,8 +5,8 @@
 use crate::signals::Critical;
 use rustix::fd::RawFd;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::*};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::*};
 
 /// A registration in one of the program's kernel epolls.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -39,37 +39,41 @@ fn bit(fd: RawFd) -> Option<(&'static AtomicU64, u64)> {
 }
 
 /// Runs `f` on the registrations, in a signal section (close can run in a
-/// handler).
-fn with_regs<T>(f: impl FnOnce(&mut Regs) -> T) -> T {
+/// handler). In a fork child whose parent had the lock held by another
+/// thread at the fork, nothing: that lock is never released there.
+fn with_regs<T: Default>(f: impl FnOnce(&mut Regs) -> T) -> T {
+    if ORPHANED.load(Relaxed) {
+        return T::default();
+    }
     let _section = Critical::enter();
-    let mut g = lock();
+    let mut g = REGS.lock().unwrap_or_else(|p| p.into_inner());
     let regs = g.get_or_insert_with(Regs::default);
     let r = f(regs);
     COUNT.store(regs.by_fd.len(), Release);
     r
 }
 
-fn lock() -> MutexGuard<'static, Option<Regs>> {
-    REGS.lock().unwrap_or_else(|p| p.into_inner())
-}
+/// Set in a fork child that inherited the lock held (see [`after_fork`]).
+static ORPHANED: AtomicBool = AtomicBool::new(false);
 
-thread_local! {
-    /// The lock, held by the forking thread across fork: a child must not
-    /// inherit it held by a thread it does not have.
-    static HELD: std::cell::RefCell<Option<(MutexGuard<'static, Option<Regs>>, Critical)>> =
-        const { std::cell::RefCell::new(None) };
-}
-
-/// pthread_atfork prepare: takes the lock.
-pub fn before_fork() {
-    let c = Critical::enter();
-    let g = lock();
-    HELD.with(|h| *h.borrow_mut() = Some((g, c)));
-}
-
-/// pthread_atfork parent and child: lets it go.
+/// In a fork child (one thread): if another thread of the parent held the
+/// lock at the fork, the child can never take it. It keeps no
+/// registrations then: its clients awaiting an offer stay in the kernel's
+/// epoll (a fork in that instant, and a child that goes on using them,
+/// is all it takes to miss a move). Not held across fork instead: a
+/// signal deferred meanwhile would be copied into the child, and an
+/// allocator's own fork handlers could deadlock against it.
 pub fn after_fork() {
-    HELD.with(|h| drop(h.borrow_mut().take()));
+    match REGS.try_lock() {
+        Ok(_) | Err(std::sync::TryLockError::Poisoned(_)) => {}
+        Err(std::sync::TryLockError::WouldBlock) => {
+            ORPHANED.store(true, Relaxed);
+            COUNT.store(0, Release);
+            for w in &BITS {
+                w.store(0, Relaxed);
+            }
+        }
+    }
 }
 
 /// Whether any client awaiting its offer is in a kernel epoll (one load).
