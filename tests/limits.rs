@@ -708,3 +708,40 @@ fn epoll_server_at_its_descriptor_limit() {
         }
     }
 }
+
+/// The registry's directory on a full file system (a full /run/user
+/// tmpfs). Its file is sparse and mapped: a store into a page without
+/// blocks raised SIGBUS in the program. Pages now get their blocks first;
+/// on ENOSPC the entry is not written and the connection works on.
+#[test]
+fn registry_on_a_full_file_system() {
+    let _g = serial();
+    need_root();
+    let d = TempDir::new("fullfs");
+    let mnt = d.path("fs");
+    std::fs::create_dir(&mnt).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=64k", "tmpfs"])
+        .arg(&mnt)
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(mounted, "cannot mount a tmpfs on {}", mnt.display());
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(mnt.clone());
+    let rt = mnt.join("rt");
+    std::fs::create_dir(&rt).unwrap();
+    // As much as fits: the rest fails with ENOSPC.
+    let _ = std::fs::write(mnt.join("fill"), vec![0u8; 128 * 1024]);
+    let rt = rt.to_string_lossy().into_owned();
+    pingpong_as(
+        "fullfs",
+        |s| s.env("XDG_RUNTIME_DIR", &rt),
+        |c, _| c.env("XDG_RUNTIME_DIR", &rt),
+        true,
+    );
+}

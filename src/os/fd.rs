@@ -52,6 +52,17 @@ fn with_raw<T>(fd: RawFd, f: impl FnOnce(BorrowedFd<'_>) -> T) -> T {
     f(unsafe { BorrowedFd::borrow_raw(fd) })
 }
 
+/// Gives `off..off + len` of the file `fd` its blocks, never changing its
+/// size (`FALLOC_FL_KEEP_SIZE`): a store into a mapped page of a sparse
+/// file on a full file system would raise SIGBUS; this fails with ENOSPC
+/// instead. On a number reused by the program it changes no byte of its
+/// file.
+pub fn allocate_raw(fd: RawFd, off: u64, len: u64) -> Result<(), Errno> {
+    with_raw(fd, |b| {
+        rustix::fs::fallocate(b, rustix::fs::FallocateFlags::KEEP_SIZE, off, len)
+    })
+}
+
 /// Device and inode of the file `fd` names, if it is open.
 pub fn identity(fd: RawFd) -> Option<(u64, u64)> {
     with_raw(fd, |b| rustix::fs::fstat(b).ok()).map(|st| (st.st_dev, st.st_ino))

@@ -8,6 +8,7 @@ use core::ptr::NonNull;
 use rustix::io::Errno;
 use rustix::mm::{MapFlags, ProtFlags};
 use std::marker::PhantomData;
+use std::sync::atomic::AtomicU64;
 
 /// A type whose all-zero bytes are a valid value and whose every field is
 /// an atomic, no larger than a page: it may live in a [`SharedPage`],
@@ -68,26 +69,36 @@ impl<T: PageSafe> Drop for SharedPage<T> {
 }
 
 /// The first `len` bytes (a multiple of 8) of the file `fd`, mapped
-/// `MAP_SHARED` as words for the rest of the process's life: never
-/// unmapped, so that a writer racing a re-registration can never touch
-/// freed memory (a fork child simply stops using its parent's). Writes
-/// are atomic word stores, the file's readers `pread` it.
+/// `MAP_SHARED` as words for the rest of the process's life, at the
+/// address of `over` (an earlier mapping of this function, of the same
+/// `len`, replaced in one step: a writer racing the swap stores into one
+/// file or the other, never into unmapped memory) or where the kernel
+/// picks. Never unmapped. Writes are atomic word stores; the file's
+/// readers `pread` it.
 ///
-/// The caller keeps the file at least `len` bytes long while it is
-/// mapped: a store past its end would raise SIGBUS.
+/// The caller keeps the file at least `len` bytes long, and gives a page
+/// its blocks before storing into it (`fd::allocate_raw`): else a store
+/// raises SIGBUS.
 pub fn map_file_words(
     fd: rustix::fd::BorrowedFd<'_>,
     len: usize,
-) -> Result<&'static [std::sync::atomic::AtomicU64], Errno> {
-    assert!(len % 8 == 0);
-    // SAFETY: a fresh mapping at an address the kernel picks; it aliases
-    // nothing of ours.
+    over: Option<&'static [AtomicU64]>,
+) -> Result<&'static [AtomicU64], Errno> {
+    assert!(len % 8 == 0 && over.is_none_or(|o| o.len() * 8 == len));
+    let (at, fixed) = match over {
+        Some(o) => (o.as_ptr() as *mut c_void, MapFlags::FIXED),
+        None => (std::ptr::null_mut(), MapFlags::empty()),
+    };
+    // SAFETY: a fresh mapping where the kernel picks, or over `over`,
+    // which this function made with this length and nothing unmaps: its
+    // words stay mapped (now to `fd`'s file), and every access to them is
+    // an atomic, as to memory another process writes.
     let p = unsafe {
         rustix::mm::mmap(
-            std::ptr::null_mut(),
+            at,
             len,
             ProtFlags::READ | ProtFlags::WRITE,
-            MapFlags::SHARED,
+            MapFlags::SHARED | fixed,
             fd,
             0,
         )
@@ -95,5 +106,5 @@ pub fn map_file_words(
     // SAFETY: `len` bytes, page-aligned (so 8-aligned), mapped until the
     // process ends; AtomicU64 has u64's layout and any bytes are a valid
     // value; every access goes through the atomics.
-    Ok(unsafe { std::slice::from_raw_parts(p as *const std::sync::atomic::AtomicU64, len / 8) })
+    Ok(unsafe { std::slice::from_raw_parts(p as *const AtomicU64, len / 8) })
 }

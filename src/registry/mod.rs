@@ -56,9 +56,7 @@ use crate::os::{self, fd as osfd, proc, time::realtime_ns};
 use core::fmt;
 use rustix::fd::{AsFd, AsRawFd, BorrowedFd, IntoRawFd, RawFd};
 use std::sync::OnceLock;
-use std::sync::atomic::{
-    AtomicBool, AtomicI32, AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering::*,
-};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU8, AtomicU32, AtomicU64, Ordering::*};
 
 /// What happened to a connection.
 #[derive(Clone, Copy, Debug)]
@@ -114,14 +112,25 @@ static STATE: AtomicU8 = AtomicU8::new(IDLE);
 static FILE: AtomicI32 = AtomicI32::new(-1);
 static FILE_DEV: AtomicU64 = AtomicU64::new(0);
 static FILE_INO: AtomicU64 = AtomicU64::new(0);
-/// Our file's mappings (`os::page::map_file_words`), one per registration
-/// (a re-registration or a fork child's gets the next); `MAPPED` is the
-/// current one's number + 1 (0: none). Entries are stores into it: no
-/// system call, and nothing a reused descriptor number could misdirect.
-static MAPS: [OnceLock<&'static [AtomicU64]>; MAPS_MAX] = [const { OnceLock::new() }; MAPS_MAX];
-const MAPS_MAX: usize = 64;
-static MAPPED: AtomicUsize = AtomicUsize::new(0);
-static NEXT_MAP: AtomicUsize = AtomicUsize::new(0);
+/// Our file's mapping (`os::page::map_file_words`), made at the first
+/// registration; a later one (the program closed our descriptor, or a
+/// fork child's own file) maps its file over the same words. Entries are
+/// stores into it: no system call, and nothing a reused descriptor number
+/// could misdirect.
+static MAP: OnceLock<&'static [AtomicU64]> = OnceLock::new();
+/// Stores go into the mapping: a registration of ours is current (not in
+/// a fork child before its own, nor once the program closed our file).
+static ACTIVE: AtomicBool = AtomicBool::new(false);
+/// Pages of the mapped file that have their blocks: a store goes only into
+/// those (into a hole on a full file system it would raise SIGBUS).
+static PAGES: [AtomicU64; PAGE_WORDS] = [const { AtomicU64::new(0) }; PAGE_WORDS];
+const PAGE: u64 = 4096;
+const PAGE_WORDS: usize = (MAX_FILE_SIZE.div_ceil(PAGE) as usize).div_ceil(64);
+/// The descriptor being registered, for the header's page (FILE is -1
+/// until the registration is done).
+static REGISTERING: AtomicI32 = AtomicI32::new(-1);
+/// A thread writes the header (it spans words: two at once would mix).
+static HEADER_BUSY: AtomicBool = AtomicBool::new(false);
 /// Slots with an entry in our file: `forget` costs one load otherwise.
 static BITS: [AtomicU64; SLOTS / 64] = [const { AtomicU64::new(0) }; SLOTS / 64];
 static UNLISTED: AtomicU32 = AtomicU32::new(0);
@@ -289,8 +298,8 @@ pub fn forget_range(first: u32, last: u32) {
 /// be rewriting its file). A child of a process that never registered
 /// does nothing.
 pub fn after_fork() {
-    // The parent's mapping: stores there would land in its file.
-    MAPPED.store(0, Release);
+    // The parent's file is mapped: stores there would land in it.
+    ACTIVE.store(false, Release);
     let parent = FILE.swap(-1, AcqRel);
     if STATE.load(Acquire) != FAILED {
         STATE.store(IDLE, Release);
@@ -392,6 +401,8 @@ fn file() -> Option<RawFd> {
 /// The next event registers again, with every entry we hold in memory.
 fn lost() {
     if STATE.compare_exchange(READY, IDLE, AcqRel, Relaxed).is_ok() {
+        // The file's lock is free: another may take its name meanwhile.
+        ACTIVE.store(false, Release);
         FILE.store(-1, Release);
         crate::log!(
             crate::log::INFO,
@@ -446,32 +457,52 @@ fn register() -> Option<RawFd> {
     }
     // Registering again (the program closed our descriptor): our own file,
     // if we get it back, is mapped already and must never shrink.
-    let mapped =
-        (MAPPED.load(Acquire) != 0).then(|| (FILE_DEV.load(Acquire), FILE_INO.load(Acquire)));
-    let f = dir::create_file(dir.as_fd(), proc::getpid(), mapped)?;
+    let keep = MAP
+        .get()
+        .map(|_| (FILE_DEV.load(Acquire), FILE_INO.load(Acquire)));
+    let f = dir::create_file(dir.as_fd(), proc::getpid(), keep)?;
     let st = rustix::fs::fstat(&f).ok()?;
-    if Some((st.st_dev, st.st_ino)) != mapped {
-        rustix::fs::ftruncate(&f, MAX_FILE_SIZE).ok()?;
-        let i = NEXT_MAP.fetch_add(1, Relaxed);
-        let words = match os::page::map_file_words(f.as_fd(), MAX_FILE_SIZE as usize) {
+    rustix::fs::ftruncate(&f, MAX_FILE_SIZE).ok()?;
+    if Some((st.st_dev, st.st_ino)) != keep {
+        // Stores may reach the pages they reached before (a writer racing
+        // this swap): those get their blocks in the new file first.
+        let raw = f.as_raw_fd();
+        for (w, word) in PAGES.iter().enumerate() {
+            let mut bits = word.load(Acquire);
+            while bits != 0 {
+                let page = (w * 64) as u64 + u64::from(bits.trailing_zeros());
+                bits &= bits - 1;
+                if let Err(e) = osfd::allocate_raw(raw, page * PAGE, PAGE) {
+                    crate::log!(crate::log::INFO, "registry: cannot allocate our file: {e}");
+                    return None;
+                }
+            }
+        }
+        let over = MAP.get().copied();
+        let words = match os::page::map_file_words(f.as_fd(), MAX_FILE_SIZE as usize, over) {
             Ok(w) => w,
             Err(e) => {
                 crate::log!(crate::log::INFO, "registry: cannot map our file: {e}");
                 return None;
             }
         };
-        MAPS.get(i)?.set(words).ok()?;
+        let _ = MAP.set(words);
         FILE_DEV.store(st.st_dev, SeqCst);
         FILE_INO.store(st.st_ino, SeqCst);
-        MAPPED.store(i + 1, Release);
     }
+    ACTIVE.store(true, Release);
     CREATED_NS.store(realtime_ns(), Relaxed);
     let raw = f.into_raw_fd();
+    REGISTERING.store(raw, Release);
     write_header();
     Some(raw)
 }
 
 fn write_header() {
+    if HEADER_BUSY.swap(true, Acquire) {
+        // Another thread writes it now, with a count at most one behind.
+        return;
+    }
     let h = FileHeader {
         pid: proc::getpid(),
         uid: rustix::process::geteuid().as_raw(),
@@ -480,19 +511,30 @@ fn write_header() {
         comm: proc::thread_name(),
     };
     store(0, &encode_header(&h));
+    HEADER_BUSY.store(false, Release);
 }
 
-/// `bytes` into our file's mapping at `off` (8-byte aligned), if we have
-/// one. Async-signal-safe: word stores.
+/// `bytes` into our file's mapping at `off` (within one page), if a
+/// registration of ours is current and that page has its blocks.
+/// Async-signal-safe: word stores, and at most once per page an fstat and
+/// a fallocate.
 fn store(off: u64, bytes: &[u8]) {
-    let Some(words) = MAPPED
-        .load(Acquire)
-        .checked_sub(1)
-        .and_then(|i| MAPS.get(i))
-        .and_then(OnceLock::get)
-    else {
+    if !ACTIVE.load(Acquire) {
         return;
-    };
+    }
+    let Some(words) = MAP.get() else { return };
+    let page = off / PAGE;
+    // A hole reads as zeros already (a forgotten entry in a page never
+    // written).
+    let hole = PAGES
+        .get(page as usize / 64)
+        .is_some_and(|w| w.load(Acquire) & (1 << (page % 64)) == 0);
+    if hole && bytes.iter().all(|&b| b == 0) {
+        return;
+    }
+    if !page_ready(page) {
+        return;
+    }
     let first = off as usize / 8;
     for (w, chunk) in words.iter().skip(first).zip(bytes.chunks_exact(8)) {
         w.store(
@@ -500,6 +542,28 @@ fn store(off: u64, bytes: &[u8]) {
             Relaxed,
         );
     }
+}
+
+/// Whether `page` of our file has its blocks, giving it them if need be
+/// (a full file system: no, and the entry waits in the mirror).
+fn page_ready(page: u64) -> bool {
+    let (w, b) = (page as usize / 64, 1u64 << (page % 64));
+    let Some(word) = PAGES.get(w) else {
+        return false;
+    };
+    if word.load(Acquire) & b != 0 {
+        return true;
+    }
+    let f = match STATE.load(Acquire) {
+        // (Registering: its own descriptor, not yet published.)
+        BUSY => REGISTERING.load(Acquire),
+        _ => file().unwrap_or(-1),
+    };
+    if f < 0 || osfd::allocate_raw(f, page * PAGE, PAGE).is_err() {
+        return false;
+    }
+    word.fetch_or(b, Release);
+    true
 }
 
 /// Our copy of every entry, so that a fork child (whose parent may be
