@@ -217,22 +217,28 @@ fn set_contains(set: &Option<table::Guard>, fd: RawFd) -> bool {
     matches!(set.as_deref(), Some(Entry::Epoll(s)) if s.watches(&Shim, fd))
 }
 
+/// One epoll_wait call: the caller's epoll, array of `max` events and
+/// signal mask (null: none; installed only while the kernel waits).
+#[derive(Clone, Copy)]
+struct Wait {
+    epfd: c_int,
+    evs: *mut libc::epoll_event,
+    max: c_int,
+    deadline: Deadline,
+    mask: *const libc::sigset_t,
+}
+
 /// The kernel's epoll_wait, for an epoll without an emulated set but with
 /// clients awaiting their offer. One that attaches moves into the
 /// emulation, which reports it.
 ///
 /// # Safety
 /// As [`epoll_emulated`].
-unsafe fn epoll_settling(
-    epfd: c_int,
-    evs: *mut libc::epoll_event,
-    max: c_int,
-    deadline: Deadline,
-    mask: *const libc::sigset_t,
-) -> Hooked<c_int> {
+unsafe fn epoll_settling(w: Wait) -> Hooked<c_int> {
+    let (epfd, evs) = (w.epfd, w.evs);
     loop {
         // SAFETY: the caller's arguments.
-        let r = unsafe { real::epoll_pwait(epfd, evs, max, deadline.remaining_ms(), mask) };
+        let r = unsafe { real::epoll_pwait(epfd, evs, w.max, w.deadline.remaining_ms(), w.mask) };
         if r <= 0 {
             return Hooked::Done(r);
         }
@@ -250,26 +256,26 @@ unsafe fn epoll_settling(
         if moved && epoll_set(epfd).is_some() {
             // (Even past the deadline: it looks once.)
             // SAFETY: the caller's arguments.
-            return unsafe { epoll_emulated(epfd, evs, max, deadline, mask) };
+            return unsafe { epoll_emulated(w) };
         }
-        if deadline.expired() {
+        if w.deadline.expired() {
             return Hooked::Done(0);
         }
     }
 }
 
-/// Emulated epoll_wait if `epfd` watches accelerated fds. `mask` is
-/// installed only while the kernel waits (epoll_pwait).
+/// Emulated epoll_wait if `epfd` watches accelerated fds.
 ///
 /// # Safety
 /// `evs` valid for `max` events; `mask` null or valid.
-unsafe fn epoll_emulated(
-    epfd: c_int,
-    evs: *mut libc::epoll_event,
-    max: c_int,
-    deadline: Deadline,
-    mask: *const libc::sigset_t,
-) -> Hooked<c_int> {
+unsafe fn epoll_emulated(w: Wait) -> Hooked<c_int> {
+    let Wait {
+        epfd,
+        evs,
+        max,
+        deadline,
+        mask,
+    } = w;
     if max <= 0 || evs.is_null() {
         return Hooked::Real;
     }
@@ -279,7 +285,7 @@ unsafe fn epoll_emulated(
     let Some(g) = epoll_set(epfd) else {
         if epoll::pending::any() {
             // SAFETY: the caller's arguments.
-            return unsafe { epoll_settling(epfd, evs, max, deadline, mask) };
+            return unsafe { epoll_settling(w) };
         }
         return Hooked::Real;
     };
@@ -311,8 +317,9 @@ unsafe fn epoll_emulated(
 
 hook! {
     fn epoll_wait(epfd: c_int, evs: *mut libc::epoll_event, max: c_int, timeout: c_int) -> c_int {
+        let (deadline, mask) = (Deadline::after_ms(timeout), std::ptr::null());
         // SAFETY: the caller's arguments.
-        unsafe { epoll_emulated(epfd, evs, max, Deadline::after_ms(timeout), std::ptr::null()) }
+        unsafe { epoll_emulated(Wait { epfd, evs, max, deadline, mask }) }
     }
 }
 
@@ -324,8 +331,9 @@ hook! {
         timeout: c_int,
         mask: *const libc::sigset_t,
     ) -> c_int {
+        let deadline = Deadline::after_ms(timeout);
         // SAFETY: the caller's arguments.
-        unsafe { epoll_emulated(epfd, evs, max, Deadline::after_ms(timeout), mask) }
+        unsafe { epoll_emulated(Wait { epfd, evs, max, deadline, mask }) }
     }
 }
 
@@ -342,6 +350,6 @@ hook! {
             return Real;
         };
         // SAFETY: the caller's arguments.
-        unsafe { epoll_emulated(epfd, evs, max, deadline, mask) }
+        unsafe { epoll_emulated(Wait { epfd, evs, max, deadline, mask }) }
     }
 }
