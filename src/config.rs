@@ -10,6 +10,8 @@ pub static DISABLED: AtomicBool = AtomicBool::new(false);
 pub static RING_SIZE: AtomicUsize = AtomicUsize::new(DEFAULT_RING_SIZE);
 /// How long a blocked call spins on the ring before sleeping.
 pub static SPIN_NS: AtomicU64 = AtomicU64::new(DEFAULT_SPIN_US * 1000);
+/// `TSSS_OFFER=always`: a server offers every connection (`conn::offers`).
+pub static OFFER_ALWAYS: AtomicBool = AtomicBool::new(false);
 
 pub const DEFAULT_RING_SIZE: usize = 256 << 10;
 pub const DEFAULT_SPIN_US: u64 = 50;
@@ -24,6 +26,9 @@ pub struct Config {
     /// Where the registry goes (`XDG_RUNTIME_DIR`) is read by the shim's
     /// constructor without allocating (see `registry::configure`).
     pub registry: bool,
+    /// `TSSS_OFFER`: `always`, or (default) not to listeners whose
+    /// connections keep closing within milliseconds (`conn::offers`).
+    pub offer_always: bool,
     /// Messages about values that were ignored.
     pub warnings: Vec<String>,
 }
@@ -81,12 +86,23 @@ impl Config {
                 true
             }
         };
+        let offer_always = match get("TSSS_OFFER").as_deref() {
+            None | Some("" | "adaptive") => false,
+            Some("always") => true,
+            Some(v) => {
+                warnings.push(format!(
+                    "TSSS_OFFER={v} not understood (adaptive, always); using adaptive"
+                ));
+                false
+            }
+        };
         Config {
             disabled,
             log_level,
             ring_size,
             spin_us,
             registry,
+            offer_always,
             warnings,
         }
     }
@@ -97,6 +113,7 @@ impl Config {
         LOG_LEVEL.store(self.log_level, Relaxed);
         RING_SIZE.store(self.ring_size, Relaxed);
         SPIN_NS.store(self.spin_us * 1000, Relaxed);
+        OFFER_ALWAYS.store(self.offer_always, Relaxed);
     }
 }
 
@@ -120,6 +137,10 @@ pub fn ring_size() -> usize {
 
 pub fn spin_ns() -> u64 {
     SPIN_NS.load(Relaxed)
+}
+
+pub fn offer_always() -> bool {
+    OFFER_ALWAYS.load(Relaxed)
 }
 
 #[cfg(test)]
@@ -158,6 +179,8 @@ mod tests {
         assert!(!cfg(&[("TSSS_DISABLE", "0")]).disabled);
         assert!(c.registry);
         assert!(!cfg(&[("TSSS_REGISTRY", "off")]).registry);
+        assert!(!c.offer_always);
+        assert!(cfg(&[("TSSS_OFFER", "always")]).offer_always);
     }
 
     #[test]
@@ -166,9 +189,11 @@ mod tests {
             ("TSSS_RING_SIZE", "1000"),
             ("TSSS_LOG", "loud"),
             ("TSSS_SPIN_US", "x"),
+            ("TSSS_OFFER", "never"),
         ]);
         assert_eq!(c.ring_size, DEFAULT_RING_SIZE);
         assert_eq!(c.log_level, 1);
-        assert_eq!(c.warnings.len(), 3);
+        assert!(!c.offer_always);
+        assert_eq!(c.warnings.len(), 4);
     }
 }

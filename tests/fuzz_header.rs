@@ -991,7 +991,7 @@ fn setup(rng: &mut Rng, mode: Mode, dev_zero: RawFd, trace: bool) -> (Victim, Pe
         (conn, seg, caps)
     } else {
         tsss_core::config::RING_SIZE.store(pick_cap(rng), Relaxed);
-        let conn = Conn::server(bfd(fd), nonblock, uid()).expect("server conn");
+        let conn = Conn::server(bfd(fd), nonblock, uid(), -1).expect("server conn");
         let mut b = [0u8; HELLO_LEN];
         let (_, n) = rustix::net::recv(&ps, &mut b, RecvFlags::WAITALL).expect("HELLO");
         assert_eq!(n, HELLO_LEN);
@@ -1328,7 +1328,7 @@ fn known_bug_3_plain_send_on_broken_connection() {
     tune();
     let (vs, ps) = pair();
     let fd = vs.as_raw_fd();
-    let c = Conn::server(bfd(fd), true, uid()).expect("server");
+    let c = Conn::server(bfd(fd), true, uid(), -1).expect("server");
     let mut b = [0u8; HELLO_LEN];
     rustix::net::recv(&ps, &mut b, RecvFlags::WAITALL).expect("HELLO");
     let seg = Segment::attach(&Hello::decode(&b).unwrap(), uid()).expect("attach");

@@ -364,6 +364,38 @@ fn edge_triggered_eof_after_a_reply() {
     }
 }
 
+/// The default offer policy (`TSSS_OFFER=adaptive`): a listener whose
+/// connections keep closing within 2 ms of their accept stops offering,
+/// but for a probe now and then. etshut's connections (a request, a reply,
+/// a shutdown) live far less. Every one still gets its bytes; about 8 +
+/// 1 in 32 are offered (without the policy: all 640). Long-lived connections (the echo tests, with
+/// `always`) are unaffected by construction: only a close teaches.
+#[test]
+fn short_connections_are_not_offered() {
+    let d = TempDir::new("offers");
+    let sock = d.sock("s");
+    const N: usize = 640;
+    let n = N.to_string();
+    let mut p = Proc::spawn(
+        &Spec::app("etshut", "etshut", &[&sock, &n])
+            .preload(true)
+            .env("TSSS_LOG", "info")
+            .env("TSSS_OFFER", "adaptive"),
+    );
+    wait_all(&mut [&mut p], T60, "etshut");
+    assert_ok(&[&p]);
+    // (An offered connection may end before its server confirms: not
+    // every one offered logs "accelerated".)
+    let acc = count(&p.stderr(), "accelerated (server");
+    let offered = N - count(&p.stderr(), "closed within 2 ms");
+    assert!(
+        (8..=N / 4).contains(&offered) && acc >= 1,
+        "{offered} of {N} connections offered, {acc} accelerated (expected 8 and about 1 \
+         in 32; at most a quarter, for a loaded machine's slower connections)\n{}",
+        p.report()
+    );
+}
+
 #[test]
 fn epoll_echo_lt_one_byte() {
     echo("echo1", &["lt", "--one-byte"], "10", "200", "1000");

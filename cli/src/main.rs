@@ -211,6 +211,12 @@ const ENVIRONMENT: &[(&str, &str)] = &[
          (default on).",
     ),
     (
+        "TSSS_OFFER",
+        "adaptive (default): a server stops offering on a listener whose last 8 \
+         connections closed within 2 ms of their accept (one in 32 still is); \
+         always: every connection.",
+    ),
+    (
         "XDG_RUNTIME_DIR",
         "where the registry lives (its tsss subdirectory); /tmp/tsss-<uid> when unset.",
     ),

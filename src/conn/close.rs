@@ -4,6 +4,7 @@
 use super::state::Phase;
 use super::{Conn, Outcome};
 use crate::os::poll::kernel_view;
+use crate::os::time::now_ns;
 use crate::shm::protocol::{self, ReaderEnd, WriterEnd};
 use crate::sync::Ordering::{AcqRel, Acquire, Relaxed, Release, SeqCst};
 use rustix::event::PollFlags;
@@ -89,6 +90,9 @@ impl Conn {
         if self.sb().sharers.fetch_sub(1, SeqCst) > 1 {
             return;
         }
+        if self.listener >= 0 {
+            super::offers::closed(self.listener, now_ns().saturating_sub(self.born_ns));
+        }
         let tx = self.tx_ring(seg);
         let rx = self.rx_ring(seg);
         // Closing with unread data resets the peer, as in the kernel: ring
@@ -141,6 +145,9 @@ impl Conn {
         let Some(seg) = self.seg() else { return };
         if self.sb().sharers.fetch_sub(1, SeqCst) > 1 {
             return;
+        }
+        if self.listener >= 0 {
+            super::offers::closed(self.listener, now_ns().saturating_sub(self.born_ns));
         }
         let rx = self.rx_ring(seg);
         protocol::end_reads(rx.flags(), ReaderEnd::Released);

@@ -25,6 +25,7 @@ mod close;
 mod handover;
 mod listing;
 mod negotiate;
+pub mod offers;
 pub mod posts;
 mod query;
 mod rx;
@@ -176,6 +177,10 @@ pub struct Conn {
     ino: AtomicU64,
     /// Epoll watches of this process parked on us (see [`posts`]).
     parked: AtomicU32,
+    /// Server: the listening descriptor it was accepted on (-1: none, or
+    /// not accepted in this process) and when (`offers`).
+    listener: RawFd,
+    born_ns: u64,
 }
 
 /// Plain-phase state kept in the shared side block, loaded when its lock
@@ -284,11 +289,19 @@ impl Conn {
     /// A server socket whose peer carries the marker: creates the segment and
     /// sends HELLO. On error the connection stays plain; the reason is returned
     /// for the log.
-    pub fn server(fd: BorrowedFd<'_>, nonblock: bool, peer_uid: u32) -> Result<Conn, String> {
+    /// `listener`: the descriptor it was accepted on (see `offers`).
+    pub fn server(
+        fd: BorrowedFd<'_>,
+        nonblock: bool,
+        peer_uid: u32,
+        listener: RawFd,
+    ) -> Result<Conn, String> {
         let cap = config::ring_size();
         let me = rustix::process::geteuid().as_raw();
         let grant = (peer_uid != me).then_some(peer_uid);
-        let c = Self::new(fd, Role::Server, Phase::Offered, nonblock)?;
+        let mut c = Self::new(fd, Role::Server, Phase::Offered, nonblock)?;
+        c.listener = listener;
+        c.born_ns = now_ns();
         let (seg, hello) =
             Segment::create(cap, cap, grant).map_err(|e| format!("cannot create segment: {e}"))?;
         c.offer(fd, &hello)?;
@@ -328,6 +341,8 @@ impl Conn {
             spin: spin::SpinPolicy::default(),
             ino: AtomicU64::new(rustix::fs::fstat(fd).map_or(0, |st| st.st_ino)),
             parked: AtomicU32::new(0),
+            listener: -1,
+            born_ns: 0,
         })
     }
 

@@ -36,7 +36,7 @@ fn client(s: OwnedFd, nonblock: bool) -> End {
 
 fn server(s: OwnedFd, nonblock: bool) -> End {
     End {
-        c: Conn::server(s.as_fd(), nonblock, uid()).unwrap(),
+        c: Conn::server(s.as_fd(), nonblock, uid(), -1).unwrap(),
         s,
     }
 }

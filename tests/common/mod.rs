@@ -233,6 +233,10 @@ impl Proc {
             }
         }
         cmd.env("TSSS_LOG", "debug");
+        // Every connection offered, whatever its life: tests count their
+        // accelerated connections. (`conn::offers`' own test sets
+        // `adaptive`, the default.)
+        cmd.env("TSSS_OFFER", "always");
         if spec.preload {
             let l = lib();
             cmd.env(

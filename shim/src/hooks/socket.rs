@@ -11,7 +11,7 @@ use rustix::io::Errno;
 use std::borrow::Cow;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use tsss_core::conn::{Conn, Role, plain_from_start};
+use tsss_core::conn::{Conn, Role, offers, plain_from_start};
 use tsss_core::log::{DEBUG, INFO};
 use tsss_core::registry::{self, Event};
 use tsss_core::{log, wire};
@@ -132,8 +132,8 @@ hook! {
 }
 
 /// Server: the peer carries the marker of protocol `version`: offer it a
-/// segment (or log why not).
-fn offer(nfd: c_int, version: u16, flags: c_int) {
+/// segment (or log why not). `listener`: the accepting descriptor.
+fn offer(listener: c_int, nfd: c_int, version: u16, flags: c_int) {
     // SAFETY: accept just returned this descriptor to the caller, whose
     // call is being served.
     let bfd = unsafe { abi::fd(nfd) };
@@ -147,6 +147,11 @@ fn offer(nfd: c_int, version: u16, flags: c_int) {
             ),
         );
     }
+    if !offers::offer(listener) {
+        // Not listed either: such connections come and go by the thousand.
+        log!(INFO, "fd {nfd}: plain: {}", offers::why_not());
+        return;
+    }
     let uid = match rustix::net::sockopt::socket_peercred(bfd) {
         Ok(c) => c.uid.as_raw(),
         Err(e) => {
@@ -157,7 +162,7 @@ fn offer(nfd: c_int, version: u16, flags: c_int) {
             );
         }
     };
-    match Conn::server(bfd, flags & libc::SOCK_NONBLOCK != 0, uid) {
+    match Conn::server(bfd, flags & libc::SOCK_NONBLOCK != 0, uid, listener) {
         Ok(c) => {
             c.list(bfd);
             drop(table::insert(nfd, Entry::Conn(c)));
@@ -191,7 +196,7 @@ unsafe fn do_accept(fd: c_int, addr: *mut sockaddr, alen: *mut socklen_t, flags:
     if let Some(v) = is_marker(&ss, len) {
         // Without tsss the client would be unnamed.
         out_len = size_of::<libc::sa_family_t>() as socklen_t;
-        offer(nfd, v, flags);
+        offer(fd, nfd, v, flags);
     } else if ss.ss_family == libc::AF_UNIX as libc::sa_family_t
         && (log::enabled(INFO) || registry::enabled())
     {
