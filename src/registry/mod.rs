@@ -126,9 +126,6 @@ static ACTIVE: AtomicBool = AtomicBool::new(false);
 static PAGES: [AtomicU64; PAGE_WORDS] = [const { AtomicU64::new(0) }; PAGE_WORDS];
 const PAGE: u64 = 4096;
 const PAGE_WORDS: usize = (MAX_FILE_SIZE.div_ceil(PAGE) as usize).div_ceil(64);
-/// The descriptor being registered, for the header's page (FILE is -1
-/// until the registration is done).
-static REGISTERING: AtomicI32 = AtomicI32::new(-1);
 /// A thread writes the header (it spans words: two at once would mix).
 static HEADER_BUSY: AtomicBool = AtomicBool::new(false);
 /// Slots with an entry in our file: `forget` costs one load otherwise.
@@ -363,9 +360,10 @@ fn bit(slot: usize) -> u64 {
     1 << (slot % 64)
 }
 
-fn for_each_bit(mut f: impl FnMut(usize)) {
-    for (w, word) in BITS.iter().enumerate() {
-        let mut bits = word.load(Relaxed);
+/// Calls `f` with the number of each bit set in `map`.
+fn for_each_bit(map: &[AtomicU64], mut f: impl FnMut(usize)) {
+    for (w, word) in map.iter().enumerate() {
+        let mut bits = word.load(Acquire);
         while bits != 0 {
             f(w * 64 + bits.trailing_zeros() as usize);
             bits &= bits - 1;
@@ -436,7 +434,7 @@ fn ensure_registered() -> Option<RawFd> {
                 STATE.store(READY, SeqCst);
                 // Entries made before (a fork child's inherited ones, a
                 // re-registration's) or while we registered.
-                for_each_bit(|slot| store(slot_offset(slot), &mirror_load(slot)));
+                for_each_bit(&BITS, |slot| store(slot_offset(slot), &mirror_load(slot)));
                 return Some(fd);
             }
             _ => return None,
@@ -465,18 +463,19 @@ fn register() -> Option<RawFd> {
     rustix::fs::ftruncate(&f, MAX_FILE_SIZE).ok()?;
     if Some((st.st_dev, st.st_ino)) != keep {
         // Stores may reach the pages they reached before (a writer racing
-        // this swap): those get their blocks in the new file first.
+        // this swap): those get their blocks in the new file first, and
+        // the header's page, which this registration writes.
         let raw = f.as_raw_fd();
-        for (w, word) in PAGES.iter().enumerate() {
-            let mut bits = word.load(Acquire);
-            while bits != 0 {
-                let page = (w * 64) as u64 + u64::from(bits.trailing_zeros());
-                bits &= bits - 1;
-                if let Err(e) = osfd::allocate_raw(raw, page * PAGE, PAGE) {
-                    crate::log!(crate::log::INFO, "registry: cannot allocate our file: {e}");
-                    return None;
-                }
+        PAGES[0].fetch_or(1, Release);
+        let mut failed = None;
+        for_each_bit(&PAGES, |page| {
+            if let Err(e) = osfd::allocate_raw(raw, page as u64 * PAGE, PAGE) {
+                failed = Some(e);
             }
+        });
+        if let Some(e) = failed {
+            crate::log!(crate::log::INFO, "registry: cannot allocate our file: {e}");
+            return None;
         }
         let over = MAP.get().copied();
         let words = match os::page::map_file_words(f.as_fd(), MAX_FILE_SIZE as usize, over) {
@@ -493,7 +492,6 @@ fn register() -> Option<RawFd> {
     ACTIVE.store(true, Release);
     CREATED_NS.store(realtime_ns(), Relaxed);
     let raw = f.into_raw_fd();
-    REGISTERING.store(raw, Release);
     write_header();
     Some(raw)
 }
@@ -523,20 +521,14 @@ fn store(off: u64, bytes: &[u8]) {
         return;
     }
     let Some(words) = MAP.get() else { return };
-    let page = off / PAGE;
-    // A hole reads as zeros already (a forgotten entry in a page never
-    // written).
-    let hole = PAGES
-        .get(page as usize / 64)
-        .is_some_and(|w| w.load(Acquire) & (1 << (page % 64)) == 0);
-    if hole && bytes.iter().all(|&b| b == 0) {
-        return;
+    if page_ready(off / PAGE, bytes.iter().all(|&b| b == 0)) {
+        put_words(&words[off as usize / 8..], bytes);
     }
-    if !page_ready(page) {
-        return;
-    }
-    let first = off as usize / 8;
-    for (w, chunk) in words.iter().skip(first).zip(bytes.chunks_exact(8)) {
+}
+
+/// `bytes` (whole words) into the front of `words`.
+fn put_words(words: &[AtomicU64], bytes: &[u8]) {
+    for (w, chunk) in words.iter().zip(bytes.chunks_exact(8)) {
         w.store(
             u64::from_le_bytes(chunk.try_into().unwrap_or_default()),
             Relaxed,
@@ -546,7 +538,8 @@ fn store(off: u64, bytes: &[u8]) {
 
 /// Whether `page` of our file has its blocks, giving it them if need be
 /// (a full file system: no, and the entry waits in the mirror).
-fn page_ready(page: u64) -> bool {
+/// `zeros`: the store writes zeros, which a hole reads as already.
+fn page_ready(page: u64, zeros: bool) -> bool {
     let (w, b) = (page as usize / 64, 1u64 << (page % 64));
     let Some(word) = PAGES.get(w) else {
         return false;
@@ -554,11 +547,9 @@ fn page_ready(page: u64) -> bool {
     if word.load(Acquire) & b != 0 {
         return true;
     }
-    let f = match STATE.load(Acquire) {
-        // (Registering: its own descriptor, not yet published.)
-        BUSY => REGISTERING.load(Acquire),
-        _ => file().unwrap_or(-1),
-    };
+    // (The header's page got its blocks at registration, before FILE was
+    // published.)
+    let f = if zeros { -1 } else { file().unwrap_or(-1) };
     if f < 0 || osfd::allocate_raw(f, page * PAGE, PAGE).is_err() {
         return false;
     }
@@ -573,12 +564,7 @@ static MIRROR: [[AtomicU64; ENTRY_SIZE / 8]; SLOTS] =
     [const { [const { AtomicU64::new(0) }; ENTRY_SIZE / 8] }; SLOTS];
 
 fn mirror_store(slot: usize, b: &[u8; ENTRY_SIZE]) {
-    for (w, chunk) in MIRROR[slot].iter().zip(b.chunks_exact(8)) {
-        w.store(
-            u64::from_le_bytes(chunk.try_into().unwrap_or_default()),
-            Relaxed,
-        );
-    }
+    put_words(&MIRROR[slot], b);
 }
 
 fn mirror_load(slot: usize) -> [u8; ENTRY_SIZE] {
