@@ -90,9 +90,7 @@ impl Conn {
         if self.sb().sharers.fetch_sub(1, SeqCst) > 1 {
             return;
         }
-        if self.listener >= 0 {
-            super::offers::closed(self.listener, now_ns().saturating_sub(self.born_ns));
-        }
+        self.report_lifetime();
         let tx = self.tx_ring(seg);
         let rx = self.rx_ring(seg);
         // Closing with unread data resets the peer, as in the kernel: ring
@@ -146,9 +144,7 @@ impl Conn {
         if self.sb().sharers.fetch_sub(1, SeqCst) > 1 {
             return;
         }
-        if self.listener >= 0 {
-            super::offers::closed(self.listener, now_ns().saturating_sub(self.born_ns));
-        }
+        self.report_lifetime();
         let rx = self.rx_ring(seg);
         protocol::end_reads(rx.flags(), ReaderEnd::Released);
         self.wake_writers(fd, &rx);
@@ -247,5 +243,15 @@ impl Conn {
         let snd_other = (b.shut_wr.load(Acquire) && !b.tx_ring.load(Acquire))
             || protocol::reader_end(self.tx_ring(seg).flags()) == ReaderEnd::Shut;
         !rcv_other || !snd_other
+    }
+}
+
+impl Conn {
+    /// The server side's last process lets the connection go: how long it
+    /// lived, for the offers of its listener (`offers`).
+    fn report_lifetime(&self) {
+        if self.listener >= 0 {
+            super::offers::closed(self.listener, now_ns().saturating_sub(self.born_ns));
+        }
     }
 }

@@ -160,7 +160,7 @@ unsafe fn epoll_ctl_inner(
             }
         });
     };
-    if conn.awaits_offer() && (set.is_none() || !set_contains(&set, fd)) {
+    if conn.awaits_offer() && !set_contains(&set, fd) {
         // The kernel's until the client attaches (see `note_registration`).
         // SAFETY: the caller's arguments.
         if let Err(e) = unsafe { kernel_ctl(epfd, op, fd, ev, (events, data)) } {
