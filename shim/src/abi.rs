@@ -149,12 +149,40 @@ unsafe fn iovecs<'a>(iov: *const libc::iovec, cnt: c_int) -> Option<&'a [libc::i
     Some(raw)
 }
 
-/// One buffer as an iovec list of one.
-pub fn one_iov(buf: *mut libc::c_void, n: usize) -> libc::iovec {
-    libc::iovec {
-        iov_base: buf,
-        iov_len: n,
+/// One caller buffer as a list of one, without building an iovec array
+/// (the per-message path of read/write). `None` for a null buffer with a
+/// length: the kernel's EFAULT.
+///
+/// # Safety
+/// `buf` is readable for `n` bytes unless it is null.
+pub unsafe fn one_slice<'a>(buf: *const libc::c_void, n: usize) -> Option<[IoSlice<'a>; 1]> {
+    if n == 0 {
+        return Some([IoSlice::new(&[])]);
     }
+    if buf.is_null() {
+        return None;
+    }
+    // SAFETY: per the caller: non-null, n readable bytes.
+    Some([IoSlice::new(unsafe {
+        std::slice::from_raw_parts(buf.cast::<u8>(), n)
+    })])
+}
+
+/// [`one_slice`] for writable memory.
+///
+/// # Safety
+/// `buf` is writable for `n` bytes unless it is null.
+pub unsafe fn one_slice_mut<'a>(buf: *mut libc::c_void, n: usize) -> Option<[IoSliceMut<'a>; 1]> {
+    if n == 0 {
+        return Some([IoSliceMut::new(&mut [])]);
+    }
+    if buf.is_null() {
+        return None;
+    }
+    // SAFETY: per the caller: non-null, n writable bytes.
+    Some([IoSliceMut::new(unsafe {
+        std::slice::from_raw_parts_mut(buf.cast::<u8>(), n)
+    })])
 }
 
 /// A valid iovec array (0..=IOV_MAX entries) whose lengths are all zero.

@@ -366,10 +366,18 @@ impl Conn {
 
     /// This process's mapping of the segment, attaching it if another
     /// process of our side made or attached it.
+    #[inline]
     pub(super) fn seg(&self) -> Option<&Segment> {
-        if let Some(s) = self.seg.get() {
-            return Some(s);
+        match self.seg.get() {
+            Some(s) => Some(s),
+            None => self.seg_slow(),
         }
+    }
+
+    /// The segment is not mapped in this process yet: attach it if the
+    /// side block names one.
+    #[cold]
+    fn seg_slow(&self) -> Option<&Segment> {
         if !matches!(self.phase(), Phase::Offered | Phase::Attached) {
             return None;
         }

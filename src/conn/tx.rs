@@ -355,6 +355,7 @@ impl Conn {
     }
 
     /// Why a write must fail now (EPIPE), if it must.
+    #[inline]
     fn tx_error(&self, fd: BorrowedFd<'_>, ring: &Ring<'_>) -> Option<Errno> {
         // EPIPE even when the peer left our data unread: a Unix stream send
         // never reports the pending ECONNRESET (reads, poll and SO_ERROR
@@ -373,11 +374,17 @@ impl Conn {
         if k % 64 != 0 {
             return None;
         }
+        self.tx_liveness(fd)
+    }
+
+    /// Every 64th write: a look at the socket at most every LIVENESS_NS.
+    #[cold]
+    fn tx_liveness(&self, fd: BorrowedFd<'_>) -> Option<Errno> {
         let now = now_ns();
         if now >= self.next_live_check.load(Relaxed) {
             self.next_live_check.store(now + LIVENESS_NS, Relaxed);
             if self.peer_hung_up(fd) {
-                return fail();
+                return Some(Errno::PIPE);
             }
         }
         None

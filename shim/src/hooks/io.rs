@@ -3,7 +3,10 @@
 
 use super::accel;
 use super::addr::{hide_marker_in, peer_out};
-use crate::abi::{self, Hooked, iov_total_is_zero, one_iov, ssize_or_real, with_iov, with_iov_mut};
+use crate::abi::{
+    self, Hooked, iov_total_is_zero, one_slice, one_slice_mut, ssize_or_real, with_iov,
+    with_iov_mut,
+};
 use crate::real;
 use libc::{c_int, c_void, size_t, sockaddr, socklen_t, ssize_t};
 use rustix::fd::RawFd;
@@ -17,14 +20,12 @@ unsafe fn recv_one(fd: RawFd, buf: *mut c_void, n: size_t, flags: c_int) -> Hook
     let Some(c) = accel(fd) else {
         return Hooked::Real;
     };
-    let iov = one_iov(buf, n);
-    // SAFETY: one iovec built from the caller's buffer; the caller's fd.
-    let r = unsafe {
-        with_iov_mut(&iov, 1, |b| {
-            c.recv(abi::fd(fd), b, RecvOpts::from_flags(flags))
-        })
+    // SAFETY: the caller's buffer.
+    let Some(mut b) = (unsafe { one_slice_mut(buf, n) }) else {
+        return Hooked::Real;
     };
-    r.map_or(Hooked::Real, ssize_or_real)
+    // SAFETY: the caller's fd.
+    ssize_or_real(c.recv(unsafe { abi::fd(fd) }, &mut b, RecvOpts::from_flags(flags)))
 }
 
 /// send on one buffer.
@@ -35,14 +36,12 @@ unsafe fn send_one(fd: RawFd, buf: *const c_void, n: size_t, flags: c_int) -> Ho
     let Some(c) = accel(fd) else {
         return Hooked::Real;
     };
-    let iov = one_iov(buf as *mut c_void, n);
-    // SAFETY: one iovec built from the caller's buffer; the caller's fd.
-    let r = unsafe {
-        with_iov(&iov, 1, |b| {
-            c.send(abi::fd(fd), b, SendOpts::from_flags(flags))
-        })
+    // SAFETY: the caller's buffer.
+    let Some(b) = (unsafe { one_slice(buf, n) }) else {
+        return Hooked::Real;
     };
-    r.map_or(Hooked::Real, ssize_or_real)
+    // SAFETY: the caller's fd.
+    ssize_or_real(c.send(unsafe { abi::fd(fd) }, &b, SendOpts::from_flags(flags)))
 }
 
 hook! {
