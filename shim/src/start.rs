@@ -58,7 +58,7 @@ fn init() {
     unsafe {
         libc::pthread_atfork(
             Some(process::before_fork),
-            None,
+            Some(process::after_fork_parent),
             Some(process::in_fork_child),
         )
     };

@@ -17,9 +17,10 @@ pub fn plain_from_start(fd: BorrowedFd<'_>, role: Role, why: core::fmt::Argument
 }
 
 impl Conn {
-    /// Lists a new connection (at connect or accept) as it stands.
-    pub fn list(&self, fd: BorrowedFd<'_>) {
-        registry::connection_event(fd, self.registry_event());
+    /// Lists a new connection (at connect or accept) as it stands;
+    /// `peer`: its credentials, if the caller read them.
+    pub fn list(&self, fd: BorrowedFd<'_>, peer: Option<registry::PeerCred>) {
+        registry::connection_event_with(fd, self.registry_event(), peer);
     }
 
     /// What the registry should say of this connection now: for a new

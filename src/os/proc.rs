@@ -33,6 +33,30 @@ pub fn in_vfork_child() -> bool {
     getpid() != cached_pid()
 }
 
+/// [`in_vfork_child`] asked at most once per hook call: the answer costs
+/// a getpid(2), and one close asks the registry, the epoll hints and the
+/// fd table.
+#[derive(Default)]
+pub struct VforkCheck(std::cell::Cell<u8>);
+
+impl VforkCheck {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Whether we run in a vfork child.
+    pub fn yes(&self) -> bool {
+        match self.0.get() {
+            0 => {
+                let v = in_vfork_child();
+                self.0.set(1 + v as u8);
+                v
+            }
+            v => v == 2,
+        }
+    }
+}
+
 /// getpid(2), a real syscall.
 pub fn getpid() -> i32 {
     rustix::process::getpid().as_raw_nonzero().get()

@@ -170,6 +170,19 @@ fn runtime_dir() -> Option<&'static [u8]> {
 /// mapping, and kept in memory too (the mirror), for a fork child and for
 /// registering again.
 pub fn connection_event(fd: BorrowedFd<'_>, ev: Event<'_>) {
+    connection_event_with(fd, ev, None);
+}
+
+/// The peer's process and user, for a caller that read them already.
+#[derive(Clone, Copy, Debug)]
+pub struct PeerCred {
+    pub pid: i32,
+    pub uid: u32,
+}
+
+/// [`connection_event`] with the peer's credentials, if known (one
+/// SO_PEERCRED less).
+pub fn connection_event_with(fd: BorrowedFd<'_>, ev: Event<'_>, peer: Option<PeerCred>) {
     let raw = fd.as_raw_fd();
     if !enabled() || raw < 0 {
         return;
@@ -189,7 +202,7 @@ pub fn connection_event(fd: BorrowedFd<'_>, ev: Event<'_>) {
     }
     let _ = file();
     let now = realtime_ns();
-    let mut r = fresh(fd, ev.role(), now);
+    let mut r = fresh(fd, ev.role(), now, peer);
     apply(&mut r, ev, now);
     write_slot(slot, &r);
 }
@@ -204,7 +217,13 @@ pub fn changed(fd: RawFd, ev: Event<'_>) {
         return;
     }
     let slot = fd as usize;
-    if BITS[slot / 64].load(Relaxed) & bit(slot) == 0 || proc::in_vfork_child() {
+    if BITS[slot / 64].load(Relaxed) & bit(slot) == 0 {
+        return;
+    }
+    // A vfork child changes the connection in our memory, so the change
+    // is the connection's: no getpid for it, unless the write would
+    // register a file (named after the child).
+    if STATE.load(Relaxed) != READY && proc::in_vfork_child() {
         return;
     }
     let Some(mut r) = read_slot(slot).filter(|r| r.role == ev.role()) else {
@@ -237,13 +256,13 @@ fn apply(r: &mut Record, ev: Event<'_>, now: u64) {
 /// the program closing our own file (a daemon closing every descriptor):
 /// the next event registers again. One atomic load for a descriptor
 /// without an entry.
-pub fn forget(fd: RawFd) {
+pub fn forget(fd: RawFd, vfork: &proc::VforkCheck) {
     if fd < 0 {
         return;
     }
     if fd == FILE.load(Relaxed) {
         // (A vfork child's close of it closes its own copy only.)
-        if !proc::in_vfork_child() {
+        if !vfork.yes() {
             lost();
         }
         return;
@@ -254,7 +273,7 @@ pub fn forget(fd: RawFd) {
     }
     // A vfork child has its own descriptors but our memory: its closes
     // are not ours.
-    if proc::in_vfork_child() {
+    if vfork.yes() {
         return;
     }
     BITS[slot / 64].fetch_and(!bit(slot), SeqCst);
@@ -265,9 +284,10 @@ pub fn forget(fd: RawFd) {
 /// [`forget`] for every descriptor in `first..=last` (close_range,
 /// closefrom).
 pub fn forget_range(first: u32, last: u32) {
+    let vfork = proc::VforkCheck::new();
     let f = FILE.load(Relaxed);
     if f >= 0 && (first..=last).contains(&(f as u32)) {
-        if proc::in_vfork_child() {
+        if vfork.yes() {
             return;
         }
         lost();
@@ -283,7 +303,7 @@ pub fn forget_range(first: u32, last: u32) {
             let slot = w * 64 + bits.trailing_zeros() as usize;
             bits &= bits - 1;
             if (first as usize..=last).contains(&slot) {
-                forget(slot as RawFd);
+                forget(slot as RawFd, &vfork);
             }
         }
     }
@@ -350,7 +370,7 @@ pub fn after_exec(adopted: &[(BorrowedFd<'_>, Event<'_>)]) {
             .flatten()
             .filter(|r| r.role == ev.role() && seg.is_none_or(|id| r.shmid == id));
         // Not found: listed as new, from this state on.
-        let mut r = prev.unwrap_or_else(|| fresh(fd, ev.role(), now));
+        let mut r = prev.unwrap_or_else(|| fresh(fd, ev.role(), now, None));
         apply(&mut r, ev, now);
         write_slot(slot, &r);
     }
@@ -593,7 +613,7 @@ fn write_slot(slot: usize, r: &Record) {
 }
 
 /// A new entry: the server's address and the peer, from the socket.
-fn fresh(sock: BorrowedFd<'_>, role: Role, now: u64) -> Record {
+fn fresh(sock: BorrowedFd<'_>, role: Role, now: u64, peer: Option<PeerCred>) -> Record {
     let mut r = Record::new(sock.as_raw_fd(), role, now);
     // The server's name: our own for the server, the peer's for a client.
     let addr = match role {
@@ -609,9 +629,16 @@ fn fresh(sock: BorrowedFd<'_>, role: Role, now: u64) -> Record {
             r.set_addr(Transport::Unnamed, &[]);
         }
     }
-    if let Ok(c) = rustix::net::sockopt::socket_peercred(sock) {
-        r.peer_pid = c.pid.as_raw_nonzero().get();
-        r.peer_uid = c.uid.as_raw();
+    let peer = peer.or_else(|| {
+        let c = rustix::net::sockopt::socket_peercred(sock).ok()?;
+        Some(PeerCred {
+            pid: c.pid.as_raw_nonzero().get(),
+            uid: c.uid.as_raw(),
+        })
+    });
+    if let Some(c) = peer {
+        r.peer_pid = c.pid;
+        r.peer_uid = c.uid;
     }
     r
 }

@@ -7,15 +7,16 @@ use crate::real;
 use crate::table::{self, Entry};
 use libc::{c_int, c_ulong};
 use rustix::fd::RawFd;
+use tsss_core::os::proc::VforkCheck;
 use tsss_core::readiness::epoll;
 use tsss_core::registry;
 
 /// Forgets `fd` before the kernel closes it: the connection ends (for
 /// this process) when its last descriptor goes. Runs while `fd` still
 /// names the socket, since ending may ring the peer's doorbell on it.
-pub(crate) fn forget_fd(fd: c_int) {
+pub(crate) fn forget_fd(fd: c_int, vfork: &VforkCheck) {
     // A vfork child's close must not change its parent's table.
-    if table::get(fd).is_none() || tsss_core::os::proc::in_vfork_child() {
+    if table::get(fd).is_none() || vfork.yes() {
         return;
     }
     if let Some(g) = table::remove(fd)
@@ -60,16 +61,17 @@ fn is_open(fd: RawFd) -> bool {
 /// dup2/dup3: `new` is closed first, unless the call would fail; then it
 /// names what `old` names. The fcntl probe only for a `new` we track.
 fn dup_onto(old: c_int, new: c_int, call: impl FnOnce() -> c_int) -> c_int {
+    let vfork = VforkCheck::new();
     if old != new && table::get(new).is_some() && is_open(old) {
-        forget_fd(new);
+        forget_fd(new, &vfork);
     }
     let r = call();
     if r >= 0 {
         if old != new {
             // What `new` named is gone: its registry entry too (one load
             // if it had none).
-            registry::forget(new);
-            epoll::forget_hint(new);
+            registry::forget(new, &vfork);
+            epoll::forget_hint(new, &vfork);
         }
         alias_fd(old, r);
     }
@@ -79,9 +81,10 @@ fn dup_onto(old: c_int, new: c_int, call: impl FnOnce() -> c_int) -> c_int {
 hook! {
     fn close(fd: c_int) -> c_int {
         // The registry entry goes with the descriptor (one load if none).
-        registry::forget(fd);
-        epoll::forget_hint(fd);
-        forget_fd(fd);
+        let vfork = VforkCheck::new();
+        registry::forget(fd, &vfork);
+        epoll::forget_hint(fd, &vfork);
+        forget_fd(fd, &vfork);
         Real
     }
 }
@@ -115,8 +118,9 @@ hook! {
         if flags & libc::CLOSE_RANGE_CLOEXEC as c_int == 0 && first <= last {
             registry::forget_range(first, last);
             epoll::forget_hints(first, last);
+            let vfork = VforkCheck::new();
             for fd in table::fds_in(first, last) {
-                forget_fd(fd);
+                forget_fd(fd, &vfork);
             }
         }
         Real
@@ -128,8 +132,9 @@ hook! {
         if let Ok(first) = u32::try_from(low) {
             registry::forget_range(first, u32::MAX);
             epoll::forget_hints(first, u32::MAX);
+            let vfork = VforkCheck::new();
             for fd in table::fds_in(first, u32::MAX) {
-                forget_fd(fd);
+                forget_fd(fd, &vfork);
             }
         }
         Real

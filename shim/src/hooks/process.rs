@@ -7,13 +7,21 @@ use tsss_core::readiness::epoll::pending;
 
 /// A child about to be forked will share every connection.
 pub(crate) extern "C" fn before_fork() {
+    tsss_core::os::page::note_fork();
     table::for_each_conn(|_, c| c.before_fork());
+}
+
+/// In the parent, after the fork: pages made since `before_fork` may be
+/// the child's too.
+pub(crate) extern "C" fn after_fork_parent() {
+    tsss_core::os::page::note_fork();
 }
 
 /// The pid cache (`os::proc::cached_pid`, also the ShmLock holder's id) is
 /// the child's own from here on, and so is its registry file.
 pub(crate) extern "C" fn in_fork_child() {
     tsss_core::os::proc::set_cached_pid();
+    tsss_core::os::page::forget_pool_in_child();
     pending::after_fork();
     // The child lists its inherited connections in a file of its own.
     tsss_core::registry::after_fork();
@@ -49,6 +57,8 @@ hook! {
         let pid = unsafe { real::_Fork() };
         if pid == 0 {
             in_fork_child();
+        } else {
+            after_fork_parent();
         }
         Done(pid)
     }

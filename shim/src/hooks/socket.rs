@@ -119,7 +119,7 @@ hook! {
         let e = errno();
         let connected = r == 0 || e == libc::EINPROGRESS;
         if let (true, Some(c)) = (connected, conn) {
-            c.list(bfd);
+            c.list(bfd, None);
             drop(table::insert(fd, Entry::Conn(c)));
             log!(DEBUG, "fd {fd}: connected with the tsss marker; waiting for the server's offer");
             super::epoll::note_registration(fd);
@@ -152,8 +152,11 @@ fn offer(listener: c_int, nfd: c_int, version: u16, flags: c_int) {
         log!(INFO, "fd {nfd}: plain: {}", offers::why_not());
         return;
     }
-    let uid = match rustix::net::sockopt::socket_peercred(bfd) {
-        Ok(c) => c.uid.as_raw(),
+    let peer = match rustix::net::sockopt::socket_peercred(bfd) {
+        Ok(c) => registry::PeerCred {
+            pid: c.pid.as_raw_nonzero().get(),
+            uid: c.uid.as_raw(),
+        },
         Err(e) => {
             return plain_from_start(
                 bfd,
@@ -162,9 +165,9 @@ fn offer(listener: c_int, nfd: c_int, version: u16, flags: c_int) {
             );
         }
     };
-    match Conn::server(bfd, flags & libc::SOCK_NONBLOCK != 0, uid, listener) {
+    match Conn::server(bfd, flags & libc::SOCK_NONBLOCK != 0, peer.uid, listener) {
         Ok(c) => {
-            c.list(bfd);
+            c.list(bfd, Some(peer));
             drop(table::insert(nfd, Entry::Conn(c)));
         }
         Err(why) => plain_from_start(bfd, Role::Server, format_args!("{why}")),

@@ -8,7 +8,7 @@ use super::pending::{self, KernelReg};
 use super::{EPOLLERR, EPOLLHUP, EPOLLRDHUP, EpollSet, IN_BITS};
 use crate::conn::{self, Conn};
 use crate::os::poll::epoll_ctl;
-use crate::os::proc::in_vfork_child;
+use crate::os::proc::{VforkCheck, in_vfork_child};
 use crate::readiness::Lookup;
 use rustix::fd::RawFd;
 use rustix::io::Errno;
@@ -75,12 +75,11 @@ pub fn note_epoll_ctl(epfd: RawFd, op: i32, fd: RawFd, events: u32, data: u64) {
 /// Async-signal-safe. (A vfork child's close clears its parent's hint:
 /// only a socket added to an epoll before it connects needs one, and
 /// the window is that short.)
-pub fn forget_hint(fd: RawFd) {
+pub fn forget_hint(fd: RawFd, vfork: &VforkCheck) {
     if let Some(i) = hint_slot(fd) {
         HINT_EPFD[i].store(0, Relaxed);
     }
-    // Such an fd is in the fd table: its close pays this getpid already.
-    if pending::maybe(fd) && !in_vfork_child() {
+    if pending::maybe(fd) && !vfork.yes() {
         pending::forget(fd);
     }
 }
@@ -240,7 +239,7 @@ mod tests {
         note_epoll_ctl(5, libc::EPOLL_CTL_DEL, 21, 0, 0);
         assert_eq!(registration_before_connect(21), None);
         note_epoll_ctl(5, libc::EPOLL_CTL_ADD, 22, 1, 1);
-        forget_hint(22);
+        forget_hint(22, &VforkCheck::new());
         assert_eq!(registration_before_connect(22), None);
         note_epoll_ctl(5, libc::EPOLL_CTL_ADD, 23, 1, 1);
         forget_hints(0, u32::MAX);
