@@ -34,6 +34,9 @@ pub(super) struct Watch<R> {
     pub(super) parked: bool,
     /// The look that last evaluated it (one report per look).
     pub(super) seen: u64,
+    /// The first look of its current idle streak (0: it was ready at
+    /// its last look).
+    pub(super) idle_from: u64,
     /// What the private epoll reported for it, and for which look.
     pub(super) hit: Option<(PollFlags, u64)>,
 }
