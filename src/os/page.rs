@@ -93,8 +93,9 @@ impl Pool {
     }
 }
 
-/// Before and after a fork, in the parent: pages in use now are never
-/// reused (the child may share them); pooled ones stay the parent's.
+/// Before a fork, and after it in both processes: pages in use now are
+/// never reused (the other process may share them), not even one made
+/// between the count before and the fork; pooled ones stay the parent's.
 pub fn note_fork() {
     PAGES.note_fork();
 }

@@ -600,10 +600,13 @@ impl<R: Deref<Target = Conn> + Clone> EpollSet<R> {
     /// looks: those a look that reports may park.
     fn long_idle(&self, idle: &mut Vec<(RawFd, u64)>) {
         let ws = self.lock();
+        // Another thread's look since ours makes ours stale: not parked.
         idle.retain(|(fd, look)| {
-            ws.by_fd
-                .get(fd)
-                .is_some_and(|w| w.idle_from != 0 && look - w.idle_from >= PARK_AFTER_LOOKS)
+            ws.by_fd.get(fd).is_some_and(|w| {
+                w.seen == *look
+                    && w.idle_from != 0
+                    && look.saturating_sub(w.idle_from) >= PARK_AFTER_LOOKS
+            })
         });
     }
 

@@ -217,13 +217,7 @@ pub fn changed(fd: RawFd, ev: Event<'_>) {
         return;
     }
     let slot = fd as usize;
-    if BITS[slot / 64].load(Relaxed) & bit(slot) == 0 {
-        return;
-    }
-    // A vfork child changes the connection in our memory, so the change
-    // is the connection's: no getpid for it, unless the write would
-    // register a file (named after the child).
-    if STATE.load(Relaxed) != READY && proc::in_vfork_child() {
+    if BITS[slot / 64].load(Relaxed) & bit(slot) == 0 || proc::in_vfork_child() {
         return;
     }
     let Some(mut r) = read_slot(slot).filter(|r| r.role == ev.role()) else {
@@ -395,8 +389,6 @@ fn slot_offset(slot: usize) -> u64 {
     (HEADER_SIZE + slot * ENTRY_SIZE) as u64
 }
 
-/// A vfork child shares our memory (and this registry's state) but not
-/// our descriptors: it must change nothing here.
 /// Our file, if registered and still ours. One the program closed behind
 /// our back (a raw close syscall) is lost: the next event registers again.
 fn file() -> Option<RawFd> {

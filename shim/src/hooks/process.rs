@@ -21,6 +21,9 @@ pub(crate) extern "C" fn after_fork_parent() {
 /// the child's own from here on, and so is its registry file.
 pub(crate) extern "C" fn in_fork_child() {
     tsss_core::os::proc::set_cached_pid();
+    // As in the parent: a page made after `before_fork`'s count (another
+    // thread, before the fork itself) is the parent's too.
+    tsss_core::os::page::note_fork();
     tsss_core::os::page::forget_pool_in_child();
     pending::after_fork();
     // The child lists its inherited connections in a file of its own.
