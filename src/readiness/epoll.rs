@@ -575,7 +575,10 @@ impl<R: Deref<Target = Conn> + Clone> EpollSet<R> {
     /// bounded) and those ready already (no doorbell will come for them)
     /// leave `idle` and stay hot; the rest may be parked.
     fn arm_idle(&self, idle: &mut Vec<(RawFd, u64)>) -> Armed {
-        let ws = self.lock();
+        Self::arm_in(&self.lock(), idle)
+    }
+
+    fn arm_in(ws: &Watches<R>, idle: &mut Vec<(RawFd, u64)>) -> Armed {
         let (mut capped, mut ready) = (false, false);
         for (fd, _) in idle.iter() {
             if let Some(w) = ws.by_fd.get(fd) {
@@ -596,18 +599,24 @@ impl<R: Deref<Target = Conn> + Clone> EpollSet<R> {
         Armed { capped, ready }
     }
 
-    /// Keeps in `idle` only the watches idle for [`PARK_AFTER_LOOKS`]
-    /// looks: those a look that reports may park.
-    fn long_idle(&self, idle: &mut Vec<(RawFd, u64)>) {
-        let ws = self.lock();
+    /// After a look that reported: arms and parks, under one lock, only
+    /// the watches idle for [`PARK_AFTER_LOOKS`] looks; the others stay
+    /// hot and unarmed.
+    fn park_long_idle(&self, idle: &mut Vec<(RawFd, u64)>) {
+        let mut guard = self.lock();
         // Another thread's look since ours makes ours stale: not parked.
         idle.retain(|(fd, look)| {
-            ws.by_fd.get(fd).is_some_and(|w| {
+            guard.by_fd.get(fd).is_some_and(|w| {
                 w.seen == *look
                     && w.idle_from != 0
                     && look.saturating_sub(w.idle_from) >= PARK_AFTER_LOOKS
             })
         });
+        if idle.is_empty() {
+            return;
+        }
+        Self::arm_in(&guard, idle);
+        Self::park_in(&mut guard, idle);
     }
 
     /// Parks the idle watches, armed and found still idle since. One that
@@ -616,8 +625,10 @@ impl<R: Deref<Target = Conn> + Clone> EpollSet<R> {
     /// the look (a look that served the rings first) has news: they stay
     /// hot.
     fn park_idle(&self, idle: &mut Vec<(RawFd, u64)>) {
-        let mut guard = self.lock();
-        let ws = &mut *guard;
+        Self::park_in(&mut self.lock(), idle);
+    }
+
+    fn park_in(ws: &mut Watches<R>, idle: &mut Vec<(RawFd, u64)>) {
         for (fd, look) in idle.drain(..) {
             if let Some(w) = ws.by_fd.get_mut(&fd)
                 && w.hot

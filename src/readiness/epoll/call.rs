@@ -107,9 +107,7 @@ where
             }
         }
         if n > 0 && !self.idle.is_empty() {
-            self.set.long_idle(&mut self.idle);
-            self.set.arm_idle(&mut self.idle);
-            self.set.park_idle(&mut self.idle);
+            self.set.park_long_idle(&mut self.idle);
         }
         Ok(n)
     }
