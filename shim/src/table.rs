@@ -47,6 +47,10 @@ pub const MAX_FD: usize = L1 * L2;
 type Chunk = [AtomicPtr<Node>; L2];
 
 static TABLE: [AtomicPtr<Chunk>; L1] = [const { AtomicPtr::new(ptr::null_mut()) }; L1];
+/// One past the highest TABLE index that may hold a chunk: scans stop
+/// there, so a process that never had an entry (a shell, a compiler)
+/// reads nothing of the table at fork, exec or exit.
+static END: AtomicUsize = AtomicUsize::new(0);
 static FREE: Mutex<Vec<&'static Node>> = Mutex::new(Vec::new());
 
 /// Runs `f` on the free list, inside a signal section: a handler that
@@ -66,6 +70,7 @@ fn slot(fd: i32, create: bool) -> Option<&'static AtomicPtr<Node>> {
         if !create {
             return None;
         }
+        END.fetch_max((fd >> L2_BITS) + 1, AcqRel);
         let fresh: Box<Chunk> = Box::new([const { AtomicPtr::new(ptr::null_mut()) }; L2]);
         let fresh = Box::into_raw(fresh);
         chunk = match top.compare_exchange(ptr::null_mut(), fresh, AcqRel, Acquire) {
@@ -233,6 +238,12 @@ pub fn fds_in(first: u32, last: u32) -> Vec<i32> {
     out
 }
 
+/// Whether no descriptor ever had an entry: nothing to tell at fork or
+/// exit.
+pub fn never_used() -> bool {
+    END.load(Acquire) == 0
+}
+
 /// Removes `fd`'s entry; the returned guard holds what the slot held.
 pub fn remove(fd: i32) -> Option<Guard> {
     let s = slot(fd, false)?;
@@ -260,8 +271,12 @@ pub fn remove_conn(fd: i32, conn: &Conn) {
 /// Each entry is held while `f` runs: another thread may close its fd.
 pub fn for_each_conn(mut f: impl FnMut(i32, &Conn)) {
     static PASS: AtomicUsize = AtomicUsize::new(0);
+    let end = END.load(Acquire);
+    if end == 0 {
+        return;
+    }
     let pass = PASS.fetch_add(1, Relaxed) + 1;
-    for (i, top) in TABLE.iter().enumerate() {
+    for (i, top) in TABLE[..end].iter().enumerate() {
         let chunk = top.load(Acquire);
         if chunk.is_null() {
             continue;

@@ -33,7 +33,7 @@ pub(crate) extern "C" fn in_fork_child() {
 /// exit() (or a return from main): the peers' writes to us fail from now
 /// on (see `Conn::process_exiting`). A vfork child's exit is not ours.
 pub(crate) extern "C" fn exiting() {
-    if !in_vfork_child() {
+    if !table::never_used() && !in_vfork_child() {
         // SAFETY: the table's descriptors are open until the kernel closes
         // them after the exit handlers.
         table::for_each_conn(|fd, c| c.process_exiting(unsafe { abi::fd(fd) }));
@@ -44,7 +44,7 @@ pub(crate) extern "C" fn exiting() {
 /// first, as close() does, so that a peer's next write fails at once
 /// rather than when it next looks at the socket.
 fn exiting_now() {
-    if !in_vfork_child() {
+    if !table::never_used() && !in_vfork_child() {
         // SAFETY: as above, open until the kernel closes them.
         table::for_each_conn(|fd, c| c.close(unsafe { abi::fd(fd) }));
     }
