@@ -45,19 +45,19 @@ pub struct Pool {
     pages: [AtomicPtr<c_void>; POOL],
     /// Bumped just before and just after each fork (a page made in
     /// between may be shared or not: either way it is never reused).
-    forks: AtomicU64,
+    forks: &'static AtomicU64,
 }
 
 const POOL: usize = 16;
 
 /// The process's pool.
-static PAGES: Pool = Pool::new();
+static PAGES: Pool = Pool::new(super::proc::fork_counter());
 
 impl Pool {
-    const fn new() -> Pool {
+    const fn new(forks: &'static AtomicU64) -> Pool {
         Pool {
             pages: [const { AtomicPtr::new(std::ptr::null_mut()) }; POOL],
-            forks: AtomicU64::new(0),
+            forks,
         }
     }
 
@@ -84,6 +84,10 @@ impl Pool {
 
     fn forget_in_child(&self) {
         for slot in &self.pages {
+            // A load first: an empty pool's page is left uncopied.
+            if slot.load(Relaxed).is_null() {
+                continue;
+            }
             let p = slot.swap(std::ptr::null_mut(), Relaxed);
             if !p.is_null() {
                 // SAFETY: a pooled page: mapped, and referenced by nothing.
@@ -224,7 +228,8 @@ mod tests {
     #[test]
     fn pages_are_reused_zeroed_unless_a_fork_came_between() {
         // A pool of its own: other tests make pages concurrently.
-        static POOL_T: Pool = Pool::new();
+        static FORKS_T: AtomicU64 = AtomicU64::new(0);
+        static POOL_T: Pool = Pool::new(&FORKS_T);
         let new = || SharedPage::<Words>::new_in(&POOL_T).unwrap();
         let a = new();
         a.0[7].store(42, Relaxed);

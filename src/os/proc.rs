@@ -2,24 +2,68 @@
 
 use super::errno::errno_kept;
 use rustix::io::Errno;
-use std::sync::atomic::{AtomicI32, Ordering::Relaxed};
+use std::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, Ordering::*, fence};
 
-/// This process's id (0: not recorded). Set, never filled lazily: a vfork
-/// child shares our memory and would write its own pid into ours.
-static PID: AtomicI32 = AtomicI32::new(0);
+/// What a fork child's handler writes, on one line: the child's copy of
+/// the page costs one fault, not two (most children exec at once).
+#[repr(C, align(64))]
+struct Identity {
+    /// This process's id (0: not recorded). Set, never filled lazily: a
+    /// vfork child shares our memory and would write its own pid into ours.
+    pid: AtomicI32,
+    /// Counted before and after each fork, in both processes (see
+    /// `os::page`).
+    forks: AtomicU64,
+    /// Which state a fork child must see to ([`Setup`] bits, never
+    /// cleared): its handler reads this word, not pages it never wrote.
+    setup: AtomicU32,
+}
+
+static ME: Identity = Identity {
+    pid: AtomicI32::new(0),
+    forks: AtomicU64::new(0),
+    setup: AtomicU32::new(0),
+};
+
+/// State a fork child's handler deals with, if this process ever had it.
+#[derive(Clone, Copy)]
+pub enum Setup {
+    /// A client awaiting its offer was in a kernel epoll.
+    PendingEpoll = 1,
+}
+
+/// Notes that `what` is set up, before the state itself is touched: a
+/// fork child that sees the state sees the note too.
+pub fn note_setup(what: Setup) {
+    let bit = what as u32;
+    if ME.setup.load(Relaxed) & bit == 0 {
+        ME.setup.fetch_or(bit, Relaxed);
+        fence(SeqCst);
+    }
+}
+
+/// Whether `what` was ever set up in this process (or before its fork).
+pub fn was_set_up(what: Setup) -> bool {
+    ME.setup.load(Relaxed) & what as u32 != 0
+}
+
+/// The fork counter (see [`Identity::forks`]).
+pub(crate) const fn fork_counter() -> &'static AtomicU64 {
+    &ME.forks
+}
 
 /// Records getpid() as this process's id. The shim calls it at load and
 /// in every fork child (its atfork handler, and `_Fork`, which skips the
 /// handlers).
 pub fn set_cached_pid() {
-    PID.store(getpid(), Relaxed);
+    ME.pid.store(getpid(), Relaxed);
 }
 
 /// This process's id as recorded, or getpid() if none was (tsss-core
 /// without the shim). In a vfork child or a raw clone() child: its
 /// parent's.
 pub fn cached_pid() -> i32 {
-    match PID.load(Relaxed) {
+    match ME.pid.load(Relaxed) {
         0 => getpid(),
         p => p,
     }

@@ -309,10 +309,18 @@ pub fn forget_range(first: u32, last: u32) {
 /// be rewriting its file). A child of a process that never registered
 /// does nothing.
 pub fn after_fork() {
+    // Each store only if it changes something: the child is alone, and a
+    // store to an unchanged page costs it a copy (most children exec at
+    // once).
     // The parent's file is mapped: stores there would land in it.
-    ACTIVE.store(false, Release);
-    let parent = FILE.swap(-1, AcqRel);
-    if STATE.load(Acquire) != FAILED {
+    if ACTIVE.load(Relaxed) {
+        ACTIVE.store(false, Release);
+    }
+    let parent = FILE.load(Acquire);
+    if parent >= 0 {
+        FILE.store(-1, Release);
+    }
+    if !matches!(STATE.load(Acquire), FAILED | IDLE) {
         STATE.store(IDLE, Release);
     }
     if parent < 0 {

@@ -2,6 +2,7 @@
 //! (one per epoll), and by (epfd, data) to tell their events apart in a
 //! kernel epoll_wait's answer.
 
+use crate::os::proc::{self, Setup};
 use crate::signals::Critical;
 use rustix::fd::RawFd;
 use std::collections::HashMap;
@@ -45,6 +46,7 @@ fn with_regs<T: Default>(f: impl FnOnce(&mut Regs) -> T) -> T {
     if ORPHANED.load(Relaxed) {
         return T::default();
     }
+    proc::note_setup(Setup::PendingEpoll);
     let _section = Critical::enter();
     let mut g = REGS.lock().unwrap_or_else(|p| p.into_inner());
     let regs = g.get_or_insert_with(Regs::default);
@@ -64,6 +66,11 @@ static ORPHANED: AtomicBool = AtomicBool::new(false);
 /// signal deferred meanwhile would be copied into the child, and an
 /// allocator's own fork handlers could deadlock against it.
 pub fn after_fork() {
+    // A child of a process that never took the lock leaves its page
+    // alone (no copy, not even a read fault).
+    if !proc::was_set_up(Setup::PendingEpoll) {
+        return;
+    }
     match REGS.try_lock() {
         Ok(_) | Err(std::sync::TryLockError::Poisoned(_)) => {}
         Err(std::sync::TryLockError::WouldBlock) => {
