@@ -186,7 +186,8 @@ impl Conn {
     ) -> Outcome<(usize, ControlRecv)> {
         let o = RecvOpts::from_flags(flags);
         let mut out = MsgOut::default();
-        let plain = self.recv_plain_with(fd, o.dontwait, o.peek, |max| {
+        let want = bufs.iter().map(|b| b.len()).sum();
+        let plain = self.recv_plain_with(fd, o.dontwait, o.peek, want, |max| {
             let (n, got) = net::recvmsg(fd, &mut capped(bufs, max), name, control, flags)?;
             out = got;
             Ok(n)
@@ -308,6 +309,7 @@ impl Conn {
         fd: BorrowedFd<'_>,
         nonblock_call: bool,
         peek: bool,
+        want: usize,
         f: impl FnOnce(usize) -> Result<usize, Errno>,
     ) -> Option<(Result<usize, Errno>, bool)> {
         use super::state::Phase;
@@ -333,8 +335,14 @@ impl Conn {
                 {
                     return None;
                 }
-                let queued = rustix::io::ioctl_fionread(fd).unwrap_or(0) as usize;
-                // Bytes seen before the limit is published are data.
+                // Bytes seen before the limit is published are data; those
+                // a previous call saw still are. A program that sends every
+                // message with ancillary data never switches: it asks the
+                // kernel again only when they cannot fill the call.
+                let queued = match rx.plain_known {
+                    k if k > 0 && k >= want as u64 => k,
+                    _ => rustix::io::ioctl_fionread(fd).unwrap_or(0) as u64,
+                };
                 let limit = rx.limit.or_else(|| {
                     let l = self
                         .seg()
@@ -344,7 +352,10 @@ impl Conn {
                 });
                 let allowed = match limit {
                     Some(l) => rx.left_before(l).unwrap_or(0) as usize,
-                    None => queued,
+                    None => {
+                        rx.plain_known = queued;
+                        queued as usize
+                    }
                 };
                 let at_eof = allowed == 0
                     && limit.is_none()

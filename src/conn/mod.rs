@@ -130,6 +130,8 @@ struct RxState {
     plain_read: u64,
     /// The writer's published `switch_at`, once seen.
     limit: Option<u64>,
+    /// See `SideBlock::plain_known`.
+    plain_known: u64,
 }
 
 impl RxState {
@@ -195,12 +197,14 @@ impl SideState for RxState {
         RxState {
             plain_read: b.plain_read.load(Relaxed),
             limit: b.limit_plus1.load(Relaxed).checked_sub(1),
+            plain_known: b.plain_known.load(Relaxed),
         }
     }
     fn store(&self, b: &SideBlock) {
         b.plain_read.store(self.plain_read, Relaxed);
         b.limit_plus1
             .store(self.limit.map_or(0, |l| l + 1), Relaxed);
+        b.plain_known.store(self.plain_known, Relaxed);
     }
 }
 

@@ -75,6 +75,7 @@ impl Conn {
         self.remember_segment(&hello);
         let _ = self.seg.set(seg);
         rx.plain_read = 0;
+        rx.plain_known = 0;
         self.set_phase(Phase::Attached);
         super::ATTACHES.fetch_add(1, Release);
         if crate::readiness::epoll::pending::any() {
@@ -298,6 +299,7 @@ impl Conn {
     /// SIOCOUTQ.
     pub(super) fn read_plain(&self, rx: &mut RxState, n: u64) {
         rx.plain_read += n;
+        rx.plain_known = rx.plain_known.saturating_sub(n);
         if let Some(seg) = self.seg() {
             protocol::publish_plain_read(self.rx_ring(seg).flags(), rx.plain_read);
         }

@@ -55,6 +55,10 @@ pub struct SideBlock {
     pub plain_read: AtomicU64,
     pub limit_plus1: AtomicU64,
     pub plain_written: AtomicU64,
+    /// Unread plain bytes known to precede any switch point (a FIONREAD
+    /// taken while none was published, less what was read since); 0:
+    /// ask the kernel. Guarded by the rx lock.
+    pub plain_known: AtomicU64,
     /// The segment (from HELLO), so that any process of this side can
     /// attach it: the client may have attached in another process.
     pub seg_shmid: AtomicU64,
