@@ -144,12 +144,12 @@ impl<L: Lookup> Waiter for PollCall<'_, L> {
         self.conns
             .iter()
             .flatten()
-            .next()
-            .map_or(0, |c| c.spin_policy().budget())
+            .find(|c| c.input_on_ring())
+            .map_or(0, |c| c.read_spin_budget())
     }
 
     fn spun(&mut self, budget: u64, how: Spun) {
-        if let Some(c) = self.conns.iter().flatten().next() {
+        if let Some(c) = self.conns.iter().flatten().find(|c| c.input_on_ring()) {
             c.spin_policy().learn(budget, how);
         }
     }

@@ -11,6 +11,9 @@ use rustix::fd::RawFd;
 use rustix::io::Errno;
 use std::ops::Deref;
 
+/// How many idle watches a wait looks through for one to spin on.
+const SPINNER_CANDIDATES: usize = 4;
+
 /// Whether an idle watch would report now, from ring state alone.
 pub(super) fn quick_ready<R: Deref<Target = Conn>>(w: &Watch<R>) -> bool {
     if w.disabled {
@@ -119,14 +122,16 @@ where
     /// The most recently active idle watch's connection decides.
     fn spin_budget(&mut self) -> u64 {
         let ws = self.set.lock();
+        // The first of the next few idle watches whose input a spin can
+        // see (the ring's); a few, so that a long idle list costs nothing.
         self.spinner = self
             .idle
-            .first()
-            .and_then(|(fd, _)| ws.by_fd.get(fd))
+            .iter()
+            .take(SPINNER_CANDIDATES)
+            .filter_map(|(fd, _)| ws.by_fd.get(fd))
+            .find(|w| w.conn.input_on_ring())
             .map(|w| w.conn.clone());
-        self.spinner
-            .as_ref()
-            .map_or(0, |c| c.spin_policy().budget())
+        self.spinner.as_ref().map_or(0, |c| c.read_spin_budget())
     }
 
     fn spun(&mut self, budget: u64, how: Spun) {
