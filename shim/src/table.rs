@@ -221,7 +221,10 @@ pub fn alias(fd: i32, g: &Guard) {
 /// Descriptors in `first..=last` that have an entry.
 pub fn fds_in(first: u32, last: u32) -> Vec<i32> {
     let mut out = Vec::new();
-    let end = (last as usize).min(MAX_FD - 1);
+    let Some(past) = (END.load(Acquire) << L2_BITS).checked_sub(1) else {
+        return out;
+    };
+    let end = (last as usize).min(past);
     let mut fd = first as usize;
     while fd <= end {
         let chunk = TABLE[fd >> L2_BITS].load(Acquire);
