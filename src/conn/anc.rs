@@ -187,8 +187,9 @@ impl Conn {
         let o = RecvOpts::from_flags(flags);
         let mut out = MsgOut::default();
         let want = bufs.iter().map(|b| b.len()).sum();
-        let plain = self.recv_plain_with(fd, o.dontwait, o.peek, want, |max| {
-            let (n, got) = net::recvmsg(fd, &mut capped(bufs, max), name, control, flags)?;
+        let plain = self.recv_plain_with(fd, o.dontwait, o.peek, want, |max, dontwait| {
+            let fl = flags | if dontwait { libc::MSG_DONTWAIT } else { 0 };
+            let (n, got) = net::recvmsg(fd, &mut capped(bufs, max), name, control, fl)?;
             out = got;
             Ok(n)
         });
@@ -298,7 +299,8 @@ impl Conn {
 
     /// A receive that carries ancillary data (recvmsg with a control
     /// buffer) while our incoming direction is still a plain socket: runs
-    /// `f(max)`, the real recvmsg with its data capped at `max` bytes, so
+    /// `f(max, dontwait)`, the real recvmsg with its data capped at `max`
+    /// bytes (and MSG_DONTWAIT added if `dontwait`), so
     /// the kernel hands over descriptors and credentials itself and the
     /// switch point is never crossed. `None`: the direction runs over the
     /// ring. With the result: whether the call stopped exactly at the
@@ -310,10 +312,9 @@ impl Conn {
         nonblock_call: bool,
         peek: bool,
         want: usize,
-        f: impl FnOnce(usize) -> Result<usize, Errno>,
+        mut f: impl FnMut(usize, bool) -> Result<usize, Errno>,
     ) -> Option<(Result<usize, Errno>, bool)> {
         use super::state::Phase;
-        let mut f = Some(f);
         loop {
             {
                 let mut rx = self.lock_rx();
@@ -339,9 +340,10 @@ impl Conn {
                 // a previous call saw still are. A program that sends every
                 // message with ancillary data never switches: it asks the
                 // kernel again only when they cannot fill the call.
-                let queued = match rx.plain_known {
-                    k if k > 0 && k >= want as u64 => k,
-                    _ => rustix::io::ioctl_fionread(fd).unwrap_or(0) as u64,
+                let cached = rx.plain_known > 0 && rx.plain_known >= want as u64;
+                let queued = match cached {
+                    true => rx.plain_known,
+                    false => rustix::io::ioctl_fionread(fd).unwrap_or(0) as u64,
                 };
                 let limit = rx.limit.or_else(|| {
                     let l = self
@@ -364,8 +366,15 @@ impl Conn {
                         Ok((_, 0))
                     );
                 if allowed > 0 || at_eof {
-                    // At EOF the real call just returns 0.
-                    let r = (f.take()?)(allowed.max(1));
+                    // At EOF the real call just returns 0. An earlier call's
+                    // count must not block: if those bytes went behind our
+                    // back (another image reading the socket), ask anew.
+                    let trusted = cached && limit.is_none();
+                    let r = f(allowed.max(1), trusted);
+                    if trusted && r == Err(Errno::AGAIN) {
+                        rx.plain_known = 0;
+                        continue;
+                    }
                     let n = *r.as_ref().unwrap_or(&0) as u64;
                     let at_switch = limit.is_some_and(|l| rx.plain_read + n == l);
                     if !peek {
