@@ -355,20 +355,13 @@ impl Conn {
         &self.spin
     }
 
-    /// How long a poll or epoll wait for our input may spin on the ring
-    /// (ns). Nothing while that input still comes through the socket: a
-    /// spin on the ring cannot see it, and a burst of new connections, each
-    /// with its first request plain, paid a full spin per connection.
-    pub fn read_spin_budget(&self) -> u64 {
-        if !self.input_on_ring() {
-            return 0;
-        }
-        self.spin.budget()
-    }
-
-    /// Whether our input comes through the ring (every plain byte read).
-    pub fn input_on_ring(&self) -> bool {
-        self.sb().rx_ring.load(Relaxed)
+    /// Whether a spin on the rings can see what a poll or epoll wait wants
+    /// (input, room to write): not while that direction still runs over
+    /// the socket. A burst of new connections, each with its first request
+    /// plain, paid a full spin per connection.
+    pub fn ring_can_answer(&self, want_read: bool, want_write: bool) -> bool {
+        (want_read && self.sb().rx_ring.load(Relaxed))
+            || (want_write && self.sb().tx_ring.load(Relaxed))
     }
 
     fn sb(&self) -> &SideBlock {

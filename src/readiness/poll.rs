@@ -70,6 +70,8 @@ struct PollCall<'a, L: Lookup> {
     conns: Vec<Option<L::Ref>>,
     k: Vec<libc::pollfd>,
     mask: Option<&'a libc::sigset_t>,
+    /// The connection whose spin policy the current spin follows.
+    spinner: Option<usize>,
 }
 
 impl<L: Lookup> PollCall<'_, L> {
@@ -141,15 +143,17 @@ impl<L: Lookup> Waiter for PollCall<'_, L> {
     }
 
     fn spin_budget(&mut self) -> u64 {
-        self.conns
-            .iter()
-            .flatten()
-            .find(|c| c.input_on_ring())
-            .map_or(0, |c| c.read_spin_budget())
+        self.spinner = self.conns.iter().zip(self.fds.iter()).position(|(c, p)| {
+            let (r, w) = wants(p.events as i32);
+            c.as_ref().is_some_and(|c| c.ring_can_answer(r, w))
+        });
+        self.spinner
+            .and_then(|i| self.conns[i].as_ref())
+            .map_or(0, |c| c.spin_policy().budget())
     }
 
     fn spun(&mut self, budget: u64, how: Spun) {
-        if let Some(c) = self.conns.iter().flatten().find(|c| c.input_on_ring()) {
+        if let Some(c) = self.spinner.take().and_then(|i| self.conns[i].as_ref()) {
             c.spin_policy().learn(budget, how);
         }
     }
@@ -203,6 +207,7 @@ pub fn poll<L: Lookup>(
         conns,
         k,
         mask,
+        spinner: None,
     };
     sleep::wait(&mut call, deadline)
 }

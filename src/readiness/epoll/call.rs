@@ -119,19 +119,25 @@ where
         self.set.idle_ready(&self.idle)
     }
 
-    /// The most recently active idle watch's connection decides.
+    /// The connection of a recently active idle watch that a spin can
+    /// answer decides.
     fn spin_budget(&mut self) -> u64 {
         let ws = self.set.lock();
-        // The first of the next few idle watches whose input a spin can
-        // see (the ring's); a few, so that a long idle list costs nothing.
+        // The first of the next few idle watches whose events a spin can
+        // see (on a ring); a few, so that a long idle list costs nothing.
         self.spinner = self
             .idle
             .iter()
             .take(SPINNER_CANDIDATES)
             .filter_map(|(fd, _)| ws.by_fd.get(fd))
-            .find(|w| w.conn.input_on_ring())
+            .find(|w| {
+                let (r, wr) = (w.events & IN_BITS != 0, w.events & OUT_BITS != 0);
+                !w.disabled && w.conn.ring_can_answer(r, wr)
+            })
             .map(|w| w.conn.clone());
-        self.spinner.as_ref().map_or(0, |c| c.read_spin_budget())
+        self.spinner
+            .as_ref()
+            .map_or(0, |c| c.spin_policy().budget())
     }
 
     fn spun(&mut self, budget: u64, how: Spun) {
