@@ -591,7 +591,7 @@ impl<R: Deref<Target = Conn> + Clone> EpollSet<R> {
         let (mut capped, mut ready) = (false, false);
         for (fd, _) in idle.iter() {
             if let Some(w) = ws.by_fd.get(fd) {
-                let (r, wr) = (w.events & IN_BITS != 0, w.events & OUT_BITS != 0);
+                let (r, wr) = w.wants();
                 w.conn.arm(r, wr);
             }
         }
@@ -632,9 +632,7 @@ impl<R: Deref<Target = Conn> + Clone> EpollSet<R> {
         let mut guard = self.lock();
         let mut kept = 0;
         idle.retain(|(fd, look)| {
-            let recent = guard.by_fd.get(fd).is_some_and(|w| {
-                w.idle_from == 0 || look.saturating_sub(w.idle_from) < PARK_AFTER_LOOKS
-            });
+            let recent = guard.by_fd.get(fd).is_some_and(|w| !w.long_idle(*look));
             if recent && kept < HOT_ACROSS_SLEEP {
                 kept += 1;
                 return false;
@@ -648,11 +646,9 @@ impl<R: Deref<Target = Conn> + Clone> EpollSet<R> {
     /// looks (and seen by the look that listed them).
     fn keep_long_idle(ws: &Watches<R>, idle: &mut Vec<(RawFd, u64)>) {
         idle.retain(|(fd, look)| {
-            ws.by_fd.get(fd).is_some_and(|w| {
-                w.seen == *look
-                    && w.idle_from != 0
-                    && look.saturating_sub(w.idle_from) >= PARK_AFTER_LOOKS
-            })
+            ws.by_fd
+                .get(fd)
+                .is_some_and(|w| w.seen == *look && w.long_idle(*look))
         });
     }
 

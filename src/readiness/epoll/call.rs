@@ -2,7 +2,7 @@
 //! over an [`EpollSet`]'s watches.
 
 use super::watches::Watch;
-use super::{EPOLLET, EpollSet, IN_BITS, OUT_BITS, RealWait};
+use super::{EPOLLET, EpollSet, RealWait};
 use crate::conn::Conn;
 use crate::conn::spin::Spun;
 use crate::readiness::Lookup;
@@ -19,7 +19,7 @@ pub(super) fn quick_ready<R: Deref<Target = Conn>>(w: &Watch<R>) -> bool {
     if w.disabled {
         return false;
     }
-    let (want_in, want_out) = (w.events & IN_BITS != 0, w.events & OUT_BITS != 0);
+    let (want_in, want_out) = w.wants();
     let et = w.events & EPOLLET != 0;
     // Edge counters only for edge-triggered watches that are ready.
     let edge_in = || !et || w.conn.progress_counters().0.wrapping_add(w.k_in) != w.last_in;
@@ -131,7 +131,7 @@ where
             .take(SPINNER_CANDIDATES)
             .filter_map(|(fd, _)| ws.by_fd.get(fd))
             .find(|w| {
-                let (r, wr) = (w.events & IN_BITS != 0, w.events & OUT_BITS != 0);
+                let (r, wr) = w.wants();
                 !w.disabled && w.conn.ring_can_answer(r, wr)
             })
             .map(|w| w.conn.clone());

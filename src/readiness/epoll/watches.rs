@@ -41,6 +41,22 @@ pub(super) struct Watch<R> {
     pub(super) hit: Option<(PollFlags, u64)>,
 }
 
+impl<R> Watch<R> {
+    /// Whether it waits for input, and for room to write.
+    pub(super) fn wants(&self) -> (bool, bool) {
+        (
+            self.events & super::IN_BITS != 0,
+            self.events & super::OUT_BITS != 0,
+        )
+    }
+
+    /// Whether it has been idle for [`super::PARK_AFTER_LOOKS`] looks as
+    /// of `look`: a reporting look may park it, a sleep parks it.
+    pub(super) fn long_idle(&self, look: u64) -> bool {
+        self.idle_from != 0 && look.saturating_sub(self.idle_from) >= super::PARK_AFTER_LOOKS
+    }
+}
+
 /// The watches of a set, indexed by fd, and which of them may be ready:
 /// a wait costs O(ready), not O(watched).
 pub(super) struct Watches<R> {
