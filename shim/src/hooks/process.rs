@@ -30,10 +30,17 @@ pub(crate) extern "C" fn in_fork_child() {
     tsss_core::registry::after_fork();
 }
 
+/// Whether this process has connections whose end it must announce: none
+/// if it never had an entry (asked first: it saves the vfork check's
+/// getpid), nor in a vfork child, whose exit is its parent's memory's.
+fn ends_are_ours() -> bool {
+    !table::never_used() && !in_vfork_child()
+}
+
 /// exit() (or a return from main): the peers' writes to us fail from now
 /// on (see `Conn::process_exiting`). A vfork child's exit is not ours.
 pub(crate) extern "C" fn exiting() {
-    if !table::never_used() && !in_vfork_child() {
+    if ends_are_ours() {
         // SAFETY: the table's descriptors are open until the kernel closes
         // them after the exit handlers.
         table::for_each_conn(|fd, c| c.process_exiting(unsafe { abi::fd(fd) }));
@@ -44,7 +51,7 @@ pub(crate) extern "C" fn exiting() {
 /// first, as close() does, so that a peer's next write fails at once
 /// rather than when it next looks at the socket.
 fn exiting_now() {
-    if !table::never_used() && !in_vfork_child() {
+    if ends_are_ours() {
         // SAFETY: as above, open until the kernel closes them.
         table::for_each_conn(|fd, c| c.close(unsafe { abi::fd(fd) }));
     }
