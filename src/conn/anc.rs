@@ -186,7 +186,7 @@ impl Conn {
     ) -> Outcome<(usize, ControlRecv)> {
         let o = RecvOpts::from_flags(flags);
         let mut out = MsgOut::default();
-        let want = bufs.iter().map(|b| b.len()).sum();
+        let want = crate::shm::ring::total_len(bufs);
         let plain = self.recv_plain_with(fd, o.dontwait, o.peek, want, |max, dontwait| {
             let fl = flags | if dontwait { libc::MSG_DONTWAIT } else { 0 };
             let (n, got) = net::recvmsg(fd, &mut capped(bufs, max), name, control, fl)?;

@@ -8,7 +8,7 @@ use super::state::Phase;
 use super::{Conn, Outcome, RecvOpts, RxGuard, partial};
 use crate::shm::layout::CARRIER;
 use crate::shm::protocol::{self, WriterEnd};
-use crate::shm::ring::{DstCursor, Ring};
+use crate::shm::ring::{DstCursor, Ring, total_len};
 use crate::shm::segment::Segment;
 use crate::sync::Ordering::{Acquire, Relaxed};
 use rustix::fd::BorrowedFd;
@@ -441,7 +441,7 @@ fn plain_recv(
             v.push(IoSliceMut::new(&mut b[..k]));
             left -= k;
         }
-        let want = v.iter().map(|b| b.len()).sum::<usize>();
+        let want = total_len(&v);
         let r = rustix::net::recvmsg(fd, &mut v, &mut Default::default(), flags);
         return (want, r.map(|m| m.bytes));
     }

@@ -355,6 +355,12 @@ impl<'r> Consumer<'r, '_> {
 /// whose lengths `len` gives; true if it stopped inside a buffer (false:
 /// at a buffer boundary).
 #[inline]
+/// The bytes a list of buffers holds (saturating: a caller's iovecs are
+/// not trusted to add up).
+pub fn total_len<B: std::ops::Deref<Target = [u8]>>(bufs: &[B]) -> usize {
+    bufs.iter().fold(0, |t, b| t.saturating_add(b.len()))
+}
+
 fn step(idx: &mut usize, off: &mut usize, mut n: usize, len: impl Fn(usize) -> usize) -> bool {
     while n > 0 {
         let left = len(*idx) - *off;
@@ -379,7 +385,7 @@ pub struct SrcCursor<'s, 'b> {
 
 impl<'s, 'b> SrcCursor<'s, 'b> {
     pub fn new(bufs: &'s [IoSlice<'b>]) -> Self {
-        let remaining = bufs.iter().map(|b| b.len()).sum();
+        let remaining = total_len(bufs);
         SrcCursor {
             bufs,
             idx: 0,
@@ -457,7 +463,7 @@ pub struct DstCursor<'s, 'b> {
 
 impl<'s, 'b> DstCursor<'s, 'b> {
     pub fn new(bufs: &'s mut [IoSliceMut<'b>]) -> Self {
-        let remaining = bufs.iter().map(|b| b.len()).sum();
+        let remaining = total_len(bufs);
         DstCursor {
             bufs,
             idx: 0,
