@@ -42,6 +42,8 @@
  * Env CONNBENCH_TIMEOUT (default 300 s): exit 1 after that long.
  * Env CORRUPT_AT=I (client): corrupt measured request I on the way out ->
  * must fail with MISMATCH.
+ * Env THINK_US=T (client): pause T us before each measured request, so
+ * that the server sleeps in epoll_wait between requests.
  */
 #include "common.h"
 
@@ -302,6 +304,7 @@ static int do_client(int argc, char **argv)
             dief("DURATION must be > 0");
     }
     int64_t corrupt_at = env_i64("CORRUPT_AT");
+    int64_t think_us = env_i64("THINK_US");
 
     uint64_t lim = raise_nofile(2 * n + 256);
     if (lim < n + 32)
@@ -335,6 +338,8 @@ static int do_client(int argc, char **argv)
                 die("realloc");
             rtt = nr;
         }
+        if (think_us > 0)
+            usleep((useconds_t)think_us);
         rtt[cnt++] = round_trip(fds[i % active], 'M', idx++,
                                 corrupt_at >= 0 && (uint64_t)corrupt_at == i);
         if ((i & 63) == 63 && now_ns() >= deadline)

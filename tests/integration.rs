@@ -190,6 +190,68 @@ fn one_sided_client_costs_few_system_calls() {
     }
 }
 
+/// An epoll server that sleeps between requests (the client pauses
+/// 300 us before each; no spin) pays for its wake-ups in system calls,
+/// counted with strace on the server, plain and preloaded. Plain: the
+/// wait, the read and the write (3 per request). tsss (5): the wait, our
+/// inner epoll's doorbells, a peek and a read of the doorbell byte, and
+/// the doorbell for the sleeping client; the data moves in no call. A
+/// look of the kernel before arming made it 6.
+#[test]
+fn sleeping_epoll_server_costs_few_system_calls() {
+    if !have_cmd("strace") {
+        panic!("strace is missing: scripts/deps.sh installs it");
+    }
+    const REQS: u64 = 2000;
+    const EXTRA: f64 = 2.5;
+    let d = TempDir::new("epollsleep");
+    let mut total = [0u64; 2];
+    for (i, preload) in [false, true].into_iter().enumerate() {
+        let out = d.path(&format!("strace{i}"));
+        let sock = d.sock(&format!("s{i}"));
+        let app = bin("connbench");
+        let srv_args = [
+            "-f",
+            "-c",
+            "-o",
+            out.to_str().unwrap(),
+            app.to_str().unwrap(),
+        ];
+        let mut srv_args = srv_args.to_vec();
+        srv_args.extend(["server", sock.as_str()]);
+        let n = REQS.to_string();
+        let (s, c) = run_pair(
+            &Spec::new("strace connbench server", "strace", &srv_args)
+                .preload(preload)
+                .env("TSSS_SPIN_US", "0")
+                .env("TSSS_LOG", "off"),
+            &sock,
+            &Spec::app(
+                "connbench client",
+                "connbench",
+                &["client", &sock, "1", "1", &n],
+            )
+            .preload(preload)
+            .env("THINK_US", "300")
+            .env("TSSS_SPIN_US", "0")
+            .env("TSSS_LOG", "off"),
+            T60,
+        );
+        assert_ok(&[&s, &c]);
+        let report = std::fs::read_to_string(&out).unwrap_or_default();
+        total[i] = strace_total(&report)
+            .unwrap_or_else(|| panic!("no total in strace's report:\n{report}"));
+    }
+    let extra = total[1].saturating_sub(total[0]) as f64 / REQS as f64;
+    assert!(
+        extra <= EXTRA,
+        "a sleeping epoll server made {extra:.2} more system calls per request than plain \
+         (limit {EXTRA}): plain {}, preloaded {}",
+        total[0],
+        total[1]
+    );
+}
+
 #[test]
 fn statically_linked_peer() {
     let d = TempDir::new("static");

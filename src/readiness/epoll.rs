@@ -54,6 +54,9 @@ pub struct EpollSet<R> {
     /// The kernel's events filled a look: the next look that does not
     /// sleep serves the hot watches first.
     watches_first: AtomicBool,
+    /// The hot watches filled a look the kernel was not asked in: the
+    /// next call's first look asks it first.
+    kernel_owed: AtomicBool,
 }
 
 /// The locked watches of an [`EpollSet`], then its signal section
@@ -126,6 +129,7 @@ impl<R: Deref<Target = Conn> + Clone> EpollSet<R> {
             cookie,
             watches: Mutex::new(Watches::new()),
             watches_first: AtomicBool::new(false),
+            kernel_owed: AtomicBool::new(false),
         })
     }
 
@@ -137,6 +141,18 @@ impl<R: Deref<Target = Conn> + Clone> EpollSet<R> {
     /// The kernel's events filled a look: the watches go first next.
     fn watches_first_next(&self) {
         self.watches_first.store(true, Relaxed);
+    }
+
+    /// Whether the next call's first look asks the kernel first.
+    fn take_kernel_owed(&self) -> bool {
+        self.kernel_owed.swap(false, Relaxed)
+    }
+
+    /// The watches filled a look before the kernel was asked: the next
+    /// call's first look asks it first (no plain fd waits behind rings
+    /// that stay ready).
+    fn kernel_owed_next(&self) {
+        self.kernel_owed.store(true, Relaxed);
     }
 
     /// The watches, inside a signal section: a handler that calls

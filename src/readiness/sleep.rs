@@ -26,6 +26,12 @@ pub(super) trait Waiter {
     /// limit) until a descriptor may be ready, then looks at all of them;
     /// how many are ready (reported to the caller).
     fn look(&mut self, sleep_ms: i32) -> Result<usize, Errno>;
+    /// The first look of a call that may sleep: the rings, and the kernel
+    /// only if the caller would miss its events otherwise. How many are
+    /// ready, and whether the kernel was asked.
+    fn look_rings(&mut self) -> Result<(usize, bool), Errno> {
+        Ok((self.look(0)?, true))
+    }
     /// Whether a ring promises an event, from shared memory alone.
     fn ring_ready(&mut self) -> bool;
     /// Asks every ring for doorbells before a sleep, then looks at each
@@ -51,14 +57,32 @@ pub(super) fn wait(w: &mut impl Waiter, deadline: Deadline) -> Result<usize, Err
     // One spin per call: after a sleep, the kernel woke us for a reason.
     let mut spun = false;
     let mut naps = 0;
+    // A call that may sleep looks at the rings first and asks the kernel
+    // (plain fds, doorbells) in the sleep itself: a server that sleeps
+    // between requests saves a system call per request. A spin, or a
+    // return without sleeping, asks the kernel first.
+    let mut first = !deadline.expired();
     loop {
-        let n = w.look(t)?;
-        if n > 0 || deadline.expired() {
+        let (n, asked) = match std::mem::take(&mut first) {
+            true => w.look_rings()?,
+            false => (w.look(t)?, true),
+        };
+        if n > 0 {
             return Ok(n);
         }
+        if deadline.expired() {
+            if asked {
+                return Ok(0);
+            }
+            continue;
+        }
         if trust && !spun {
-            spun = true;
             let budget = w.spin_budget();
+            // A plain fd ready now must not wait for a spin.
+            if budget > 0 && !asked {
+                continue;
+            }
+            spun = true;
             if budget > 0 {
                 let how = spin_until(budget, || w.ring_ready());
                 w.spun(budget, how);

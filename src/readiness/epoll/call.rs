@@ -63,6 +63,44 @@ impl<L: Lookup> EpollCall<'_, '_, L> {
     }
 }
 
+impl<L: Lookup> EpollCall<'_, '_, L>
+where
+    L::Ref: Deref<Target = Conn> + Clone,
+{
+    /// A look that serves the hot watches before the kernel, which it asks
+    /// without sleeping, and only if `always` or a watch reported. Watches
+    /// that fill the caller's room leave the kernel the first turn next
+    /// time. Returns how many are ready and whether the kernel was asked.
+    fn watches_then_kernel(&mut self, always: bool) -> Result<(usize, bool), Errno> {
+        let mut ws = self.set.lock();
+        ws.read_posts();
+        let mut n = self.set.scan(self.lk, &mut ws, self.out, &mut self.idle);
+        drop(ws);
+        if n == 0 && !always {
+            return Ok((0, false));
+        }
+        if n == self.out.len() {
+            self.set.kernel_owed_next();
+        }
+        let (k, bells) = self.kernel(n, 0)?;
+        n += k;
+        if bells {
+            let mut ws = self.set.lock();
+            self.set.take_hits(&mut ws);
+            // Nothing reported yet: the watches that rang now. (Else
+            // they wait for the next look; a pending hit keeps each
+            // from being parked meanwhile.)
+            if n == 0 {
+                n = self.set.scan(self.lk, &mut ws, self.out, &mut self.idle);
+            }
+        }
+        if n > 0 && !self.idle.is_empty() {
+            self.set.park_long_idle(&mut self.idle);
+        }
+        Ok((n, true))
+    }
+}
+
 impl<L: Lookup> Waiter for EpollCall<'_, '_, L>
 where
     L::Ref: Deref<Target = Conn> + Clone,
@@ -78,13 +116,12 @@ where
     /// the kernel first every time hid the watches for as long as a plain
     /// fd stayed ready.
     fn look(&mut self, sleep_ms: i32) -> Result<usize, Errno> {
-        let watches_first = sleep_ms == 0 && self.set.take_watches_first();
-        let (mut n, mut bells) = (0, false);
-        if !watches_first {
-            (n, bells) = self.kernel(0, sleep_ms)?;
-            if n == self.out.len() {
-                self.set.watches_first_next();
-            }
+        if sleep_ms == 0 && self.set.take_watches_first() {
+            return Ok(self.watches_then_kernel(true)?.0);
+        }
+        let (mut n, bells) = self.kernel(0, sleep_ms)?;
+        if n == self.out.len() {
+            self.set.watches_first_next();
         }
         let mut ws = self.set.lock();
         ws.read_posts();
@@ -95,24 +132,21 @@ where
             .set
             .scan(self.lk, &mut ws, &mut self.out[n..], &mut self.idle);
         drop(ws);
-        if watches_first {
-            let (k, bells) = self.kernel(n, 0)?;
-            n += k;
-            if bells {
-                let mut ws = self.set.lock();
-                self.set.take_hits(&mut ws);
-                // Nothing reported yet: the watches that rang now. (Else
-                // they wait for the next look; a pending hit keeps each
-                // from being parked meanwhile.)
-                if n == 0 {
-                    n = self.set.scan(self.lk, &mut ws, self.out, &mut self.idle);
-                }
-            }
-        }
         if n > 0 && !self.idle.is_empty() {
             self.set.park_long_idle(&mut self.idle);
         }
         Ok(n)
+    }
+
+    /// The hot watches first; the kernel then only if they reported (its
+    /// events go with theirs), unless it is owed the first turn.
+    fn look_rings(&mut self) -> Result<(usize, bool), Errno> {
+        if self.set.take_kernel_owed() {
+            return Ok((self.look(0)?, true));
+        }
+        // Served first now in any case.
+        self.set.take_watches_first();
+        self.watches_then_kernel(false)
     }
 
     fn ring_ready(&mut self) -> bool {
