@@ -57,6 +57,11 @@ pub struct EpollSet<R> {
     /// The hot watches filled a look the kernel was not asked in: the
     /// next call's first look asks it first.
     kernel_owed: AtomicBool,
+    /// The last wait that asked for a spin budget got none: the next one
+    /// looks at the rings first and asks the kernel only in its sleep. (A
+    /// spinning server's first look asks the kernel first: that call's
+    /// time often brings the request the look then finds.)
+    rings_first: AtomicBool,
 }
 
 /// The locked watches of an [`EpollSet`], then its signal section
@@ -130,6 +135,7 @@ impl<R: Deref<Target = Conn> + Clone> EpollSet<R> {
             watches: Mutex::new(Watches::new()),
             watches_first: AtomicBool::new(false),
             kernel_owed: AtomicBool::new(false),
+            rings_first: AtomicBool::new(false),
         })
     }
 
@@ -143,9 +149,17 @@ impl<R: Deref<Target = Conn> + Clone> EpollSet<R> {
         self.watches_first.store(true, Relaxed);
     }
 
-    /// Whether the next call's first look asks the kernel first.
-    fn take_kernel_owed(&self) -> bool {
-        self.kernel_owed.swap(false, Relaxed)
+    /// Whether the next call's first look asks the kernel first: it is
+    /// owed the turn, or the last wait spun.
+    fn kernel_first(&self) -> bool {
+        self.kernel_owed.swap(false, Relaxed) || !self.rings_first.load(Relaxed)
+    }
+
+    /// Notes whether the wait that just asked was granted a spin.
+    fn note_spin_budget(&self, budget: u64) {
+        if self.rings_first.load(Relaxed) != (budget == 0) {
+            self.rings_first.store(budget == 0, Relaxed);
+        }
     }
 
     /// The watches filled a look before the kernel was asked: the next

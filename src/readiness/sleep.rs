@@ -32,6 +32,12 @@ pub(super) trait Waiter {
     fn look_rings(&mut self) -> Result<(usize, bool), Errno> {
         Ok((self.look(0)?, true))
     }
+    /// The kernel's view before a spin that the first look did not ask:
+    /// a look without sleeping, which may skip the rings if the kernel
+    /// has nothing (they were just looked at).
+    fn look_kernel(&mut self) -> Result<usize, Errno> {
+        self.look(0)
+    }
     /// Whether a ring promises an event, from shared memory alone.
     fn ring_ready(&mut self) -> bool;
     /// Asks every ring for doorbells before a sleep, then looks at each
@@ -77,13 +83,17 @@ pub(super) fn wait(w: &mut impl Waiter, deadline: Deadline) -> Result<usize, Err
             continue;
         }
         if trust && !spun {
-            let budget = w.spin_budget();
-            // A plain fd ready now must not wait for a spin.
-            if budget > 0 && !asked {
-                continue;
-            }
             spun = true;
+            // Asked once: granting a policy's probe is part of the asking.
+            let budget = w.spin_budget();
             if budget > 0 {
+                // A plain fd ready now must not wait for a spin.
+                if !asked {
+                    let n = w.look_kernel()?;
+                    if n > 0 {
+                        return Ok(n);
+                    }
+                }
                 let how = spin_until(budget, || w.ring_ready());
                 w.spun(budget, how);
                 if how == Spun::Caught || (how == Spun::Preempted && w.ring_ready()) {
@@ -118,4 +128,56 @@ fn bell_less_nap(timeout: i32, n: &mut u32) -> i32 {
     let cap = (BELL_LESS_NAP_MS << (*n).min(4)).min(BELL_LESS_NAP_MAX_MS);
     *n += 1;
     if timeout < 0 { cap } else { timeout.min(cap) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A wait over nothing that ever becomes ready, counting the calls.
+    #[derive(Default)]
+    struct Idle {
+        budgets: u32,
+        spins: u32,
+        kernel_looks: u32,
+    }
+
+    impl Waiter for Idle {
+        fn look(&mut self, _sleep_ms: i32) -> Result<usize, Errno> {
+            self.kernel_looks += 1;
+            Ok(0)
+        }
+        fn look_rings(&mut self) -> Result<(usize, bool), Errno> {
+            Ok((0, false))
+        }
+        fn ring_ready(&mut self) -> bool {
+            false
+        }
+        fn arm(&mut self) -> Armed {
+            Armed {
+                capped: false,
+                ready: false,
+            }
+        }
+        fn spin_budget(&mut self) -> u64 {
+            self.budgets += 1;
+            1000
+        }
+        fn spun(&mut self, _budget: u64, _how: Spun) {
+            self.spins += 1;
+        }
+    }
+
+    /// The budget is asked once per call and the spin it grants is
+    /// learned from: a policy's probe is granted by the asking itself, so
+    /// asking twice lost every probe (spinning never came back).
+    #[test]
+    fn one_budget_one_spin_per_call() {
+        let mut w = Idle::default();
+        assert_eq!(wait(&mut w, Deadline::after_ms(3)).unwrap(), 0);
+        assert_eq!((w.budgets, w.spins), (1, 1));
+        // The kernel was asked before the spin (a ready plain fd must not
+        // wait for it) and in the sleeps after it.
+        assert!(w.kernel_looks >= 2, "{} kernel looks", w.kernel_looks);
+    }
 }

@@ -67,6 +67,24 @@ impl<L: Lookup> EpollCall<'_, '_, L>
 where
     L::Ref: Deref<Target = Conn> + Clone,
 {
+    /// The hot watches after `n` kernel events (taking our doorbells
+    /// first if the kernel reported them), into the rest of the room.
+    fn watches_after_kernel(&mut self, mut n: usize, bells: bool) -> usize {
+        let mut ws = self.set.lock();
+        ws.read_posts();
+        if bells {
+            self.set.take_hits(&mut ws);
+        }
+        n += self
+            .set
+            .scan(self.lk, &mut ws, &mut self.out[n..], &mut self.idle);
+        drop(ws);
+        if n > 0 && !self.idle.is_empty() {
+            self.set.park_long_idle(&mut self.idle);
+        }
+        n
+    }
+
     /// A look that serves the hot watches before the kernel, which it asks
     /// without sleeping, and only if `always` or a watch reported. Watches
     /// that fill the caller's room leave the kernel the first turn next
@@ -119,29 +137,28 @@ where
         if sleep_ms == 0 && self.set.take_watches_first() {
             return Ok(self.watches_then_kernel(true)?.0);
         }
-        let (mut n, bells) = self.kernel(0, sleep_ms)?;
+        let (n, bells) = self.kernel(0, sleep_ms)?;
         if n == self.out.len() {
             self.set.watches_first_next();
         }
-        let mut ws = self.set.lock();
-        ws.read_posts();
-        if bells {
-            self.set.take_hits(&mut ws);
+        Ok(self.watches_after_kernel(n, bells))
+    }
+
+    /// The kernel without sleeping; the watches only if it had news (a
+    /// scan counts as a look, and watches idle for some looks are parked).
+    fn look_kernel(&mut self) -> Result<usize, Errno> {
+        let (n, bells) = self.kernel(0, 0)?;
+        if n == 0 && !bells {
+            return Ok(0);
         }
-        n += self
-            .set
-            .scan(self.lk, &mut ws, &mut self.out[n..], &mut self.idle);
-        drop(ws);
-        if n > 0 && !self.idle.is_empty() {
-            self.set.park_long_idle(&mut self.idle);
-        }
-        Ok(n)
+        Ok(self.watches_after_kernel(n, bells))
     }
 
     /// The hot watches first; the kernel then only if they reported (its
-    /// events go with theirs), unless it is owed the first turn.
+    /// events go with theirs). Unless it is owed the first turn, or the
+    /// last wait spun: then a full look.
     fn look_rings(&mut self) -> Result<(usize, bool), Errno> {
-        if self.set.take_kernel_owed() {
+        if self.set.kernel_first() {
             return Ok((self.look(0)?, true));
         }
         // Served first now in any case.
@@ -169,9 +186,12 @@ where
                 !w.disabled && w.conn.ring_can_answer(r, wr)
             })
             .map(|w| w.conn.clone());
-        self.spinner
+        let budget = self
+            .spinner
             .as_ref()
-            .map_or(0, |c| c.spin_policy().budget())
+            .map_or(0, |c| c.spin_policy().budget());
+        self.set.note_spin_budget(budget);
+        budget
     }
 
     fn spun(&mut self, budget: u64, how: Spun) {
