@@ -63,10 +63,11 @@ pub(super) fn wait(w: &mut impl Waiter, deadline: Deadline) -> Result<usize, Err
     // One spin per call: after a sleep, the kernel woke us for a reason.
     let mut spun = false;
     let mut naps = 0;
-    // A call that may sleep looks at the rings first and asks the kernel
-    // (plain fds, doorbells) in the sleep itself: a server that sleeps
-    // between requests saves a system call per request. A spin, or a
-    // return without sleeping, asks the kernel first.
+    // A call that may sleep starts with `look_rings`: the waiter may look
+    // at the rings only and ask the kernel (plain fds, doorbells) in the
+    // sleep itself, saving a server that sleeps between requests a system
+    // call per request. A spin, or a return without sleeping, asks the
+    // kernel first.
     let mut first = !deadline.expired();
     loop {
         let (n, asked) = match std::mem::take(&mut first) {

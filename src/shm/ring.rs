@@ -351,16 +351,16 @@ impl<'r> Consumer<'r, '_> {
     }
 }
 
-/// Moves a cursor's (buffer, offset) position `n` bytes on, over buffers
-/// whose lengths `len` gives; true if it stopped inside a buffer (false:
-/// at a buffer boundary).
-#[inline]
 /// The bytes a list of buffers holds (saturating: a caller's iovecs are
 /// not trusted to add up).
 pub fn total_len<B: std::ops::Deref<Target = [u8]>>(bufs: &[B]) -> usize {
     bufs.iter().fold(0, |t, b| t.saturating_add(b.len()))
 }
 
+/// Moves a cursor's (buffer, offset) position `n` bytes on, over buffers
+/// whose lengths `len` gives; true if it stopped inside a buffer (false:
+/// at a buffer boundary).
+#[inline]
 fn step(idx: &mut usize, off: &mut usize, mut n: usize, len: impl Fn(usize) -> usize) -> bool {
     while n > 0 {
         let left = len(*idx) - *off;
