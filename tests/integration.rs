@@ -137,6 +137,18 @@ fn strace_total(report: &str) -> Option<u64> {
     cols.get(3)?.parse().ok()
 }
 
+fn require_strace() {
+    if !have_cmd("strace") {
+        panic!("strace is missing: scripts/deps.sh installs it");
+    }
+}
+
+/// The total calls of the `strace -c` report written to `out`.
+fn strace_calls(out: &std::path::Path) -> u64 {
+    let report = std::fs::read_to_string(out).unwrap_or_default();
+    strace_total(&report).unwrap_or_else(|| panic!("no total in strace's report:\n{report}"))
+}
+
 /// A client alone under tsss (its server plain) costs a few system calls
 /// per connection, not an emulated wait: nginx to a php-fpm without tsss
 /// made 54 calls per request instead of 13. Counted with strace on the
@@ -144,9 +156,7 @@ fn strace_total(report: &str) -> Option<u64> {
 /// it connects and (as nginx does) before.
 #[test]
 fn one_sided_client_costs_few_system_calls() {
-    if !have_cmd("strace") {
-        panic!("strace is missing: scripts/deps.sh installs it");
-    }
+    require_strace();
     const CONNS: u64 = 200;
     // Per connection (14 measured): the marker (SO_TYPE, fcntl, bind),
     // the side page (mmap, munmap), the socket's inode, the peek that
@@ -174,9 +184,7 @@ fn one_sided_client_costs_few_system_calls() {
                 .env("TSSS_LOG", "off");
             let p = run_one(&spec, T60);
             assert_ok(&[&p]);
-            let report = std::fs::read_to_string(&out).unwrap_or_default();
-            total[i] = strace_total(&report)
-                .unwrap_or_else(|| panic!("no total in strace's report:\n{report}"));
+            total[i] = strace_calls(&out);
         }
         let extra = total[1].saturating_sub(total[0]) as f64 / CONNS as f64;
         assert!(
@@ -199,9 +207,7 @@ fn one_sided_client_costs_few_system_calls() {
 /// look of the kernel before arming made it 6.
 #[test]
 fn sleeping_epoll_server_costs_few_system_calls() {
-    if !have_cmd("strace") {
-        panic!("strace is missing: scripts/deps.sh installs it");
-    }
+    require_strace();
     const REQS: u64 = 2000;
     const EXTRA: f64 = 2.5;
     let d = TempDir::new("epollsleep");
@@ -210,15 +216,8 @@ fn sleeping_epoll_server_costs_few_system_calls() {
         let out = d.path(&format!("strace{i}"));
         let sock = d.sock(&format!("s{i}"));
         let app = bin("connbench");
-        let srv_args = [
-            "-f",
-            "-c",
-            "-o",
-            out.to_str().unwrap(),
-            app.to_str().unwrap(),
-        ];
-        let mut srv_args = srv_args.to_vec();
-        srv_args.extend(["server", sock.as_str()]);
+        let (o, a) = (out.to_str().unwrap(), app.to_str().unwrap());
+        let srv_args = ["-f", "-c", "-o", o, a, "server", &sock];
         let n = REQS.to_string();
         let (s, c) = run_pair(
             &Spec::new("strace connbench server", "strace", &srv_args)
@@ -238,9 +237,7 @@ fn sleeping_epoll_server_costs_few_system_calls() {
             T60,
         );
         assert_ok(&[&s, &c]);
-        let report = std::fs::read_to_string(&out).unwrap_or_default();
-        total[i] = strace_total(&report)
-            .unwrap_or_else(|| panic!("no total in strace's report:\n{report}"));
+        total[i] = strace_calls(&out);
     }
     let extra = total[1].saturating_sub(total[0]) as f64 / REQS as f64;
     assert!(
